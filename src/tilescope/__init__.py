@@ -1,0 +1,105 @@
+"""tilescope: read whole-slide and multi-dimensional microscopy images.
+
+>>> import tilescope
+>>> with tilescope.open("slide.svs") as slide:
+...     scene = slide.scenes[0]
+...     thumb = scene.read(size=(1024, 0))        # whole scene, 1024 px wide, (h, w, 3)
+...     patch = scene.read((1000, 2000, 512, 512))  # level-0 pixels
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from . import formats
+from .cache import TileCache
+from .engine import DEFAULT_CACHE, Options
+from .errors import (
+    CorruptDataError,
+    InvalidRequestError,
+    SlideClosedError,
+    SourceNotFoundError,
+    TilescopeError,
+    TooLargeError,
+    UnsupportedFormatError,
+)
+from .model import Level, Scene, Slide
+from .source import FileSource
+
+__version__ = "0.1.0"
+__all__ = [
+    "CorruptDataError", "InvalidRequestError", "Level", "Options", "Scene", "Slide", "SlideClosedError",
+    "SourceNotFoundError", "TileCache", "TilescopeError", "TooLargeError", "UnsupportedFormatError",
+    "detect", "drivers", "open", "options",
+]
+
+#: Process-wide defaults for every ``open()``; each field can be overridden per slide.
+options = Options()
+
+
+def drivers() -> list[str]:
+    """Driver names, in detection order."""
+    return [m.NAME for m in formats.modules()]
+
+
+def _probe_driver(source: FileSource):
+    probe = formats.Probe(source)
+    if not probe.head:
+        probe.close()
+        raise UnsupportedFormatError(f"{source.path}: file is empty")
+    return probe
+
+
+def detect(source: str | os.PathLike) -> str | None:
+    """The name of the driver that would open ``source``, or None if no driver recognizes it."""
+    src = FileSource(source)
+    try:
+        probe = formats.Probe(src)
+        try:
+            mod = formats.detect(probe) if probe.head else None
+        except CorruptDataError:
+            return None
+        finally:
+            probe.close()
+        return mod.NAME if mod else None
+    finally:
+        src.close()
+
+
+def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> Slide:
+    """Open an image file and return a :class:`Slide`.
+
+    The format is detected from the content (magic bytes, TIFF tags, ImageDescription); ``driver``
+    forces one (see :func:`drivers`). ``overrides`` are :class:`Options` fields for this slide:
+    ``max_read_bytes``, ``band_bytes``, ``threads``, ``cache`` (a :class:`TileCache`; by default
+    one process-wide cache of 256 MiB is shared).
+    """
+    fields = {f.name for f in dataclasses.fields(Options)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise InvalidRequestError(f"unknown option(s) {sorted(unknown)}; known: {sorted(fields)}")
+    opts = dataclasses.replace(options, **overrides)
+    src = FileSource(source)
+    probe = None
+    try:
+        probe = _probe_driver(src)
+        mod = formats.by_name(driver) if driver else formats.detect(probe)
+        if mod is None:
+            raise UnsupportedFormatError(
+                f"{src.path}: not a format tilescope reads (starts with {probe.head[:8]!r}; "
+                f"drivers: {', '.join(drivers())})")
+        if driver and not mod.detect(probe):
+            raise UnsupportedFormatError(f"{src.path}: is not a {mod.NAME} file")
+        return mod.open(probe, opts)
+    except BaseException:
+        src.close()
+        raise
+    finally:
+        if probe is not None:
+            probe.close()
+
+
+def set_cache_size(nbytes: int) -> None:
+    """Resize the process-wide decoded-tile cache (0 disables it)."""
+    DEFAULT_CACHE.resize(nbytes)

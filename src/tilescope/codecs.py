@@ -1,0 +1,157 @@
+"""Decode dispatch over imagecodecs: how one encoded piece becomes an (h, w, samples) array.
+
+A :class:`Codec` is part of a format's description of a level; the engine calls
+``codec.decode(data, h, w)`` for each piece and pastes the result. Codecs are built by drivers
+from their format's parameters (``from_tiff`` for TIFF tags); no codec is written by hand here,
+every byte goes through imagecodecs (which wraps libjpeg-turbo, OpenJPEG, zlib-ng, zstd, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import imagecodecs
+import numpy as np
+
+from .errors import UnsupportedFormatError
+
+# TIFF compression tags whose decoders return images; the others decompress bytes.
+_TIFF_IMAGE_CODECS = {
+    7: "jpeg", 34892: "jpeg", 33003: "jpeg2000", 33004: "jpeg2000", 33005: "jpeg2000",
+    34712: "jpeg2000", 34887: "lerc", 34933: "png", 34934: "jpegxr", 22610: "jpegxr",
+    50001: "webp", 50002: "jpegxl", 52546: "jpegxl",
+}
+_TIFF_BYTE_CODECS = {1: "none", 5: "lzw", 8: "deflate", 32946: "deflate", 32773: "packbits",
+                     34925: "lzma", 50000: "zstd"}
+
+
+@dataclass(frozen=True, eq=False)
+class Codec:
+    """How the pieces of one plane are encoded. ``decode`` returns (h', w', samples), where h', w'
+    may be smaller than asked for the last strip of a stripped image."""
+
+    name: str
+    dtype: np.dtype
+    samples: int
+    _decode: Callable[[bytes, int, int], np.ndarray]
+
+    def decode(self, data: bytes, h: int, w: int) -> np.ndarray:
+        a = self._decode(data, h, w)
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if a.shape[2] != self.samples or a.dtype != self.dtype:
+            raise ValueError(f"decoded {a.shape} {a.dtype}, expected (h, w, {self.samples}) {self.dtype}")
+        return a
+
+
+def jpeg(tables: bytes | None = None, *, colorspace=None, outcolorspace=None, samples: int = 3,
+         bits: int = 8) -> Codec:
+    """Baseline/extended JPEG (libjpeg-turbo), optionally abbreviated streams with shared tables."""
+    if bits == 8:
+        def dec(data, h, w):
+            return imagecodecs.jpeg8_decode(data, tables=tables, colorspace=colorspace,
+                                            outcolorspace=outcolorspace)
+        dtype = np.uint8
+    else:  # 12-bit and lossless JPEG go through imagecodecs' dispatcher
+        def dec(data, h, w):
+            return imagecodecs.jpeg_decode(data, tables=tables, bitspersample=bits,
+                                           colorspace=colorspace, outcolorspace=outcolorspace)
+        dtype = np.uint16
+    return Codec("jpeg", np.dtype(dtype), samples, dec)
+
+
+def ycbcr_to_rgb(a: np.ndarray) -> np.ndarray:
+    """Full-range BT.601 (JFIF) YCbCr to RGB, rounded: what libjpeg does for JPEG."""
+    f = a.astype(np.float32)
+    y, cb, cr = f[..., 0], f[..., 1] - 128.0, f[..., 2] - 128.0
+    out = np.empty_like(f)
+    out[..., 0] = y + 1.402 * cr
+    out[..., 1] = y - 0.344136 * cb - 0.714136 * cr
+    out[..., 2] = y + 1.772 * cb
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def jpeg2000(*, ycbcr: bool = False, samples: int = 3, dtype=np.uint8) -> Codec:
+    """JPEG 2000 codestreams (OpenJPEG); ``ycbcr`` when components are YCbCr without a J2K
+    colour transform (Aperio 33003)."""
+    if ycbcr:
+        def dec(data, h, w):
+            return ycbcr_to_rgb(imagecodecs.jpeg2k_decode(data))
+    else:
+        def dec(data, h, w):
+            return imagecodecs.jpeg2k_decode(data)
+    return Codec("jpeg2000", np.dtype(dtype), samples, dec)
+
+
+def raw(*, dtype, samples: int, decompress: Callable[[bytes], bytes] | None = None, name: str = "none",
+        predictor: int = 1, bits: int | None = None, byteorder: str = "<") -> Codec:
+    """Pixel bytes, optionally compressed (LZW, deflate, zstd, ...) and predicted (TIFF 2, 3)."""
+    dtype = np.dtype(dtype)
+    stored = dtype.newbyteorder(byteorder)
+    nbits = bits or dtype.itemsize * 8
+    packed = nbits != dtype.itemsize * 8
+
+    def dec(data, h, w):
+        if decompress is not None:
+            data = decompress(data)
+        row = w * samples
+        if packed:
+            a = imagecodecs.packints_decode(data, dtype, nbits, runlen=row)
+        else:
+            a = np.frombuffer(data, stored)
+        rows = min(h, a.size // row)
+        a = a[: rows * row].reshape(rows, w, samples).astype(dtype, copy=False)
+        if predictor != 1:  # unpredict in native byte order, along x, as tifffile does
+            a = _UNPREDICT[predictor](a if a.flags.writeable else a.copy(), axis=-2)
+        return a
+
+    return Codec(name, dtype, samples, dec)
+
+
+_UNPREDICT = {2: imagecodecs.delta_decode, 3: imagecodecs.floatpred_decode}
+
+
+def image(name: str, fn: Callable[[bytes], np.ndarray], *, dtype, samples: int) -> Codec:
+    """Any imagecodecs image decoder that takes only the bytes (PNG, WebP, JPEG XL, JPEG XR, LERC)."""
+    return Codec(name, np.dtype(dtype), samples, lambda data, h, w: fn(data))
+
+
+def from_tiff(compression: int, *, dtype, samples: int, photometric: int, planarconfig: int = 1,
+              predictor: int = 1, bits: int = 8, byteorder: str = "<", jpegtables: bytes | None = None,
+              extrasamples: tuple = (), jfif: bool = False, where: str = "") -> Codec:
+    """The codec for one TIFF page's tiles or strips, from its tags."""
+    from tifffile import TIFF
+
+    if compression in _TIFF_BYTE_CODECS:
+        if photometric == 6:
+            raise UnsupportedFormatError(f"{where}: uncompressed subsampled YCbCr is not supported")
+        if predictor not in (1, *_UNPREDICT):
+            raise UnsupportedFormatError(f"{where}: TIFF predictor {predictor} is not supported")
+        fn = None if compression == 1 else _decompressor(TIFF, compression, where)
+        return raw(dtype=dtype, samples=samples, decompress=fn, name=_TIFF_BYTE_CODECS[compression],
+                   predictor=predictor, bits=bits, byteorder=byteorder)
+    name = _TIFF_IMAGE_CODECS.get(compression)
+    if name is None:
+        raise UnsupportedFormatError(f"{where}: TIFF compression {compression} is not supported")
+    if name == "jpeg":
+        cs, ocs = None, None
+        if planarconfig == 2:
+            ocs = "GRAY"  # each plane is one component
+        elif not extrasamples and photometric == 6:
+            ocs = "RGB"
+        elif not extrasamples and photometric == 2:
+            # without a JFIF marker, an RGB-photometric JPEG holds R, G, B components (Aperio)
+            cs, ocs = (None if jfif else "RGB"), "RGB"
+        return jpeg(jpegtables, colorspace=cs, outcolorspace=ocs, samples=samples, bits=bits)
+    if name == "jpeg2000":
+        return jpeg2000(ycbcr=compression == 33003, samples=samples, dtype=dtype)
+    return image(name, _decompressor(TIFF, compression, where), dtype=dtype, samples=samples)
+
+
+def _decompressor(tiff, compression: int, where: str):
+    try:
+        return tiff.DECOMPRESSORS[compression]
+    except Exception as e:  # imagecodecs built without it, or a tag nobody knows
+        raise UnsupportedFormatError(
+            f"{where}: TIFF compression {compression} cannot be decoded here ({e})") from None

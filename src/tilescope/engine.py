@@ -1,0 +1,269 @@
+"""The one read path every format shares.
+
+A driver describes each level as :class:`Plane` objects (a grid of encoded pieces + a codec) and a
+channel map; this module turns a request into pixels: pick the level, find the intersecting
+pieces, fetch and decode them on the thread pool (cache in front), paste each into the output with
+one copy, fill what lies outside with background, and area-resample when the output is smaller.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .cache import TileCache
+from .codecs import Codec
+from .errors import CorruptDataError, InvalidRequestError, TilescopeError, TooLargeError
+from .geometry import best_level
+from .source import Pieces
+
+_uid = itertools.count()
+
+
+@dataclass(eq=False)
+class Plane:
+    """One plane of one level: a regular grid of pieces (tiles, or strips as full-width tiles).
+
+    ``size`` is the image (w, h) in level pixels, ``tile`` the (w, h) of one piece; piece
+    ``ty * nx + tx`` covers ``[tx*tw, (tx+1)*tw) x [ty*th, (ty+1)*th)`` clipped to the image.
+    """
+
+    pieces: Pieces
+    codec: Codec
+    size: tuple[int, int]
+    tile: tuple[int, int]
+    uid: int = field(default_factory=lambda: next(_uid))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return -(-self.size[0] // self.tile[0]), -(-self.size[1] // self.tile[1])
+
+
+@dataclass(eq=False)
+class Layout:
+    """Where a level's channels are: ``planes[(z, t)]`` lists planes, and channel ``c`` is sample
+    ``channel_map[c][1]`` of plane ``channel_map[c][0]`` of that list."""
+
+    planes: dict[tuple[int, int], tuple[Plane, ...]]
+    channel_map: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def single(cls, plane: Plane) -> Layout:
+        """A level of one plane whose samples are the channels (RGB, or grey)."""
+        return cls({(0, 0): (plane,)}, tuple((0, s) for s in range(plane.codec.samples)))
+
+
+@dataclass
+class Options:
+    """Engine settings; ``tilescope.options`` holds the defaults, ``open(**options)`` overrides."""
+
+    max_read_bytes: int = 2 << 30  # largest array one read may return
+    band_bytes: int = 64 << 20  # intermediate memory of a resampled read, per band
+    threads: int = os.cpu_count() or 1  # threads one read's pieces are decoded on
+    cache: TileCache | None = None  # None: the process-wide cache
+
+
+DEFAULT_CACHE = TileCache(256 << 20)
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            # the calling thread decodes one share itself, so cpu_count - 1 workers fill the cores
+            _pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="tilescope")
+        return _pool
+
+
+class Reader:
+    """Reads levels of one slide: its path (for messages), options and cache."""
+
+    def __init__(self, path: str, options: Options):
+        self.path = path
+        self.options = options
+        self.cache = options.cache if options.cache is not None else DEFAULT_CACHE
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _piece(self, plane: Plane, index: int) -> np.ndarray | None:
+        key = (plane.uid, index)
+        a = self.cache.get(key)
+        if a is not None:
+            return a
+        pieces = plane.pieces
+        if pieces.missing_ok and pieces.is_missing(index):
+            return None
+        data = pieces.fetch(index)
+        tw, th = plane.tile
+        try:
+            a = plane.codec.decode(data, th, tw)
+        except TilescopeError:
+            raise
+        except Exception as e:  # every codec's own error type becomes ours, naming the piece
+            raise CorruptDataError(
+                f"{self.path}: {pieces.label}: piece {index} ({plane.codec.name}, {len(data)} bytes) "
+                f"cannot be decoded: {e}") from e
+        self.cache.put(key, a)
+        return a
+
+    # -- one level, exact ----------------------------------------------------------------------
+    def read_level(self, layout: Layout, rect: tuple[int, int, int, int], channels: list[int],
+                   z: int, t: int, dtype: np.dtype, background) -> np.ndarray:
+        """Level pixels of ``rect`` (level coordinates, may extend outside) as (h, w, len(channels))."""
+        x, y, w, h = rect
+        planes = layout.planes.get((z, t))
+        if planes is None:
+            raise InvalidRequestError(f"{self.path}: no plane at z={z}, t={t}")
+        # group requested channels by plane: plane index -> (samples, output channels)
+        groups: dict[int, tuple[list[int], list[int]]] = {}
+        for oc, c in enumerate(channels):
+            p, s = layout.channel_map[c]
+            groups.setdefault(p, ([], []))[0].append(s)
+            groups[p][1].append(oc)
+        out = None
+        tasks = []
+        for p, (samples, ocs) in groups.items():
+            plane = planes[p]
+            pw, ph = plane.size
+            tw, th = plane.tile
+            nx, _ = plane.grid
+            if out is None:
+                inside = x >= 0 and y >= 0 and x + w <= pw and y + h <= ph
+                shape = (h, w, len(channels))
+                out = np.empty(shape, dtype) if inside else np.full(shape, background, dtype)
+            ix0, iy0, ix1, iy1 = max(x, 0), max(y, 0), min(x + w, pw), min(y + h, ph)
+            if ix1 <= ix0 or iy1 <= iy0:
+                continue
+            sel = _selector(samples, ocs, plane.codec.samples, len(channels))
+            for ty in range(iy0 // th, (iy1 - 1) // th + 1):
+                for tx in range(ix0 // tw, (ix1 - 1) // tw + 1):
+                    tasks.append((plane, ty * nx + tx, tx, ty, sel))
+        if out is None:  # no channels asked: still a well-formed array
+            out = np.full((h, w, 0), background, dtype)
+
+        def run(batch):
+            for plane, index, tx, ty, sel in batch:
+                self._paste(out, rect, plane, index, tx, ty, sel, background)
+
+        self._parallel(tasks, run)
+        return out
+
+    def _paste(self, out, rect, plane: Plane, index, tx, ty, sel, background) -> None:
+        x, y, w, h = rect
+        tw, th = plane.tile
+        pw, ph = plane.size
+        x0, y0 = tx * tw, ty * th
+        ix0, iy0 = max(x, x0), max(y, y0)
+        ix1, iy1 = min(x + w, x0 + tw, pw), min(y + h, y0 + th, ph)
+        dst = out[iy0 - y:iy1 - y, ix0 - x:ix1 - x]
+        a = self._piece(plane, index)
+        src_sel, dst_sel = sel
+        if a is None:  # a sparse format's missing piece
+            dst[..., dst_sel] = background
+            return
+        if a.shape[0] < iy1 - y0 or a.shape[1] < ix1 - x0:
+            raise CorruptDataError(
+                f"{self.path}: {plane.pieces.label}: piece {index} decoded to {a.shape[1]}x{a.shape[0]} "
+                f"pixels, smaller than its {min(tw, pw - x0)}x{min(th, ph - y0)} place in the image")
+        dst[..., dst_sel] = a[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0, src_sel]
+
+    def _parallel(self, tasks: list, run) -> None:
+        n = min(self.options.threads, len(tasks))
+        if n <= 1:
+            run(tasks)
+            return
+        size = -(-len(tasks) // n)
+        batches = [tasks[i:i + size] for i in range(0, len(tasks), size)]
+        futures = [_executor().submit(run, b) for b in batches[1:]]
+        try:
+            run(batches[0])
+        finally:
+            errors = [f.exception() for f in futures]
+        for e in errors:
+            if e is not None:
+                raise e
+
+    # -- any region at any output size ---------------------------------------------------------
+    def read(self, levels, rect, out_size, channels, planes, dtype, background) -> np.ndarray:
+        """``rect`` in level-0 pixels resampled to ``out_size``, for each (z, t) in ``planes``;
+        ``levels`` is a sequence of (scale_x, scale_y, layout)."""
+        x, y, w, h = rect
+        ow, oh = out_size
+        nbytes = ow * oh * len(channels) * np.dtype(dtype).itemsize * len(planes)
+        if nbytes > self.options.max_read_bytes:
+            raise TooLargeError(
+                f"{self.path}: reading {ow}x{oh} pixels x {len(channels)} channels x {len(planes)} planes "
+                f"needs {nbytes / 2**20:.0f} MiB, above the {self.options.max_read_bytes / 2**20:.0f} MiB "
+                f"budget (max_read_bytes)")
+        li = best_level([(sx, sy) for sx, sy, _ in levels], min(w / ow, h / oh))
+        sx, sy, layout = levels[li]
+        box = (x / sx, y / sy, (x + w) / sx, (y + h) / sy)
+        out = np.empty((len(planes), oh, ow, len(channels)), dtype)
+        for i, (z, t) in enumerate(planes):
+            out[i] = self._read_box(layout, box, (ow, oh), channels, z, t, dtype, background)
+        return out
+
+    def _read_box(self, layout, box, out_size, channels, z, t, dtype, background) -> np.ndarray:
+        bx0, by0, bx1, by1 = box
+        ow, oh = out_size
+        if all(float(v).is_integer() for v in box) and (bx1 - bx0, by1 - by0) == (ow, oh):
+            return self.read_level(layout, (int(bx0), int(by0), ow, oh), channels, z, t, dtype, background)
+        # resample in bands of output rows so intermediate memory stays bounded
+        fy = (by1 - by0) / oh
+        row_bytes = (math.ceil(bx1) - math.floor(bx0)) * len(channels) * np.dtype(np.float32).itemsize
+        rows = max(1, int(self.options.band_bytes // max(1, row_bytes * (fy + 2))))
+        if row_bytes * (fy + 2) > self.options.max_read_bytes:
+            raise TooLargeError(f"{self.path}: one output row of this read needs more than "
+                                f"max_read_bytes of source pixels")
+        out = np.empty((oh, ow, len(channels)), dtype)
+        ix0, ix1 = math.floor(bx0), math.ceil(bx1)
+        for r0 in range(0, oh, rows):
+            r1 = min(oh, r0 + rows)
+            sy0, sy1 = by0 + r0 * fy, by0 + r1 * fy
+            iy0, iy1 = math.floor(sy0), math.ceil(sy1)
+            src = self.read_level(layout, (ix0, iy0, ix1 - ix0, iy1 - iy0), channels, z, t, dtype,
+                                  background)
+            out[r0:r1] = resample(src, (bx0 - ix0, sy0 - iy0, bx1 - ix0, sy1 - iy0), (ow, r1 - r0))
+        return out
+
+
+def _selector(samples: list[int], ocs: list[int], nsamples: int, nout: int):
+    """Index pair (source samples, output channels), as slices where they are contiguous runs."""
+    def idx(v, n):
+        if v == list(range(v[0], v[0] + len(v))):
+            return slice(v[0], v[0] + len(v)) if len(v) != n or v[0] != 0 else slice(None)
+        return v
+    return idx(samples, nsamples), idx(ocs, nout)
+
+
+_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def resample(src: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    """Area (box-filter) resample of ``src`` (h, w, c) over ``box`` (source pixels) to ``size``.
+
+    uint8 images with 1, 3 or 4 channels go through Pillow in one call; anything else channel by
+    channel in 32-bit float, rounded back to integers.
+    """
+    h, w, c = src.shape
+    if src.dtype == np.uint8 and c in _PIL_MODES:
+        im = Image.fromarray(src[..., 0] if c == 1 else src, _PIL_MODES[c])
+        out = np.asarray(im.resize(size, Image.Resampling.BOX, box=box))
+        return out.reshape(size[1], size[0], c)
+    out = np.empty((size[1], size[0], c), src.dtype)
+    for i in range(c):
+        im = Image.fromarray(np.ascontiguousarray(src[..., i], dtype=np.float32), "F")
+        r = np.asarray(im.resize(size, Image.Resampling.BOX, box=box))
+        if np.issubdtype(src.dtype, np.integer):
+            info = np.iinfo(src.dtype)
+            r = np.clip(np.rint(r), info.min, info.max)
+        out[..., i] = r
+    return out

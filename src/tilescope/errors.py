@@ -1,0 +1,31 @@
+"""The errors tilescope raises. Every message names the file and what is wrong."""
+
+from __future__ import annotations
+
+
+class TilescopeError(Exception):
+    """Base class of every error tilescope raises on purpose."""
+
+
+class UnsupportedFormatError(TilescopeError):
+    """The file is not an image tilescope reads, or uses a feature it does not support."""
+
+
+class CorruptDataError(TilescopeError):
+    """The file claims to be a supported format but its structure or encoded data is broken."""
+
+
+class InvalidRequestError(TilescopeError, ValueError):
+    """A read or lookup asked for something that cannot exist (negative size, bad channel...)."""
+
+
+class TooLargeError(InvalidRequestError):
+    """A request would allocate more than the configured memory budget."""
+
+
+class SlideClosedError(TilescopeError):
+    """The slide was closed and can no longer be read."""
+
+
+class SourceNotFoundError(TilescopeError, FileNotFoundError):
+    """The path does not exist."""

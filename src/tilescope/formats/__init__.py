@@ -1,0 +1,72 @@
+"""Format drivers: one module per format, each with ``NAME``, ``detect(probe)`` and
+``open(probe, options)``. Detection asks the drivers in ``DRIVERS`` order, most specific first,
+so a file reaches the driver that knows most about it (an Aperio SVS is a TIFF too)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ..errors import CorruptDataError, InvalidRequestError
+from ..source import FileSource
+
+# detection order: vendor dialects of TIFF first, the generic TIFF reader last
+DRIVERS = ("svs", "ome", "tiff")
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+class Probe:
+    """What detection looks at: the file's first bytes and, for TIFFs, its parsed IFDs.
+
+    Parsing happens once and is shared by every driver asked. ``close()`` releases tifffile's
+    handle; drivers copy what they need (offsets, tags, descriptions) before that.
+    """
+
+    def __init__(self, source: FileSource):
+        self.source = source
+        self.path = source.path
+        self.head = source.head(64)
+        self._tiff = None
+
+    @property
+    def is_tiff(self) -> bool:
+        return self.head[:4] in TIFF_MAGIC
+
+    def tiff(self):
+        """The file as a ``tifffile.TiffFile``; CorruptDataError if its structure is broken."""
+        if self._tiff is None:
+            import tifffile
+
+            try:
+                self._tiff = tifffile.TiffFile(self.path)
+                self._tiff.pages[0]
+            except Exception as e:
+                if self._tiff is not None:
+                    self._tiff.close()
+                    self._tiff = None
+                raise CorruptDataError(f"{self.path}: TIFF structure is broken: {e}") from e
+        return self._tiff
+
+    def close(self) -> None:
+        if self._tiff is not None:
+            self._tiff.close()
+            self._tiff = None
+
+
+def modules() -> list[ModuleType]:
+    return [importlib.import_module(f"{__name__}.{m}") for m in DRIVERS]
+
+
+def by_name(name: str) -> ModuleType:
+    for m in modules():
+        if m.NAME.lower() == name.lower():
+            return m
+    raise InvalidRequestError(f"no driver named {name!r} (drivers: {', '.join(m.NAME for m in modules())})")
+
+
+def detect(probe: Probe) -> ModuleType | None:
+    for m in modules():
+        if m.detect(probe):
+            return m
+    return None

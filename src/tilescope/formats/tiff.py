@@ -1,0 +1,164 @@
+"""Generic tiled or stripped TIFF and BigTIFF; also the TIFF helpers the TIFF dialects share.
+
+Levels are page 0 and its SubIFDs when it has them, else page 0 and the following pages that are
+smaller versions of it (same samples and type), as pyramid writers lay them out. Any compression
+imagecodecs decodes is read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import codecs
+from ..engine import Layout, Plane, Reader
+from ..errors import UnsupportedFormatError
+from ..model import AssociatedImage, Scene, Slide, make_levels
+from ..source import Pieces
+
+NAME = "TIFF"
+
+_TEXT_TAGS = ("ImageDescription", "Software", "DateTime", "Make", "Model", "Artist", "Copyright",
+              "HostComputer", "DocumentName")
+_BRIGHTFIELD = {2, 6}  # RGB, YCbCr
+
+
+def detect(probe) -> bool:
+    return probe.is_tiff
+
+
+def page_planes(page, probe, label: str, missing_ok: bool = False) -> tuple[Plane, ...]:
+    """The planes of one TIFF page or frame: one, or one per sample for planar-separate pages."""
+    kf = page.keyframe
+    where = f"{probe.path}: {label}"
+    if kf.imagedepth > 1:
+        raise UnsupportedFormatError(f"{where}: volumetric (ImageDepth > 1) TIFF tiles are not supported")
+    w, h = kf.imagewidth, kf.imagelength
+    tile = (kf.tilewidth, kf.tilelength) if kf.is_tiled else (w, min(kf.rowsperstrip or h, h))
+    spp = kf.samplesperpixel
+    separate = kf.planarconfig == 2 and spp > 1
+    codec = codecs.from_tiff(
+        kf.compression, dtype=kf.dtype, samples=1 if separate else spp, photometric=kf.photometric,
+        planarconfig=kf.planarconfig, predictor=kf.predictor, bits=kf.bitspersample,
+        byteorder=kf.parent.byteorder, jpegtables=kf.jpegtables, extrasamples=kf.extrasamples,
+        jfif=kf.compression == 7 and _is_jfif(page), where=where)
+    offsets, counts = page.dataoffsets, page.databytecounts
+    nplanes = spp if separate else 1
+    n = len(offsets) // nplanes
+    return tuple(
+        Plane(Pieces(probe.source, offsets[i * n:(i + 1) * n], counts[i * n:(i + 1) * n], label, missing_ok),
+              codec, (w, h), tile)
+        for i in range(nplanes))
+
+
+def _is_jfif(page) -> bool:
+    # tifffile reads the first piece's header; a broken offset just means "not JFIF"
+    try:
+        return bool(page.keyframe.is_jfif)
+    except Exception:
+        return False
+
+
+def page_layout(page, probe, label: str, missing_ok: bool = False) -> Layout:
+    planes = page_planes(page, probe, label, missing_ok)
+    if len(planes) == 1:
+        return Layout.single(planes[0])
+    return Layout({(0, 0): planes}, tuple((i, 0) for i in range(len(planes))))
+
+
+def level_spec(page, probe, label: str):
+    """(size, tile_size, layout) of a page used as a pyramid level."""
+    kf = page.keyframe
+    layout = page_layout(page, probe, label)
+    plane = layout.planes[(0, 0)][0]
+    return (kf.imagewidth, kf.imagelength), plane.tile, layout
+
+
+def associated_image(page, probe, name: str) -> AssociatedImage:
+    kf = page.keyframe
+    return AssociatedImage((kf.imagewidth, kf.imagelength), page_layout(page, probe, name), kf.dtype,
+                           kf.samplesperpixel)
+
+
+def compression_name(page) -> str:
+    kf = page.keyframe
+    try:
+        return kf.compression.name.lower()
+    except AttributeError:
+        return str(kf.compression)
+
+
+def channel_names(page) -> list[str]:
+    kf = page.keyframe
+    spp = kf.samplesperpixel
+    if kf.photometric in _BRIGHTFIELD and spp in (3, 4):
+        return ["R", "G", "B", "A"][:spp]
+    if spp == 1:
+        return ["Y"] if kf.photometric in (0, 1) else ["C0"]
+    return [f"C{i}" for i in range(spp)]
+
+
+def is_brightfield(page) -> bool:
+    return page.keyframe.photometric in _BRIGHTFIELD
+
+
+def resolution_mpp(page) -> tuple[float, float] | None:
+    """Micrometres per pixel from XResolution/YResolution when the unit is cm or inch."""
+    kf = page.keyframe
+    try:
+        unit = int(kf.resolutionunit)
+        rx, ry = kf.get_resolution()
+    except Exception:
+        return None
+    per_unit = {2: 25400.0, 3: 10000.0}.get(unit)
+    if per_unit is None or not rx or not ry or rx <= 0 or ry <= 0:
+        return None
+    return per_unit / rx, per_unit / ry
+
+
+def tag_properties(page) -> dict[str, Any]:
+    """Textual TIFF tags of a page, as openslide exposes them (``tiff.*``)."""
+    props = {}
+    for name in _TEXT_TAGS:
+        tag = page.tags.get(name)
+        if tag is not None and isinstance(tag.value, str):
+            props[name] = tag.value
+    kf = page.keyframe
+    for name in ("XResolution", "YResolution"):
+        tag = kf.tags.get(name)
+        if tag is not None:
+            num, den = tag.value
+            props[name] = num / den if den else None
+    tag = kf.tags.get("ResolutionUnit")
+    if tag is not None:
+        props["ResolutionUnit"] = {1: "none", 2: "inch", 3: "centimeter"}.get(int(tag.value), str(tag.value))
+    return props
+
+
+def pyramid_pages(tf) -> list:
+    """Page 0 and the pages that are its reduced-resolution copies."""
+    p0 = tf.pages.first
+    if p0.subifds:
+        return [p0, *p0.pages]
+    levels = [p0]
+    for page in tf.pages[1:]:
+        prev = levels[-1].keyframe
+        kf = page.keyframe
+        if (kf.samplesperpixel, kf.dtype, kf.photometric) != (p0.samplesperpixel, p0.dtype, p0.photometric):
+            continue
+        if kf.imagewidth < prev.imagewidth and kf.imagelength < prev.imagelength:
+            levels.append(page)
+    return levels
+
+
+def open(probe, options) -> Slide:
+    tf = probe.tiff()
+    pages = pyramid_pages(tf)
+    p0 = pages[0]
+    reader = Reader(probe.path, options)
+    slide = Slide(probe.source, NAME, reader, raw_metadata=p0.description or "", vendor=None,
+                  properties={"tiff": tag_properties(p0)})
+    levels = make_levels([level_spec(p, probe, f"level {i}") for i, p in enumerate(pages)])
+    scene = Scene(slide, name="main", levels=levels, channel_names=channel_names(p0), dtype=p0.dtype,
+                  mpp=resolution_mpp(p0), compression=compression_name(p0), brightfield=is_brightfield(p0))
+    slide._set_contents([scene], {})
+    return slide

@@ -1,0 +1,82 @@
+"""Rects, output sizes, plane selections and level choice: the arithmetic of a request.
+
+Conventions everywhere: rects are (x, y, w, h) in level-0 pixels from the scene's top-left, sizes
+are (w, h), arrays are (h, w, c) row-major.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+from .errors import InvalidRequestError
+
+# A level may be used for a request up to this much coarser than asked, so rounding of level
+# sizes (40001 px / 4 = 10000 px) does not push reads down to a 16x larger level.
+LEVEL_TOLERANCE = 0.005
+
+
+def _int(v, what: str, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise InvalidRequestError(f"{where}: {what} must be a finite number, got {v!r}")
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if float(v).is_integer():
+        return int(v)
+    raise InvalidRequestError(f"{where}: {what} must be a whole number of pixels, got {v!r}")
+
+
+def normalize_rect(rect, full: tuple[int, int], where: str) -> tuple[int, int, int, int]:
+    """(x, y, w, h) as ints with w, h > 0; ``None`` means the whole of ``full``."""
+    if rect is None:
+        return (0, 0, *full)
+    if not isinstance(rect, Sequence) or len(rect) != 4:
+        raise InvalidRequestError(f"{where}: rect must be (x, y, w, h), got {rect!r}")
+    x, y, w, h = (_int(v, n, where) for v, n in zip(rect, ("x", "y", "width", "height"), strict=True))
+    if w <= 0 or h <= 0:
+        raise InvalidRequestError(f"{where}: rect {rect!r} has a width or height <= 0")
+    return x, y, w, h
+
+
+def resolve_size(size, rect_wh: tuple[int, int], where: str) -> tuple[int, int]:
+    """Output (w, h): ``None`` is the rect's size, a 0 in one dimension keeps the aspect ratio."""
+    w, h = rect_wh
+    if size is None:
+        return w, h
+    if not isinstance(size, Sequence) or len(size) != 2:
+        raise InvalidRequestError(f"{where}: size must be (w, h), got {size!r}")
+    ow, oh = (_int(v, n, where) for v, n in zip(size, ("output width", "output height"), strict=True))
+    if ow < 0 or oh < 0 or (ow == 0 and oh == 0):
+        raise InvalidRequestError(f"{where}: size {size!r} must be positive (one 0 keeps the aspect)")
+    if ow == 0:
+        ow = max(1, round(w * oh / h))
+    elif oh == 0:
+        oh = max(1, round(h * ow / w))
+    return ow, oh
+
+
+def plane_indices(v, count: int, what: str, where: str) -> tuple[list[int], bool]:
+    """An index, or a (start, stop) range, as (indices, is_range)."""
+    if isinstance(v, Sequence) and not isinstance(v, str):
+        if len(v) != 2:
+            raise InvalidRequestError(f"{where}: {what} range must be (start, stop), got {v!r}")
+        start, stop = (_int(i, what, where) for i in v)
+        if not 0 <= start < stop <= count:
+            raise InvalidRequestError(f"{where}: {what} range {v!r} is outside 0..{count}")
+        return list(range(start, stop)), True
+    i = _int(v, what, where)
+    if not 0 <= i < count:
+        raise InvalidRequestError(f"{where}: {what}={i} is outside 0..{count - 1}")
+    return [i], False
+
+
+def best_level(scales: Sequence[tuple[float, float]], ds: float) -> int:
+    """Index of the coarsest level whose per-axis downsample does not exceed ``ds`` (with tolerance)."""
+    limit = ds * (1 + LEVEL_TOLERANCE)
+    best, best_s = 0, 0.0
+    for i, (sx, sy) in enumerate(scales):
+        s = max(sx, sy)
+        if s <= limit and s > best_s:
+            best, best_s = i, s
+    return best

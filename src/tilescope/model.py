@@ -1,0 +1,261 @@
+"""Slide, Scene, Level: the format-independent object model every driver fills in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .engine import Layout, Reader
+from .errors import InvalidRequestError, SlideClosedError
+from .geometry import normalize_rect, plane_indices, resolve_size
+from .source import FileSource
+
+
+@dataclass(frozen=True)
+class Level:
+    """One resolution of a scene. ``downsample`` is openslide's: the mean of the width and height
+    ratios to level 0; ``scale`` is the exact (x, y) ratio the engine maps coordinates with."""
+
+    index: int
+    size: tuple[int, int]
+    downsample: float
+    tile_size: tuple[int, int]
+    scale: tuple[float, float] = field(repr=False)
+    layout: Layout = field(repr=False, compare=False)
+
+
+def make_levels(specs: Sequence[tuple[tuple[int, int], tuple[int, int], Layout]]) -> list[Level]:
+    """Levels from (size, tile_size, layout) tuples, finest first."""
+    w0, h0 = specs[0][0]
+    levels = []
+    for i, ((w, h), tile, layout) in enumerate(specs):
+        sx, sy = w0 / w, h0 / h
+        levels.append(Level(i, (w, h), (sx + sy) / 2, tile, (sx, sy), layout))
+    return levels
+
+
+def background_for(dtype: np.dtype, brightfield: bool):
+    """White for brightfield (the glass), 0 for fluorescence (no signal)."""
+    if not brightfield:
+        return 0
+    dtype = np.dtype(dtype)
+    return np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0
+
+
+class Scene:
+    """A continuous raster: one or more channels, z-slices and time frames, with a pyramid."""
+
+    def __init__(self, slide: Slide, *, name: str, levels: list[Level], channel_names: Sequence[str],
+                 dtype, mpp: tuple[float, float] | None = None, magnification: float | None = None,
+                 compression: str = "", rect: tuple[int, int, int, int] | None = None,
+                 num_z_slices: int = 1, num_t_frames: int = 1, z_resolution: float | None = None,
+                 t_resolution: float | None = None, brightfield: bool = False):
+        self._slide = slide
+        self.name = name
+        self.levels = tuple(levels)
+        self.channel_names = tuple(channel_names)
+        self.dtype = np.dtype(dtype)
+        self.channel_dtypes = (self.dtype,) * len(self.channel_names)
+        self.mpp = mpp
+        self.magnification = magnification
+        self.compression = compression
+        self.size = levels[0].size
+        self.rect = rect if rect is not None else (0, 0, *self.size)
+        self.num_z_slices = num_z_slices
+        self.num_t_frames = num_t_frames
+        self.z_resolution = z_resolution
+        self.t_resolution = t_resolution
+        self.background = background_for(self.dtype, brightfield)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    def __repr__(self) -> str:
+        return (f"<Scene {self.name!r} {self.size[0]}x{self.size[1]} {self.num_channels}ch {self.dtype} "
+                f"z={self.num_z_slices} t={self.num_t_frames} levels={len(self.levels)}>")
+
+    @property
+    def _where(self) -> str:
+        return f"{self._slide.path} [scene {self.name!r}]"
+
+    def _reader(self) -> Reader:
+        self._slide._check_open()
+        return self._slide._reader
+
+    def _channels(self, channels) -> list[int]:
+        if channels is None:
+            return list(range(self.num_channels))
+        if isinstance(channels, int | str):
+            channels = [channels]
+        out = []
+        for c in channels:
+            if isinstance(c, str):
+                if c not in self.channel_names:
+                    raise InvalidRequestError(f"{self._where}: no channel named {c!r} "
+                                              f"(channels: {', '.join(self.channel_names)})")
+                c = self.channel_names.index(c)
+            elif isinstance(c, bool) or not isinstance(c, int | np.integer) \
+                    or not 0 <= c < self.num_channels:
+                raise InvalidRequestError(f"{self._where}: channel {c!r} is outside 0..{self.num_channels - 1}")
+            out.append(int(c))
+        return out
+
+    def _planes(self, z, t):
+        zs, zr = plane_indices(z, self.num_z_slices, "z", self._where)
+        ts, tr = plane_indices(t, self.num_t_frames, "t", self._where)
+        lead = (len(ts),) * tr + (len(zs),) * zr
+        return [(zz, tt) for tt in ts for zz in zs], lead
+
+    def read(self, rect=None, size=None, *, channels=None, z=0, t=0) -> np.ndarray:
+        """Pixels of ``rect`` (x, y, w, h in level-0 pixels; default the whole scene) at output
+        ``size`` (w, h; a 0 keeps the aspect ratio; default the rect's size), as (h, w, c).
+
+        Downscaled reads come from the best pyramid level, area-resampled. ``z`` and ``t`` take an
+        index or a (start, stop) range; each range adds a leading axis, t before z. Pixels
+        outside the scene are background (white for brightfield, 0 for fluorescence).
+        """
+        reader = self._reader()
+        rect = normalize_rect(rect, self.size, self._where)
+        out_size = resolve_size(size, rect[2:], self._where)
+        chans = self._channels(channels)
+        planes, lead = self._planes(z, t)
+        levels = [(lv.scale[0], lv.scale[1], lv.layout) for lv in self.levels]
+        out = reader.read(levels, rect, out_size, chans, planes, self.dtype, self.background)
+        return out.reshape(*lead, *out.shape[1:])
+
+    def read_level(self, level: int, rect=None, *, channels=None, z=0, t=0) -> np.ndarray:
+        """Pixels of ``rect`` in level ``level``'s own pixel grid, exactly as stored (no resampling)."""
+        reader = self._reader()
+        if isinstance(level, bool) or not isinstance(level, int | np.integer) \
+                or not 0 <= level < len(self.levels):
+            raise InvalidRequestError(f"{self._where}: level {level!r} is outside 0..{len(self.levels) - 1}")
+        lv = self.levels[level]
+        rect = normalize_rect(rect, lv.size, self._where)
+        planes, lead = self._planes(z, t)
+        chans = self._channels(channels)
+        out = reader.read([(1.0, 1.0, lv.layout)], rect, rect[2:], chans, planes, self.dtype,
+                          self.background)
+        return out.reshape(*lead, *out.shape[1:])
+
+    def describe(self) -> dict[str, Any]:
+        """This scene's normalized metadata (JSON-serializable)."""
+        return {
+            "name": self.name, "rect": list(self.rect), "size": list(self.size),
+            "channels": list(self.channel_names), "dtype": str(self.dtype),
+            "mpp": list(self.mpp) if self.mpp else None, "magnification": self.magnification,
+            "compression": self.compression, "num_z_slices": self.num_z_slices,
+            "num_t_frames": self.num_t_frames, "z_resolution": self.z_resolution,
+            "t_resolution": self.t_resolution,
+            "levels": [{"size": list(lv.size), "downsample": lv.downsample, "tile_size": list(lv.tile_size)}
+                       for lv in self.levels],
+        }
+
+
+@dataclass(frozen=True)
+class AssociatedImage:
+    """A label, macro or thumbnail image: one plane, read whole."""
+
+    size: tuple[int, int]
+    layout: Layout
+    dtype: np.dtype
+    channels: int
+
+
+class AssociatedImages(Mapping):
+    """name -> numpy array, decoded when looked up."""
+
+    def __init__(self, slide: Slide, images: dict[str, AssociatedImage]):
+        self._slide = slide
+        self._images = images
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        im = self._images[name]
+        self._slide._check_open()
+        w, h = im.size
+        return self._slide._reader.read_level(im.layout, (0, 0, w, h), list(range(im.channels)), 0, 0,
+                                              im.dtype, 0)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._images)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def size(self, name: str) -> tuple[int, int]:
+        """(w, h) of an associated image without decoding it."""
+        return self._images[name].size
+
+
+class Slide:
+    """An opened image file: its scenes, associated images and metadata. Close it (or use
+    ``with``) to release the file; reads after ``close()`` raise SlideClosedError."""
+
+    def __init__(self, source: FileSource, driver: str, reader: Reader, *, raw_metadata: str = "",
+                 vendor: str | None = None, properties: dict[str, Any] | None = None):
+        self._source = source
+        self._reader = reader
+        self.path = source.path
+        self.driver = driver
+        self.raw_metadata = raw_metadata
+        self.vendor = vendor
+        self.properties = properties or {}
+        self.scenes: tuple[Scene, ...] = ()
+        self._associated: dict[str, AssociatedImage] = {}
+
+    def _set_contents(self, scenes: Sequence[Scene], associated: dict[str, AssociatedImage]) -> None:
+        self.scenes = tuple(scenes)
+        self._associated = associated
+
+    def _check_open(self) -> None:
+        if self._source.closed:
+            raise SlideClosedError(f"{self.path}: slide is closed")
+
+    @property
+    def associated(self) -> AssociatedImages:
+        """Associated images by name ("label", "macro", "thumbnail" where the file has them)."""
+        return AssociatedImages(self, self._associated)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Normalized metadata: JSON-serializable, the same keys for every format."""
+        s0 = self.scenes[0]
+        return {
+            "driver": self.driver, "vendor": self.vendor,
+            "size": list(s0.size), "mpp": list(s0.mpp) if s0.mpp else None,
+            "magnification": s0.magnification,
+            "scenes": [s.describe() for s in self.scenes],
+            "associated": {k: list(v.size) for k, v in self._associated.items()},
+            "properties": self.properties,
+        }
+
+    def scene(self, key: int | str) -> Scene:
+        """A scene by index or by name."""
+        if isinstance(key, str):
+            for s in self.scenes:
+                if s.name == key:
+                    return s
+            raise InvalidRequestError(f"{self.path}: no scene named {key!r}")
+        if isinstance(key, bool) or not isinstance(key, int) or not -len(self.scenes) <= key < len(self.scenes):
+            raise InvalidRequestError(f"{self.path}: scene {key!r} is outside 0..{len(self.scenes) - 1}")
+        return self.scenes[key]
+
+    def close(self) -> None:
+        self._source.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._source.closed
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self.scenes)} scene(s)"
+        return f"<Slide {self.driver} {self.path!r} {state}>"

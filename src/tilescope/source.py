@@ -1,0 +1,100 @@
+"""Byte sources: where encoded pieces come from.
+
+A file is read with ``os.pread`` on one descriptor, which needs no lock and no seek, so any number
+of threads read one slide at once. Drivers hand the engine a :class:`Pieces` per plane of a level:
+the byte ranges of its encoded pieces in one source.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from .errors import CorruptDataError, SlideClosedError, SourceNotFoundError, UnsupportedFormatError
+
+
+class FileSource:
+    """A read-only file read by offset. Thread-safe; ``close()`` is idempotent."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            raise SourceNotFoundError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise UnsupportedFormatError(f"{self.path}: is a directory, not an image file") from None
+        st = os.fstat(self._fd)
+        self.size = st.st_size
+        self.mtime_ns = st.st_mtime_ns
+        self._lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def pread(self, offset: int, count: int) -> bytes:
+        fd = self._fd
+        if fd is None:
+            raise SlideClosedError(f"{self.path}: slide is closed")
+        try:
+            data = os.pread(fd, count, offset)
+        except OSError as e:  # closed under us by another thread, or an I/O error
+            if self._fd is None:
+                raise SlideClosedError(f"{self.path}: slide is closed") from None
+            raise CorruptDataError(f"{self.path}: cannot read {count} bytes at {offset}: {e}") from e
+        if len(data) != count:
+            raise CorruptDataError(
+                f"{self.path}: file is truncated: wanted {count} bytes at offset {offset}, "
+                f"file has {self.size} bytes")
+        return data
+
+    def head(self, n: int = 4096) -> bytes:
+        fd = self._fd
+        if fd is None:
+            raise SlideClosedError(f"{self.path}: slide is closed")
+        return os.pread(fd, n, 0)
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class Pieces:
+    """The encoded pieces of one plane: byte ranges in a source, indexed row-major over the grid.
+
+    ``label`` names the plane in error messages (for example ``"level 1"``).
+    A piece with no bytes is missing: an error, unless ``missing_ok`` (sparse formats), in which
+    case the engine fills it with background.
+    """
+
+    def __init__(self, source: FileSource, offsets, counts, label: str, missing_ok: bool = False):
+        self.source = source
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.label = label
+        self.missing_ok = missing_ok
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def is_missing(self, index: int) -> bool:
+        return self.counts[index] <= 0 or self.offsets[index] <= 0
+
+    def fetch(self, index: int) -> bytes:
+        """The encoded bytes of piece ``index``; CorruptDataError if it is missing or truncated."""
+        count = int(self.counts[index])
+        offset = int(self.offsets[index])
+        if count <= 0 or offset <= 0:
+            raise CorruptDataError(
+                f"{self.source.path}: {self.label}: piece {index} has no data "
+                f"(offset {offset}, {count} bytes)")
+        if offset + count > self.source.size:
+            raise CorruptDataError(
+                f"{self.source.path}: {self.label}: piece {index} ends at byte {offset + count}, "
+                f"past the end of the file ({self.source.size} bytes): the file is truncated")
+        return self.source.pread(offset, count)

@@ -1,0 +1,433 @@
+"""Synthetic slides written with tifffile (container) and imagecodecs (codecs).
+
+Realistic enough that decode cost and pixel statistics resemble real slides: H&E-like tissue
+(Beer-Lambert mix of haematoxylin nuclei and eosin stroma) in islands on a noisy near-white
+background, or fluorescence blobs per channel. Used by the tests, ``make demo`` and benchmarks.
+
+    python -m tilescope.synth svs OUT.svs --width 40000 --height 30000
+    python -m tilescope.synth ome OUT.ome.tiff --width 4000 --height 3000 --channels 3 --z 2 --t 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+from collections.abc import Iterator, Sequence
+
+import imagecodecs
+import numpy as np
+import tifffile
+from PIL import Image, ImageDraw, ImageFilter
+
+TILE = 256
+APERIO_HEADER = "Aperio Image Library v12.0.15"
+_HEMA = np.array([0.650, 0.704, 0.286], np.float32)  # Ruifrok & Johnston stain vectors
+_EOSIN = np.array([0.072, 0.990, 0.105], np.float32)
+_GLASS = np.array([242.0, 240.0, 244.0], np.float32)
+
+
+# -- content ------------------------------------------------------------------------------------
+def _smooth(rng, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Zero-mean, unit-variance noise correlated over ~``scale`` pixels (float32, shape (h, w))."""
+    h, w = shape
+    sh, sw = max(2, int(h / scale) + 2), max(2, int(w / scale) + 2)
+    small = Image.fromarray(rng.standard_normal((sh, sw), dtype=np.float32), "F")
+    big = np.asarray(small.resize((int(sw * scale), int(sh * scale)), Image.Resampling.BICUBIC))[:h, :w]
+    big = big - big.mean()
+    return big / (big.std() + 1e-6)
+
+
+def tissue_pool(seed: int = 0, size: int = 2048) -> np.ndarray:
+    """A (size, size, 3) uint8 patch of H&E-like tissue texture."""
+    rng = np.random.default_rng(seed)
+    eosin = 0.55 + 0.22 * _smooth(rng, (size, size), 48) + 0.12 * _smooth(rng, (size, size), 10) \
+        + 0.06 * _smooth(rng, (size, size), 3)
+    nuclei = Image.new("L", (size, size))
+    draw = ImageDraw.Draw(nuclei)
+    cell = _smooth(rng, (size, size), 160)
+    n = size * size // 260
+    xs, ys = rng.integers(0, size, n), rng.integers(0, size, n)
+    keep = rng.random(n) < 1 / (1 + np.exp(-1.6 * cell[ys, xs]))
+    for x, y, r, e, v in zip(xs[keep].tolist(), ys[keep].tolist(), rng.uniform(3.5, 8.5, n).tolist(),
+                             rng.uniform(0.55, 1.0, n).tolist(), rng.integers(110, 230, n).tolist(),
+                             strict=False):
+        draw.ellipse((x - r, y - r * e, x + r, y + r * e), fill=v)
+    haem = np.asarray(nuclei.filter(ImageFilter.GaussianBlur(1.1)), np.float32) / 140.0
+    haem = haem * (1 + 0.35 * _smooth(rng, (size, size), 1.5)) + 0.12 + 0.05 * _smooth(rng, (size, size), 5)
+    holes = np.clip((_smooth(rng, (size, size), 90) - 1.3) * 3.0, 0, 1)
+    amount = 1 - holes
+    od = (np.clip(haem, 0, None) * amount)[..., None] * (_HEMA * 1.05) \
+        + (np.clip(eosin, 0.02, None) * amount)[..., None] * (_EOSIN * 0.62)
+    rgb = _GLASS * np.exp(-od) + 2.2 * rng.standard_normal((size, size, 3), dtype=np.float32)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+class Tissue:
+    """Level-0 tiles of an H&E-like slide of any size, made on demand (the slide never sits in
+    memory whole): tissue islands cut from a texture pool, blended into background."""
+
+    def __init__(self, width: int, height: int, seed: int = 0, tile: int = TILE):
+        rng = np.random.default_rng(seed)
+        self.width, self.height, self.tile_size = width, height, tile
+        self.pool = tissue_pool(seed)
+        self.background = [np.clip(_GLASS + 1.4 * rng.standard_normal((tile, tile, 3), dtype=np.float32),
+                                   0, 255).astype(np.uint8) for _ in range(8)]
+        self.nx, self.ny = -(-width // tile), -(-height // tile)
+        # tissue probability per 16 px, with the slide border kept clear
+        mh, mw = self.ny * tile // 16 + 2, self.nx * tile // 16 + 2
+        v = _smooth(rng, (mh, mw), max(mh, mw) / 6) + 0.4 * _smooth(rng, (mh, mw), max(mh, mw) / 24)
+        yy, xx = np.mgrid[0:mh, 0:mw].astype(np.float32)
+        edge = np.maximum(np.abs(xx / mw - 0.5), np.abs(yy / mh - 0.5)) * 2
+        v -= 2.0 * np.clip(edge - 0.75, 0, None) / 0.25
+        self.mask = np.clip((v - np.quantile(v, 0.4)) * 4.0, 0, 1).astype(np.float32)
+        span = self.pool.shape[0] - 4 * tile  # 4x4-tile blocks of continuous texture
+        self.offsets = rng.integers(0, span, size=(-(-self.ny // 4), -(-self.nx // 4), 2))
+
+    def tile(self, ty: int, tx: int) -> np.ndarray:
+        t = self.tile_size
+        oy, ox = self.offsets[ty // 4, tx // 4]
+        py, px = oy + (ty % 4) * t, ox + (tx % 4) * t
+        tissue = self.pool[py:py + t, px:px + t]
+        bg = self.background[(ty * 7 + tx * 13) % len(self.background)]
+        s = t // 16
+        m = self.mask[ty * s:ty * s + s + 1, tx * s:tx * s + s + 1]
+        if m.max() <= 0:
+            out = bg.copy()
+        elif m.min() >= 1:
+            out = tissue.copy()
+        else:
+            alpha = np.asarray(Image.fromarray(m, "F").resize((t, t), Image.Resampling.BILINEAR))[..., None]
+            out = (bg + (tissue.astype(np.float32) - bg) * alpha).astype(np.uint8)
+        # beyond the image edge scanners pad with white
+        out[max(0, self.height - ty * t):] = 255
+        out[:, max(0, self.width - tx * t):] = 255
+        return out
+
+    def tiles(self) -> Iterator[np.ndarray]:
+        for ty in range(self.ny):
+            for tx in range(self.nx):
+                yield self.tile(ty, tx)
+
+    def array(self) -> np.ndarray:
+        """The whole level 0 (only for small slides)."""
+        t = self.tile_size
+        out = np.empty((self.ny * t, self.nx * t, 3), np.uint8)
+        for ty in range(self.ny):
+            for tx in range(self.nx):
+                out[ty * t:(ty + 1) * t, tx * t:(tx + 1) * t] = self.tile(ty, tx)
+        return out[:self.height, :self.width]
+
+
+def area_downsample(a: np.ndarray, f: int) -> np.ndarray:
+    """Mean over f x f blocks (edge blocks partial), rounded; the reference area filter."""
+    h, w = a.shape[:2]
+    H, W = -(-h // f) * f, -(-w // f) * f
+    pad = np.pad(a.astype(np.float64), ((0, H - h), (0, W - w)) + ((0, 0),) * (a.ndim - 2))
+    cnt = np.pad(np.ones((h, w)), ((0, H - h), (0, W - w)))
+    s = pad.reshape(H // f, f, W // f, f, *a.shape[2:]).sum(axis=(1, 3))
+    n = cnt.reshape(H // f, f, W // f, f).sum(axis=(1, 3)).reshape(H // f, W // f, *([1] * (a.ndim - 2)))
+    return np.rint(s / n).astype(a.dtype)
+
+
+# -- encoders -----------------------------------------------------------------------------------
+def _jpeg_segments(b: bytes):
+    i = 2
+    while True:
+        marker, length = b[i + 1], (b[i + 2] << 8) | b[i + 3]
+        yield marker, i, i + 2 + length
+        if marker == 0xDA:
+            return
+        i += 2 + length
+
+
+class AbbreviatedJpeg:
+    """Encode tiles as Aperio does: shared tables in JPEGTables, abbreviated streams per tile."""
+
+    def __init__(self, quality: int = 80, rgb: bool = False, tile: int = TILE):
+        self.quality, self.rgb = quality, rgb
+        self.tables, _ = self._split(self._encode(np.zeros((tile, tile, 3), np.uint8)))
+        self.jpegtables = b"\xff\xd8" + self.tables + b"\xff\xd9"
+
+    def _encode(self, rgb: np.ndarray) -> bytes:
+        return imagecodecs.jpeg8_encode(rgb, level=self.quality, colorspace="RGB",
+                                        outcolorspace="RGB" if self.rgb else "YCBCR",
+                                        subsampling="444" if self.rgb else "420", optimize=False)
+
+    @staticmethod
+    def _split(b: bytes) -> tuple[bytes, bytes]:
+        tables, keep, end = [], [b"\xff\xd8"], 0
+        for marker, s, e in _jpeg_segments(b):
+            if marker in (0xDB, 0xC4):
+                tables.append(b[s:e])
+            elif not 0xE0 <= marker <= 0xEF:  # drop APPn (JFIF/Adobe) as Aperio does
+                keep.append(b[s:e])
+            end = e
+        return b"".join(tables), b"".join(keep) + b[end:]
+
+    def __call__(self, rgb: np.ndarray) -> bytes:
+        tables, body = self._split(self._encode(rgb))
+        if tables != self.tables:
+            raise RuntimeError("JPEG tables differ between tiles")
+        return body
+
+
+def _ycbcr(rgb: np.ndarray) -> np.ndarray:
+    f = rgb.astype(np.float32)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    out = np.stack([0.299 * r + 0.587 * g + 0.114 * b,
+                    128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
+                    128 + 0.5 * r - 0.418688 * g - 0.081312 * b], axis=-1)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _tile_encoder(compression: str, quality: int):
+    """(tifffile write kwargs, encode(tile) -> bytes or None when tifffile encodes itself)."""
+    if compression in ("jpeg", "jpeg-rgb"):
+        enc = AbbreviatedJpeg(quality, rgb=compression == "jpeg-rgb")
+        kw = dict(compression=7, jpegtables=enc.jpegtables,
+                  photometric="rgb" if compression == "jpeg-rgb" else "ycbcr")
+        if compression == "jpeg":
+            kw["subsampling"] = (2, 2)
+        return kw, enc
+    if compression == "jpeg2000-rgb":  # Aperio 33005: J2K with its own colour transform
+        return dict(compression=33005, photometric="rgb"), \
+            lambda t: imagecodecs.jpeg2k_encode(t, level=quality, codecformat="j2k")
+    if compression == "jpeg2000-ycbcr":  # Aperio 33003: YCbCr components, no J2K transform
+        return dict(compression=33003, photometric="rgb"), \
+            lambda t: imagecodecs.jpeg2k_encode(_ycbcr(t), level=quality, codecformat="j2k", mct=False)
+    return dict(compression=compression, photometric="rgb"), None
+
+
+def _write_tiles(tw, tiles: Iterator[np.ndarray], shape, encoder, kw, tile, workers, **extra):
+    if encoder is None:
+        tw.write(tiles, shape=shape, dtype=np.uint8, tile=(tile, tile), **kw, **extra)
+        return
+    tw.write(_ordered_map(encoder, tiles, workers), shape=shape, dtype=np.uint8, tile=(tile, tile),
+             **kw, **extra)
+
+
+def _ordered_map(fn, items: Iterator, workers: int, window: int = 256) -> Iterator:
+    """``map(fn, items)`` on a thread pool, in order, with at most ``window`` items in flight."""
+    from collections import deque
+
+    with cf.ThreadPoolExecutor(workers) as ex:
+        pending: deque = deque()
+        for item in items:
+            pending.append(ex.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _array_tiles(a: np.ndarray, tile: int) -> Iterator[np.ndarray]:
+    h, w = a.shape[:2]
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            t = np.full((tile, tile, 3), 255, np.uint8)
+            part = a[y:y + tile, x:x + tile]
+            t[:part.shape[0], :part.shape[1]] = part
+            yield t
+
+
+# -- writers ------------------------------------------------------------------------------------
+def write_svs(path, width: int = 4000, height: int = 3000, *, tile: int = TILE,
+              downsamples: Sequence[int] = (1, 4, 16), compression: str = "jpeg", quality: int = 80,
+              bigtiff: bool = False, mpp: float | str = 0.499, magnification: float | str = 20,
+              seed: int = 0, associated: Sequence[str] = ("thumbnail", "label", "macro"),
+              description: str | None = None, workers: int | None = None) -> str:
+    """An Aperio SVS: tiled pyramid (``downsamples`` of level 0, integer multiples of the first
+    after 1), stripped thumbnail, LZW label and JPEG macro pages, Aperio ImageDescription.
+
+    compression: "jpeg" (YCbCr 4:2:0, shared JPEGTables), "jpeg-rgb" (Photometric RGB, as older
+    Aperio files), "jpeg2000-rgb" (33005), "jpeg2000-ycbcr" (33003), or a tifffile name ("lzw",
+    "none", "zlib"). ``description`` replaces the level-0 description verbatim.
+    """
+    path = os.fspath(path)
+    workers = workers or os.cpu_count() or 2
+    src = Tissue(width, height, seed, tile)
+    kw, enc = _tile_encoder(compression, quality)
+    f1 = downsamples[1] if len(downsamples) > 1 else 8
+    acc = np.empty((src.ny * tile // f1, src.nx * tile // f1, 3), np.uint8)
+
+    def level0_tiles():
+        for ty in range(src.ny):
+            for tx in range(src.nx):
+                t = src.tile(ty, tx)
+                s = tile // f1
+                acc[ty * s:(ty + 1) * s, tx * s:(tx + 1) * s] = area_downsample(t, f1)
+                yield t
+
+    codec_text = {"jpeg": "JPEG/RGB Q=%d" % quality, "jpeg-rgb": "JPEG/RGB Q=%d" % quality}.get(
+        compression, "J2K/YUV16 Q=%d" % quality if "2000" in compression else "RAW")
+    mpp_text = f"{mpp:.4f}" if isinstance(mpp, float) else str(mpp)
+
+    def desc(w, h, extra=""):
+        return (f"{APERIO_HEADER}\r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) {extra}"
+                f"{codec_text}|AppMag = {magnification}|MPP = {mpp_text}")
+
+    d0 = description if description is not None else (
+        desc(width, height) + f"|StripeWidth = 2040|ScanScope ID = SYNTH01|Filename = synthetic|"
+        f"Date = 01/01/26|Time = 12:00:00|Time Zone = GMT+0000|Left = 25.0|Top = 20.0|"
+        f"OriginalWidth = {width}|OriginalHeight = {height}|Filmstrip = 0")
+    common = dict(metadata=None, software=False)
+    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw:
+        _write_tiles(tw, level0_tiles(), (height, width, 3), enc, kw, tile, workers, description=d0, **common)
+        base = acc[:height // f1, :width // f1]
+        if "thumbnail" in associated:
+            tw_ = 1024 if width >= height else max(1, round(1024 * width / height))
+            th_ = max(1, round(height * tw_ / width))
+            thumb = _resize(base, (tw_, th_))
+            tw.write(thumb, photometric="rgb", compression="jpeg", compressionargs={"level": quality},
+                     subsampling=(2, 2), rowsperstrip=16, description=f"{APERIO_HEADER}\r\n{width}x{height} "
+                     f"-> {tw_}x{th_} - |AppMag = {magnification}|MPP = {mpp_text}", **common)
+        prev, prev_f = base, f1
+        for f in downsamples[1:]:
+            lv = area_downsample(prev, f // prev_f) if f != prev_f else prev
+            lw, lh = width // f, height // f
+            lv = lv[:lh, :lw]
+            _write_tiles(tw, _array_tiles(lv, tile), (lh, lw, 3), enc, kw, tile, workers,
+                         description=desc(lw, lh, f"-> {lw}x{lh} "), **common)
+            prev, prev_f = lv, f
+        if "label" in associated:
+            label = make_label()
+            tw.write(label, photometric="rgb", compression="lzw", rowsperstrip=16, subfiletype=1,
+                     description=f"{APERIO_HEADER}\r\nlabel {label.shape[1]}x{label.shape[0]}", **common)
+        if "macro" in associated:
+            macro = make_macro(prev)
+            tw.write(macro, photometric="rgb", compression="jpeg", compressionargs={"level": 90},
+                     subsampling=(2, 2), rowsperstrip=16, subfiletype=9,
+                     description=f"{APERIO_HEADER}\r\nmacro {macro.shape[1]}x{macro.shape[0]}", **common)
+    return path
+
+
+def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BOX))
+
+
+def make_label(w: int = 387, h: int = 463) -> np.ndarray:
+    im = Image.new("RGB", (w, h), (250, 250, 250))
+    d = ImageDraw.Draw(im)
+    d.text((20, 40), "SYNTH-0001", fill=(0, 0, 0))
+    d.text((20, 80), "H&E 20x", fill=(0, 0, 0))
+    rng = np.random.default_rng(1)
+    x = 30
+    while x < w - 30:  # a barcode-like pattern
+        bw = int(rng.integers(2, 6))
+        if rng.random() < 0.5:
+            d.rectangle((x, 180, x + bw - 1, 420), fill=(0, 0, 0))
+        x += bw
+    return np.asarray(im)
+
+
+def make_macro(overview: np.ndarray, w: int = 1280, h: int = 431) -> np.ndarray:
+    im = np.full((h, w, 3), 235, np.uint8)
+    im[:, :330] = (200, 205, 210)
+    im[35:395, 15:315] = _resize(make_label(), (300, 360))
+    im[15:415, 370:1250] = _resize(overview, (880, 400))
+    return im
+
+
+def fluorescence(width: int, height: int, channels: int, *, z: int = 1, t: int = 1, dtype=np.uint16,
+                 seed: int = 0) -> np.ndarray:
+    """(t, c, z, h, w) blobs per channel that drift with z and t, on a dark background."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    peak = np.iinfo(dtype).max * 0.8 if dtype.kind in "ui" else 1.0
+    out = np.empty((t, channels, z, height, width), dtype)
+    for c in range(channels):
+        im = Image.new("L", (width + 64, height + 64))
+        d = ImageDraw.Draw(im)
+        n = width * height // (900 * (c + 1))
+        for x, y, r in zip(rng.integers(0, width + 64, n).tolist(), rng.integers(0, height + 64, n).tolist(),
+                           rng.uniform(2, 9 + 4 * c, n).tolist(), strict=True):
+            d.ellipse((x - r, y - r, x + r, y + r), fill=int(rng.integers(60, 255)))
+        base = np.asarray(im.filter(ImageFilter.GaussianBlur(1.5 + c)), np.float32) / 255
+        for ti in range(t):
+            for zi in range(z):
+                dx, dy = 3 * ti + zi, 2 * ti
+                plane = base[dy:dy + height, dx:dx + width] * (1 - 0.15 * zi)
+                noise = rng.standard_normal((height, width), dtype=np.float32) * 0.01
+                out[ti, c, zi] = np.clip((plane + noise + 0.02) * peak, 0, peak).astype(dtype)
+    return out
+
+
+def write_ome(path, width: int = 2000, height: int = 1500, *, channels: int = 3, z: int = 1, t: int = 1,
+              dtype=np.uint16, tile: int = TILE, levels: int = 3, compression: str = "zlib",
+              channel_names: Sequence[str] | None = None, mpp: float = 0.325, z_step: float = 1.5,
+              t_step: float = 2.0, seed: int = 0) -> str:
+    """An OME-TIFF (BigTIFF) with TCZYX planes and a SubIFD pyramid halving each level."""
+    path = os.fspath(path)
+    data = fluorescence(width, height, channels, z=z, t=t, dtype=dtype, seed=seed)
+    names = list(channel_names or ["DAPI", "FITC", "TRITC", "Cy5", "Cy7"][:channels])
+    names += [f"Ch{i}" for i in range(len(names), channels)]
+    meta = {"axes": "TCZYX", "Channel": {"Name": names}, "PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
+            "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm", "PhysicalSizeZ": z_step,
+            "PhysicalSizeZUnit": "µm", "TimeIncrement": t_step, "TimeIncrementUnit": "s"}
+    opts = dict(tile=(tile, tile), compression=compression, photometric="minisblack")
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
+        tw.write(data, subifds=levels - 1, metadata=meta, **opts)
+        level = data
+        for _ in range(1, levels):
+            level = area_downsample(level.transpose(3, 4, 0, 1, 2), 2).transpose(2, 3, 4, 0, 1)
+            tw.write(level, subfiletype=1, metadata=None, **opts)
+    return path
+
+
+def write_tiff(path, width: int = 3000, height: int = 2000, *, tile: int | None = TILE,
+               downsamples: Sequence[int] = (1, 2, 4), pyramid: str = "pages", compression: str = "zlib",
+               bigtiff: bool = True, mpp: float | None = 0.25, seed: int = 0, planar: bool = False,
+               predictor: bool = False) -> str:
+    """A generic RGB TIFF: tiled (or stripped, ``tile=None``) pyramid as following pages or as
+    SubIFDs (``pyramid="subifds"``); resolution tags in centimetres from ``mpp``."""
+    path = os.fspath(path)
+    base = Tissue(width, height, seed).array()
+    opts = dict(compression=compression, photometric="rgb", metadata=None,
+                planarconfig="separate" if planar else "contig")
+    if predictor:
+        opts["predictor"] = True
+    if tile:
+        opts["tile"] = (tile, tile)
+    else:
+        opts["rowsperstrip"] = 64
+    if mpp:
+        opts.update(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    levels = [base] + [area_downsample(base, f) for f in downsamples[1:]]
+    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw:
+        for i, lv in enumerate(levels):
+            a = np.moveaxis(lv, -1, 0) if planar else lv
+            extra = {}
+            if pyramid == "subifds":
+                extra = {"subifds": len(levels) - 1} if i == 0 else {"subfiletype": 1}
+            elif i:
+                extra = {"subfiletype": 1}
+            tw.write(a, **opts, **extra)
+    return path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m tilescope.synth", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("kind", choices=["svs", "ome", "tiff"])
+    ap.add_argument("out")
+    ap.add_argument("--width", type=int, default=4000)
+    ap.add_argument("--height", type=int, default=3000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compression", default=None)
+    ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--z", type=int, default=1)
+    ap.add_argument("--t", type=int, default=1)
+    a = ap.parse_args(argv)
+    kw = {"compression": a.compression} if a.compression else {}
+    if a.kind == "svs":
+        write_svs(a.out, a.width, a.height, seed=a.seed, **kw)
+    elif a.kind == "ome":
+        write_ome(a.out, a.width, a.height, channels=a.channels, z=a.z, t=a.t, seed=a.seed, **kw)
+    else:
+        write_tiff(a.out, a.width, a.height, seed=a.seed, **kw)
+    print(a.out)
+
+
+if __name__ == "__main__":
+    main()
