@@ -253,7 +253,7 @@ def resample(src: np.ndarray, box: tuple[float, float, float, float], size: tupl
     uint8 images with 1, 3 or 4 channels go through Pillow in one call; anything else channel by
     channel in 32-bit float, rounded back to integers.
     """
-    h, w, c = src.shape
+    c = src.shape[2]
     if src.dtype == np.uint8 and c in _PIL_MODES:
         im = Image.fromarray(src[..., 0] if c == 1 else src, _PIL_MODES[c])
         out = np.asarray(im.resize(size, Image.Resampling.BOX, box=box))

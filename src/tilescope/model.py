@@ -100,7 +100,8 @@ class Scene:
                 c = self.channel_names.index(c)
             elif isinstance(c, bool) or not isinstance(c, int | np.integer) \
                     or not 0 <= c < self.num_channels:
-                raise InvalidRequestError(f"{self._where}: channel {c!r} is outside 0..{self.num_channels - 1}")
+                raise InvalidRequestError(
+                    f"{self._where}: channel {c!r} is outside 0..{self.num_channels - 1}")
             out.append(int(c))
         return out
 
@@ -239,7 +240,8 @@ class Slide:
                 if s.name == key:
                     return s
             raise InvalidRequestError(f"{self.path}: no scene named {key!r}")
-        if isinstance(key, bool) or not isinstance(key, int) or not -len(self.scenes) <= key < len(self.scenes):
+        n = len(self.scenes)
+        if isinstance(key, bool) or not isinstance(key, int) or not -n <= key < n:
             raise InvalidRequestError(f"{self.path}: scene {key!r} is outside 0..{len(self.scenes) - 1}")
         return self.scenes[key]
 

@@ -259,8 +259,8 @@ def write_svs(path, width: int = 4000, height: int = 3000, *, tile: int = TILE,
                 acc[ty * s:(ty + 1) * s, tx * s:(tx + 1) * s] = area_downsample(t, f1)
                 yield t
 
-    codec_text = {"jpeg": "JPEG/RGB Q=%d" % quality, "jpeg-rgb": "JPEG/RGB Q=%d" % quality}.get(
-        compression, "J2K/YUV16 Q=%d" % quality if "2000" in compression else "RAW")
+    codec_text = (f"JPEG/RGB Q={quality}" if compression.startswith("jpeg-") or compression == "jpeg"
+                  else f"J2K/YUV16 Q={quality}" if "2000" in compression else "RAW")
     mpp_text = f"{mpp:.4f}" if isinstance(mpp, float) else str(mpp)
 
     def desc(w, h, extra=""):

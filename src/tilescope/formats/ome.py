@@ -7,6 +7,7 @@ objective from the XML itself.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import xml.etree.ElementTree as ET
 
@@ -57,10 +58,8 @@ def _objectives(root) -> dict[str, float]:
         for obj in _children(inst, "Objective"):
             mag = obj.get("NominalMagnification")
             if mag and obj.get("ID"):
-                try:
+                with contextlib.suppress(ValueError):
                     out[obj.get("ID")] = float(mag)
-                except ValueError:
-                    pass
     return out
 
 
@@ -137,7 +136,8 @@ def _scene(slide, probe, image, series, name, objectives) -> Scene:
         if spp == 1:
             channel_names.append(base)
         else:
-            names = ["R", "G", "B", "A"] if spp <= 4 and tiff.is_brightfield(key) else [str(s) for s in range(spp)]
+            rgb = spp <= 4 and tiff.is_brightfield(key)
+            names = ["R", "G", "B", "A"] if rgb else [str(s) for s in range(spp)]
             channel_names.extend(names[:spp] if nc == 1 else [f"{base}:{n}" for n in names[:spp]])
     mx = _quantity(px, "PhysicalSizeX", _LENGTH_UM, "µm")
     my = _quantity(px, "PhysicalSizeY", _LENGTH_UM, "µm")
