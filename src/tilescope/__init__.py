@@ -91,7 +91,13 @@ def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> S
                 f"drivers: {', '.join(drivers())})")
         if driver and not mod.detect(probe):
             raise UnsupportedFormatError(f"{src.path}: is not a {mod.NAME} file")
-        return mod.open(probe, opts)
+        try:
+            return mod.open(probe, opts)
+        except TilescopeError:
+            raise
+        except Exception as e:  # a library's parse error on damaged structure: ours, naming the file
+            raise CorruptDataError(f"{src.path}: cannot read the {mod.NAME} structure: "
+                                   f"{type(e).__name__}: {e}") from e
     except BaseException:
         src.close()
         raise

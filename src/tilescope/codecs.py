@@ -61,15 +61,26 @@ def jpeg(tables: bytes | None = None, *, colorspace=None, outcolorspace=None, sa
     return Codec("jpeg", np.dtype(dtype), samples, dec)
 
 
+def _fix(x: float) -> int:
+    return int(x * 65536 + 0.5)
+
+
+_X = np.arange(256, dtype=np.int64) - 128
+_CR_R = (_fix(1.402) * _X + 32768) >> 16
+_CB_B = (_fix(1.772) * _X + 32768) >> 16
+_CR_G = -_fix(0.71414) * _X
+_CB_G = -_fix(0.34414) * _X + 32768
+
+
 def ycbcr_to_rgb(a: np.ndarray) -> np.ndarray:
-    """Full-range BT.601 (JFIF) YCbCr to RGB, rounded: what libjpeg does for JPEG."""
-    f = a.astype(np.float32)
-    y, cb, cr = f[..., 0], f[..., 1] - 128.0, f[..., 2] - 128.0
-    out = np.empty_like(f)
-    out[..., 0] = y + 1.402 * cr
-    out[..., 1] = y - 0.344136 * cb - 0.714136 * cr
-    out[..., 2] = y + 1.772 * cb
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    """Full-range BT.601 (JFIF) YCbCr to RGB in libjpeg's fixed-point arithmetic (as openslide)."""
+    y = a[..., 0].astype(np.int64)
+    cb, cr = a[..., 1], a[..., 2]
+    out = np.empty(a.shape, np.uint8)
+    out[..., 0] = np.clip(y + _CR_R[cr], 0, 255)
+    out[..., 1] = np.clip(y + ((_CB_G[cb] + _CR_G[cr]) >> 16), 0, 255)
+    out[..., 2] = np.clip(y + _CB_B[cb], 0, 255)
+    return out
 
 
 def jpeg2000(*, ycbcr: bool = False, samples: int = 3, dtype=np.uint8) -> Codec:

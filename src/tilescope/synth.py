@@ -160,7 +160,7 @@ class AbbreviatedJpeg:
         for marker, s, e in _jpeg_segments(b):
             if marker in (0xDB, 0xC4):
                 tables.append(b[s:e])
-            elif not 0xE0 <= marker <= 0xEF:  # drop APPn (JFIF/Adobe) as Aperio does
+            elif marker != 0xE0:  # drop JFIF; keep Adobe APP14, which says R, G, B are untransformed
                 keep.append(b[s:e])
             end = e
         return b"".join(tables), b"".join(keep) + b[end:]
@@ -185,11 +185,11 @@ def _tile_encoder(compression: str, quality: int):
     """(tifffile write kwargs, encode(tile) -> bytes or None when tifffile encodes itself)."""
     if compression in ("jpeg", "jpeg-rgb"):
         enc = AbbreviatedJpeg(quality, rgb=compression == "jpeg-rgb")
-        kw = dict(compression=7, jpegtables=enc.jpegtables,
-                  photometric="rgb" if compression == "jpeg-rgb" else "ycbcr")
         if compression == "jpeg":
-            kw["subsampling"] = (2, 2)
-        return kw, enc
+            return dict(compression=7, jpegtables=enc.jpegtables, photometric="rgb", subsampling=(2, 2)), enc
+        # Photometric RGB: tiles hold untransformed R, G, B (an Adobe marker says so), no subsampling
+        return dict(compression=7, jpegtables=enc.jpegtables, photometric="rgb", subsampling=(1, 1),
+                    compressionargs={"outcolorspace": "rgb"}), enc
     if compression == "jpeg2000-rgb":  # Aperio 33005: J2K with its own colour transform
         return dict(compression=33005, photometric="rgb"), \
             lambda t: imagecodecs.jpeg2k_encode(t, level=quality, codecformat="j2k")

@@ -1,0 +1,72 @@
+"""Fixtures: slides written once per test session by tilescope.synth (tifffile + imagecodecs)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from tilescope import synth
+
+# sizes deliberately not multiples of the 256 px tile size
+SVS_SIZE = (2900, 2150)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("slides")
+
+
+def _make(dirpath, name, fn, *args, **kw):
+    path = os.path.join(dirpath, name)
+    if not os.path.exists(path):
+        fn(path, *args, **kw)
+    return path
+
+
+@pytest.fixture(scope="session")
+def svs(fixtures_dir):
+    """The main SVS: YCbCr JPEG tiles with shared JPEGTables, 3 levels, thumbnail/label/macro."""
+    return _make(fixtures_dir, "main.svs", synth.write_svs, *SVS_SIZE, downsamples=(1, 4, 16))
+
+
+@pytest.fixture(scope="session")
+def svs_variants(fixtures_dir):
+    """Small SVS files, one per tile encoding Aperio uses, plus a BigTIFF one."""
+    out = {}
+    for c in ("jpeg-rgb", "jpeg2000-rgb", "jpeg2000-ycbcr", "lzw", "none"):
+        out[c] = _make(fixtures_dir, f"{c}.svs", synth.write_svs, 1100, 900, compression=c,
+                       downsamples=(1, 4), seed=1)
+    out["bigtiff"] = _make(fixtures_dir, "big.svs", synth.write_svs, 1100, 900, bigtiff=True,
+                           downsamples=(1, 4), seed=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiffs(fixtures_dir):
+    """Generic pyramidal TIFF/BigTIFF in several layouts."""
+    return {
+        "zlib-pages": _make(fixtures_dir, "zlib-pages.tiff", synth.write_tiff, 1500, 1100),
+        "jpeg-subifds": _make(fixtures_dir, "jpeg-subifds.tiff", synth.write_tiff, 1500, 1100,
+                              compression="jpeg", pyramid="subifds"),
+        "classic-lzw": _make(fixtures_dir, "classic-lzw.tif", synth.write_tiff, 1300, 900,
+                             compression="lzw", bigtiff=False, predictor=True),
+        "zstd-planar": _make(fixtures_dir, "zstd-planar.tiff", synth.write_tiff, 1000, 700,
+                             compression="zstd", planar=True),
+        "stripped": _make(fixtures_dir, "stripped.tif", synth.write_tiff, 900, 700, tile=None,
+                          downsamples=(1,), bigtiff=False),
+    }
+
+
+@pytest.fixture(scope="session")
+def ome(fixtures_dir):
+    """OME-TIFF: 3 channels uint16, 3 z, 2 t, SubIFD pyramid of 3 levels."""
+    return _make(fixtures_dir, "multi.ome.tiff", synth.write_ome, 1100, 900, channels=3, z=3, t=2)
+
+
+@pytest.fixture(scope="session")
+def ome8(fixtures_dir):
+    """OME-TIFF: 4 channels uint8, JPEG-free zstd, 2 levels."""
+    return _make(fixtures_dir, "u8.ome.tiff", synth.write_ome, 700, 500, channels=4, dtype=np.uint8,
+                 levels=2, compression="zstd", seed=3)
