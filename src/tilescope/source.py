@@ -8,6 +8,7 @@ the byte ranges of its encoded pieces in one source.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 
 import numpy as np
@@ -27,6 +28,9 @@ class FileSource:
         except IsADirectoryError:
             raise UnsupportedFormatError(f"{self.path}: is a directory, not an image file") from None
         st = os.fstat(self._fd)
+        if stat.S_ISDIR(st.st_mode):
+            os.close(self._fd)
+            raise UnsupportedFormatError(f"{self.path}: is a directory, not an image file")
         self.size = st.st_size
         self.mtime_ns = st.st_mtime_ns
         self._lock = threading.Lock()

@@ -143,7 +143,8 @@ def pyramid_pages(tf) -> list:
     for page in tf.pages[1:]:
         prev = levels[-1].keyframe
         kf = page.keyframe
-        if (kf.samplesperpixel, kf.dtype, kf.photometric) != (p0.samplesperpixel, p0.dtype, p0.photometric):
+        if (kf.samplesperpixel, kf.dtype, kf.photometric, kf.is_tiled) != \
+                (p0.samplesperpixel, p0.dtype, p0.photometric, p0.is_tiled):
             continue
         if kf.imagewidth < prev.imagewidth and kf.imagelength < prev.imagelength:
             levels.append(page)

@@ -1,0 +1,152 @@
+"""The shared read path: scaled reads, sizes, planes, threads and the cache."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import tilescope
+from tilescope import TileCache
+from tilescope.synth import area_downsample
+
+RECT = (256, 512, 2048, 1024)
+
+
+def test_downscale_from_level0_is_an_area_filter(svs):
+    # factor 2 is served from level 0: within 1 (rounding) of the exact block mean
+    with tilescope.open(svs) as s:
+        sc = s.scenes[0]
+        full = sc.read(RECT)
+        ours = sc.read(RECT, size=(1024, 512))
+    assert np.abs(ours.astype(int) - area_downsample(full, 2)).max() <= 1
+
+
+def test_downscale_uses_the_pyramid(svs):
+    with tilescope.open(svs) as s:
+        sc = s.scenes[0]
+        x, y, w, h = RECT
+        lv1 = sc.read_level(1, (x // 4, y // 4, w // 4, h // 4))
+        # exactly level 1's downsample: level 1's pixels, untouched
+        np.testing.assert_array_equal(sc.read(RECT, size=(w // 4, h // 4)), lv1)
+        # between levels: level 1 area-resampled, within 1
+        ours8 = sc.read(RECT, size=(w // 8, h // 8))
+        assert np.abs(ours8.astype(int) - area_downsample(lv1, 2)).max() <= 1
+        # stated tolerance against an area reference from level 0: the stored level's JPEG error
+        ref = area_downsample(sc.read(RECT), 8).astype(int)
+        d = np.abs(ours8.astype(int) - ref)
+        assert d.mean() < 8 and np.percentile(d, 99) < 40
+
+
+def test_size_keeps_aspect_and_thumbnail(svs):
+    with tilescope.open(svs) as s:
+        sc = s.scenes[0]
+        assert sc.read(size=(512, 0)).shape == (380, 512, 3)
+        assert sc.read(size=(0, 100)).shape == (100, 135, 3)
+        assert sc.read((10, 10, 999, 333), size=(100, 0)).shape == (33, 100, 3)
+        # upscaling works too (a 2x2 region to 8x8 repeats pixels)
+        up = sc.read((1000, 1000, 2, 2), size=(8, 8))
+        np.testing.assert_array_equal(up[::4, ::4], sc.read((1000, 1000, 2, 2)))
+
+
+def test_scaled_read_partly_outside_fills_background(svs):
+    with tilescope.open(svs) as s:
+        sc = s.scenes[0]
+        w, h = sc.size
+        a = sc.read((w - 400, h - 400, 800, 800), size=(100, 100))
+        assert (a[60:, :] == 255).all() and (a[:, 60:] == 255).all()
+        assert (a[:45, :45] < 255).any()
+
+
+def test_fluorescence_background_is_zero(ome):
+    with tilescope.open(ome) as s:
+        sc = s.scenes[0]
+        a = sc.read((-50, -50, 100, 100), size=(50, 50), z=1)
+        assert (a[:20, :20] == 0).all() and a.dtype == np.uint16
+
+
+def test_uint16_downscale_is_area(ome):
+    with tilescope.open(ome) as s:
+        sc = s.scenes[0]
+        full = sc.read((0, 0, 1100, 900), t=1)
+        # 1100x900 -> 366x300 is served from level 0 (ds 3 < level 2's 4) with a fractional box
+        small = sc.read(size=(275, 225), t=1)
+        np.testing.assert_array_equal(small, sc.read_level(2, t=1))
+        half = sc.read(size=(550, 450), t=1)
+        np.testing.assert_array_equal(half, sc.read_level(1, t=1))
+        third = sc.read(size=(366, 300), t=1)
+        assert third.shape == (300, 366, 3) and third.dtype == np.uint16
+        assert abs(float(third.mean()) - float(full.mean())) < 0.01 * float(full.mean())
+
+
+def test_threads_read_the_same_pixels(svs):
+    rng = np.random.default_rng(0)
+    rects = [(int(x), int(y), 300, 200) for x, y in zip(rng.integers(0, 2600, 24), rng.integers(0, 1900, 24),
+                                                         strict=True)]
+    with tilescope.open(svs, cache=TileCache(0), threads=1) as s:
+        want = [s.scenes[0].read(r) for r in rects]
+    with tilescope.open(svs, cache=TileCache(8 << 20)) as s:
+        got: dict[int, np.ndarray] = {}
+        errors = []
+
+        def work(k):
+            try:
+                for i in range(k, len(rects), 6):
+                    got[i] = s.scenes[0].read(rects[i])
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    for i, w in enumerate(want):
+        np.testing.assert_array_equal(got[i], w)
+
+
+def test_cache_serves_repeated_reads(svs):
+    cache = TileCache(16 << 20)
+    with tilescope.open(svs, cache=cache) as s:
+        a = s.scenes[0].read((0, 0, 512, 512))
+        misses = cache.misses
+        b = s.scenes[0].read((0, 0, 512, 512))
+        assert cache.misses == misses and cache.hits >= 4
+        assert cache.nbytes <= 16 << 20
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cache_is_bounded():
+    cache = TileCache(1 << 20)
+    for i in range(100):
+        cache.put(i, np.zeros(65536, np.uint8))
+    assert cache.nbytes <= 1 << 20 and cache.get(99) is not None and cache.get(0) is None
+
+
+def test_metadata_is_json_serializable(svs, ome):
+    import json
+
+    for p in (svs, ome):
+        with tilescope.open(p) as s:
+            text = json.dumps(s.metadata)
+            assert json.loads(text)["driver"] == s.driver
+
+
+def test_scene_lookup(svs):
+    with tilescope.open(svs) as s:
+        assert s.scene(0) is s.scene("main") is s.scenes[0]
+        with pytest.raises(tilescope.InvalidRequestError):
+            s.scene("nope")
+        with pytest.raises(tilescope.InvalidRequestError):
+            s.scene(3)
+
+
+def test_drivers_and_detect(svs, ome, tiffs):
+    assert tilescope.drivers() == ["SVS", "OME", "TIFF"]
+    assert tilescope.detect(svs) == "SVS"
+    assert tilescope.detect(ome) == "OME"
+    assert tilescope.detect(tiffs["stripped"]) == "TIFF"
+    with tilescope.open(svs, driver="TIFF") as s:  # forcing the generic reader on an SVS
+        assert s.driver == "TIFF" and s.scenes[0].size == (2900, 2150)

@@ -1,0 +1,114 @@
+"""Generic TIFF/BigTIFF against openslide, tiffslide and tifffile; OME-TIFF against tifffile's
+own series interpretation of the same file."""
+
+from __future__ import annotations
+
+import numpy as np
+import openslide
+import pytest
+import tiffslide
+import tifffile
+
+import tilescope
+
+
+def _crop(a, rect):
+    x, y, w, h = rect
+    return a[y:y + h, x:x + w]
+
+
+@pytest.mark.parametrize("kind", ["zlib-pages", "jpeg-subifds", "classic-lzw", "zstd-planar", "stripped"])
+def test_generic_tiff_levels_equal_tifffile(tiffs, kind):
+    path = tiffs[kind]
+    with tilescope.open(path) as s, tifffile.TiffFile(path) as tf:
+        assert s.driver == "TIFF"
+        sc = s.scenes[0]
+        p0 = tf.pages.first
+        pages = [p0, *p0.pages] if p0.subifds else list(tf.pages)
+        assert [lv.size for lv in sc.levels] == [(p.imagewidth, p.imagelength) for p in pages]
+        for lv, page in zip(sc.levels, pages, strict=True):
+            ref = page.asarray()
+            if ref.shape[0] == 3 and ref.ndim == 3:  # planar separate: (s, y, x)
+                ref = np.moveaxis(ref, 0, -1)
+            w, h = lv.size
+            for rect in [(0, 0, w, h), (w // 3 + 5, h // 4 + 3, w // 3, h // 3)]:
+                np.testing.assert_array_equal(sc.read_level(lv.index, rect), _crop(ref, rect))
+
+
+@pytest.mark.parametrize("kind", ["zlib-pages", "jpeg-subifds", "classic-lzw"])
+def test_generic_tiff_equals_openslide_and_tiffslide(tiffs, kind):
+    path = tiffs[kind]
+    rect = (300, 211, 700, 500)
+    with tilescope.open(path) as s, openslide.OpenSlide(path) as o, tiffslide.TiffSlide(path) as t:
+        sc = s.scenes[0]
+        ours = sc.read(rect)
+        np.testing.assert_array_equal(ours, np.asarray(o.read_region(rect[:2], 0, rect[2:]).convert("RGB")))
+        np.testing.assert_array_equal(ours, np.asarray(t.read_region(rect[:2], 0, rect[2:]))[..., :3])
+        assert s.vendor is None and o.properties["openslide.vendor"] == "generic-tiff"
+        if kind != "jpeg-subifds":  # openslide does not walk SubIFDs
+            assert [lv.size for lv in sc.levels] == list(o.level_dimensions)
+            np.testing.assert_allclose([lv.downsample for lv in sc.levels], o.level_downsamples)
+        assert sc.mpp == pytest.approx((float(o.properties["openslide.mpp-x"]),
+                                        float(o.properties["openslide.mpp-y"])))
+        assert sc.magnification is None
+
+
+def test_bigtiff_detected_and_read(tiffs):
+    with tifffile.TiffFile(tiffs["zlib-pages"]) as tf:
+        assert tf.is_bigtiff
+    assert tilescope.detect(tiffs["zlib-pages"]) == "TIFF"
+
+
+# -- OME-TIFF -------------------------------------------------------------------------------------
+def test_ome_metadata(ome):
+    with tilescope.open(ome) as s:
+        assert s.driver == "OME" and "<OME" in s.raw_metadata
+        sc = s.scenes[0]
+        assert sc.size == (1100, 900) and sc.dtype == np.uint16
+        assert sc.channel_names == ("DAPI", "FITC", "TRITC") and sc.num_channels == 3
+        assert (sc.num_z_slices, sc.num_t_frames) == (3, 2)
+        assert sc.mpp == pytest.approx((0.325, 0.325))
+        assert sc.z_resolution == pytest.approx(1.5) and sc.t_resolution == pytest.approx(2.0)
+        assert [lv.size for lv in sc.levels] == [(1100, 900), (550, 450), (275, 225)]
+        assert [lv.downsample for lv in sc.levels] == [1.0, 2.0, 4.0]
+        assert sc.background == 0
+        meta = s.metadata
+        assert meta["scenes"][0]["channels"] == ["DAPI", "FITC", "TRITC"]
+
+
+def test_ome_planes_equal_tifffile_series(ome):
+    with tilescope.open(ome) as s, tifffile.TiffFile(ome) as tf:
+        sc = s.scenes[0]
+        series = tf.series[0]
+        assert series.axes == "TCZYX"
+        for li, level in enumerate(series.levels):
+            ref = level.asarray()  # (t, c, z, y, x)
+            w, h = sc.levels[li].size
+            rect = (w // 5, h // 7, w // 2, h // 2)
+            for t in range(2):
+                for z in range(3):
+                    ours = sc.read_level(li, rect, z=z, t=t)
+                    np.testing.assert_array_equal(ours, _crop(ref[t, :, z].transpose(1, 2, 0), rect))
+
+
+def test_ome_ranges_and_channel_selection(ome):
+    with tilescope.open(ome) as s, tifffile.TiffFile(ome) as tf:
+        sc = s.scenes[0]
+        ref = tf.series[0].asarray()
+        rect = (100, 50, 300, 200)
+        a = sc.read(rect, channels=["TRITC", 0], z=(1, 3), t=(0, 2))
+        assert a.shape == (2, 2, 200, 300, 2)
+        want = ref[:, [2, 0], 1:3, 50:250, 100:400]  # (t, c, z, y, x)
+        np.testing.assert_array_equal(a, want.transpose(0, 2, 3, 4, 1))
+        b = sc.read(rect, channels=1, z=2, t=(1, 2))
+        assert b.shape == (1, 200, 300, 1)
+        np.testing.assert_array_equal(b[0, ..., 0], ref[1, 1, 2, 50:250, 100:400])
+
+
+def test_ome_uint8_four_channels(ome8):
+    with tilescope.open(ome8) as s, tifffile.TiffFile(ome8) as tf:
+        sc = s.scenes[0]
+        assert sc.num_channels == 4 and sc.dtype == np.uint8 and sc.compression == "zstd"
+        ref = tf.series[0].asarray()  # (t, c, z, y, x) squeezed by tifffile
+        ref = ref.reshape(4, 500, 700)
+        np.testing.assert_array_equal(sc.read(), ref.transpose(1, 2, 0))
