@@ -17,8 +17,8 @@ from tilescope import (
     TilescopeError,
     TooLargeError,
     UnsupportedFormatError,
+    synth,
 )
-from tilescope import synth
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,8 @@ def test_truncated_tile_data(small_svs, tmp_path):
         cut = int(page.dataoffsets[-1]) + 10  # the last level-0 tile loses its bytes
     with open(p, "r+b") as f:
         f.truncate(cut)
-    with pytest.raises(TilescopeError, match=r"bad\.svs") as e:
-        with tilescope.open(p) as s:
-            s.scenes[0].read((900, 700, 100, 100))
+    with pytest.raises(TilescopeError, match=r"bad\.svs") as e, tilescope.open(p) as s:
+        s.scenes[0].read((900, 700, 100, 100))
     assert isinstance(e.value, CorruptDataError)
 
 
@@ -156,9 +155,8 @@ def test_bad_requests(small_svs):
 
 
 def test_too_large_raises_before_allocating(small_svs):
-    with tilescope.open(small_svs) as s:
-        with pytest.raises(TooLargeError, match="max_read_bytes"):
-            s.scenes[0].read((0, 0, 10**6, 10**6))
+    with tilescope.open(small_svs) as s, pytest.raises(TooLargeError, match="max_read_bytes"):
+        s.scenes[0].read((0, 0, 10**6, 10**6))
     with tilescope.open(small_svs, max_read_bytes=1000) as s:
         s.scenes[0].read((0, 0, 10, 10))
         with pytest.raises(TooLargeError):

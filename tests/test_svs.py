@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import openslide
 import pytest
-import tiffslide
 import tifffile
+import tiffslide
 
 import tilescope
 from tilescope.formats.svs import number, parse_description
@@ -117,7 +117,8 @@ def test_tile_encodings_equal_openslide(svs_variants, kind):
 
 
 def test_description_parsing_is_tolerant():
-    d = "Aperio Image Library v10.2.41\r\n1000x800 (240x240) JPEG/RGB Q=70|AppMag = |MPP = 0,2527|Empty=|Trunc"
+    d = ("Aperio Image Library v10.2.41\r\n1000x800 (240x240) JPEG/RGB Q=70"
+         "|AppMag = |MPP = 0,2527|Empty=|Trunc")
     props = parse_description(d)
     assert props["Header"].startswith("Aperio Image Library")
     assert props["AppMag"] == "" and props["Empty"] == "" and "Trunc" not in props

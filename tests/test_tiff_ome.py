@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import openslide
 import pytest
-import tiffslide
 import tifffile
+import tiffslide
 
 import tilescope
 

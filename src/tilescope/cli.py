@@ -1,0 +1,129 @@
+"""The ``tilescope`` command: ``info``, ``thumbnail`` and ``region``.
+
+    tilescope info slide.svs [--json]
+    tilescope thumbnail slide.svs thumb.png [--max-size 1024]
+    tilescope region slide.svs out.png --rect 1000,2000,512,512 [--size 256,0] [--scene 0]
+                     [--channels 0,2] [--z 0] [--t 0]
+
+Region and thumbnail files are written by extension: .png/.jpg through Pillow (uint8, or uint16
+grey), .tif/.tiff through tifffile (any type and channel count), .npy as the raw array.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from . import TilescopeError
+from . import open as open_slide
+
+
+def _ints(text: str, n: int | None, what: str) -> tuple[int, ...]:
+    try:
+        v = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if n is not None and len(v) != n:
+        raise argparse.ArgumentTypeError(f"{what} needs {n} values, got {text!r}")
+    return v
+
+
+def _plane(text: str):
+    v = _ints(text, None, "plane")
+    return v[0] if len(v) == 1 else v
+
+
+def save(path: str, a: np.ndarray) -> None:
+    """Write an (h, w, c) array as PNG/JPEG (Pillow), TIFF (tifffile) or .npy, by extension."""
+    low = path.lower()
+    if low.endswith(".npy"):
+        np.save(path, a)
+    elif low.endswith((".tif", ".tiff")):
+        import tifffile
+
+        photometric = "rgb" if a.ndim == 3 and a.shape[-1] in (3, 4) and a.dtype == np.uint8 else "minisblack"
+        tifffile.imwrite(path, a, photometric=photometric, compression="zlib")
+    else:
+        from PIL import Image
+
+        if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or a.dtype not in (np.uint8, np.uint16) \
+                or (a.dtype == np.uint16 and a.shape[-1] != 1):
+            raise TilescopeError(f"{path}: PNG/JPEG take 8-bit grey/RGB(A) or 16-bit grey; "
+                                 f"got {a.dtype} with shape {a.shape}: write .tiff or .npy instead")
+        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(path)
+
+
+def _info(slide) -> str:
+    lines = [f"{slide.path}", f"  driver: {slide.driver}   vendor: {slide.vendor or '-'}"]
+    for i, sc in enumerate(slide.scenes):
+        mpp = f"{sc.mpp[0]:.4g} x {sc.mpp[1]:.4g} um/px" if sc.mpp else "unknown"
+        lines += [
+            f"  scene {i} {sc.name!r}: {sc.size[0]} x {sc.size[1]} px, {sc.num_channels} channel(s) "
+            f"{', '.join(sc.channel_names)}, {sc.dtype}, {sc.compression}",
+            f"    mpp: {mpp}   magnification: {sc.magnification or 'unknown'}   "
+            f"z: {sc.num_z_slices}   t: {sc.num_t_frames}",
+        ]
+        for lv in sc.levels:
+            lines.append(f"    level {lv.index}: {lv.size[0]} x {lv.size[1]}  "
+                         f"downsample {lv.downsample:.4g}  tiles {lv.tile_size[0]} x {lv.tile_size[1]}")
+    for name in slide.associated:
+        w, h = slide.associated.size(name)
+        lines.append(f"  associated {name}: {w} x {h}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="tilescope", description="Read whole-slide and microscopy images.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("info", help="print format, scenes, levels and metadata")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="normalized metadata as JSON")
+    p.add_argument("--raw", action="store_true", help="the format's own metadata text")
+    p = sub.add_parser("thumbnail", help="write a thumbnail of a scene")
+    p.add_argument("path")
+    p.add_argument("out")
+    p.add_argument("--max-size", type=int, default=1024)
+    p.add_argument("--scene", default="0")
+    p = sub.add_parser("region", help="write a region of a scene at any output size")
+    p.add_argument("path")
+    p.add_argument("out")
+    p.add_argument("--rect", type=lambda t: _ints(t, 4, "--rect"), default=None, help="x,y,w,h (level 0)")
+    p.add_argument("--size", type=lambda t: _ints(t, 2, "--size"), default=None, help="w,h (0 keeps aspect)")
+    p.add_argument("--scene", default="0")
+    p.add_argument("--channels", type=lambda t: _ints(t, None, "--channels"), default=None)
+    p.add_argument("--z", type=_plane, default=0, help="index or start,stop")
+    p.add_argument("--t", type=_plane, default=0, help="index or start,stop")
+    a = ap.parse_args(argv)
+    try:
+        with open_slide(a.path) as slide:
+            if a.cmd == "info":
+                if a.json:
+                    print(json.dumps(slide.metadata, indent=1))
+                elif a.raw:
+                    print(slide.raw_metadata)
+                else:
+                    print(_info(slide))
+                return 0
+            scene = slide.scene(int(a.scene) if a.scene.lstrip("-").isdigit() else a.scene)
+            if a.cmd == "thumbnail":
+                w, h = scene.size
+                size = (a.max_size, 0) if w >= h else (0, a.max_size)
+                arr = scene.read(size=size)
+            else:
+                arr = scene.read(a.rect, a.size, channels=a.channels, z=a.z, t=a.t)
+                if arr.ndim > 3 and not a.out.lower().endswith((".tif", ".tiff", ".npy")):
+                    raise TilescopeError(f"{a.out}: a z or t range gives {arr.ndim}-D data: "
+                                         f"write .tiff or .npy")
+            save(a.out, arr)
+            print(f"wrote {a.out}: {arr.shape} {arr.dtype}")
+            return 0
+    except TilescopeError as e:
+        print(f"tilescope: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
