@@ -200,3 +200,31 @@ def test_no_leaked_file_handles(small_svs, tmp_path):
             tilescope.open(bad)
         tilescope.detect(bad)
     assert _open_fds() == before
+
+
+def test_close_while_other_threads_read(small_svs):
+    import threading
+
+    s = tilescope.open(small_svs, cache=tilescope.TileCache(0))
+    sc = s.scenes[0]
+    outcomes = []
+
+    def work():
+        for i in range(200):
+            try:
+                sc.read((i % 700, 0, 300, 300))
+            except SlideClosedError:
+                outcomes.append("closed")
+                return
+            except Exception as e:  # pragma: no cover - any other error fails the test
+                outcomes.append(e)
+                return
+        outcomes.append("done")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    s.close()
+    for t in threads:
+        t.join()
+    assert all(o in ("closed", "done") for o in outcomes), outcomes

@@ -33,22 +33,29 @@ class FileSource:
             raise UnsupportedFormatError(f"{self.path}: is a directory, not an image file")
         self.size = st.st_size
         self.mtime_ns = st.st_mtime_ns
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._inflight = 0
 
     @property
     def closed(self) -> bool:
         return self._fd is None
 
     def pread(self, offset: int, count: int) -> bytes:
-        fd = self._fd
-        if fd is None:
-            raise SlideClosedError(f"{self.path}: slide is closed")
+        # close() waits for reads in flight, so a descriptor number is never reused under a read
+        with self._cond:
+            fd = self._fd
+            if fd is None:
+                raise SlideClosedError(f"{self.path}: slide is closed")
+            self._inflight += 1
         try:
             data = os.pread(fd, count, offset)
-        except OSError as e:  # closed under us by another thread, or an I/O error
-            if self._fd is None:
-                raise SlideClosedError(f"{self.path}: slide is closed") from None
+        except OSError as e:
             raise CorruptDataError(f"{self.path}: cannot read {count} bytes at {offset}: {e}") from e
+        finally:
+            with self._cond:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._cond.notify_all()
         if len(data) != count:
             raise CorruptDataError(
                 f"{self.path}: file is truncated: wanted {count} bytes at offset {offset}, "
@@ -56,14 +63,13 @@ class FileSource:
         return data
 
     def head(self, n: int = 4096) -> bytes:
-        fd = self._fd
-        if fd is None:
-            raise SlideClosedError(f"{self.path}: slide is closed")
-        return os.pread(fd, n, 0)
+        """Up to ``n`` bytes from the start (fewer for a short file)."""
+        return self.pread(0, min(n, self.size))
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             fd, self._fd = self._fd, None
+            self._cond.wait_for(lambda: not self._inflight)
         if fd is not None:
             os.close(fd)
 
