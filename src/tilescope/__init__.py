@@ -73,7 +73,7 @@ def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> S
     The format is detected from the content (magic bytes, TIFF tags, ImageDescription); ``driver``
     forces one (see :func:`drivers`). ``overrides`` are :class:`Options` fields for this slide:
     ``max_read_bytes``, ``band_bytes``, ``threads``, ``cache`` (a :class:`TileCache`; by default
-    one process-wide cache of 256 MiB is shared).
+    one process-wide cache of 64 MiB is shared).
     """
     fields = {f.name for f in dataclasses.fields(Options)}
     unknown = set(overrides) - fields

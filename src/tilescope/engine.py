@@ -70,7 +70,7 @@ class Options:
     cache: TileCache | None = None  # None: the process-wide cache
 
 
-DEFAULT_CACHE = TileCache(256 << 20)
+DEFAULT_CACHE = TileCache(64 << 20)
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 

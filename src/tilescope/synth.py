@@ -122,12 +122,20 @@ class Tissue:
 def area_downsample(a: np.ndarray, f: int) -> np.ndarray:
     """Mean over f x f blocks (edge blocks partial), rounded; the reference area filter."""
     h, w = a.shape[:2]
-    H, W = -(-h // f) * f, -(-w // f) * f
-    pad = np.pad(a.astype(np.float64), ((0, H - h), (0, W - w)) + ((0, 0),) * (a.ndim - 2))
-    cnt = np.pad(np.ones((h, w)), ((0, H - h), (0, W - w)))
-    s = pad.reshape(H // f, f, W // f, f, *a.shape[2:]).sum(axis=(1, 3))
-    n = cnt.reshape(H // f, f, W // f, f).sum(axis=(1, 3)).reshape(H // f, W // f, *([1] * (a.ndim - 2)))
-    return np.rint(s / n).astype(a.dtype)
+    W = -(-w // f) * f
+    rest = a.shape[2:]
+    out = np.empty((-(-h // f), W // f, *rest), a.dtype)
+    band = f * max(1, (1 << 23) // (W * int(np.prod(rest)) * f))  # float64 band of <= 64 MiB
+    for y0 in range(0, h, band):
+        part = a[y0:y0 + band]
+        ph = part.shape[0]
+        H = -(-ph // f) * f
+        pad = np.pad(part.astype(np.float64), ((0, H - ph), (0, W - w)) + ((0, 0),) * len(rest))
+        cnt = np.pad(np.ones((ph, w)), ((0, H - ph), (0, W - w)))
+        s = pad.reshape(H // f, f, W // f, f, *rest).sum(axis=(1, 3))
+        n = cnt.reshape(H // f, f, W // f, f).sum(axis=(1, 3)).reshape(H // f, W // f, *([1] * len(rest)))
+        out[y0 // f:y0 // f + H // f] = np.rint(s / n)
+    return out
 
 
 # -- encoders -----------------------------------------------------------------------------------
@@ -418,14 +426,16 @@ def main(argv=None) -> None:
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--z", type=int, default=1)
     ap.add_argument("--t", type=int, default=1)
+    ap.add_argument("--downsamples", default="1,4,16", help="SVS/TIFF pyramid, e.g. 1,4,16,64")
     a = ap.parse_args(argv)
     kw = {"compression": a.compression} if a.compression else {}
+    ds = [int(v) for v in a.downsamples.split(",")]
     if a.kind == "svs":
-        write_svs(a.out, a.width, a.height, seed=a.seed, **kw)
+        write_svs(a.out, a.width, a.height, seed=a.seed, downsamples=ds, **kw)
     elif a.kind == "ome":
         write_ome(a.out, a.width, a.height, channels=a.channels, z=a.z, t=a.t, seed=a.seed, **kw)
     else:
-        write_tiff(a.out, a.width, a.height, seed=a.seed, **kw)
+        write_tiff(a.out, a.width, a.height, seed=a.seed, downsamples=ds, **kw)
     print(a.out)
 
 
