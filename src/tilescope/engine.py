@@ -116,7 +116,7 @@ class Reader:
 
     # -- one level, exact ----------------------------------------------------------------------
     def read_level(self, layout: Layout, rect: tuple[int, int, int, int], channels: list[int],
-                   z: int, t: int, dtype: np.dtype, background) -> np.ndarray:
+                   z: int, t: int, dtype: np.dtype, background, threads: int | None = None) -> np.ndarray:
         """Level pixels of ``rect`` (level coordinates, may extend outside) as (h, w, len(channels))."""
         x, y, w, h = rect
         planes = layout.planes.get((z, t))
@@ -153,7 +153,7 @@ class Reader:
             for plane, index, tx, ty, sel in batch:
                 self._paste(out, rect, plane, index, tx, ty, sel, background)
 
-        self._parallel(tasks, run)
+        self._parallel(tasks, run, self.options.threads if threads is None else threads)
         return out
 
     def _paste(self, out, rect, plane: Plane, index, tx, ty, sel, background) -> None:
@@ -175,8 +175,9 @@ class Reader:
                 f"pixels, smaller than its {min(tw, pw - x0)}x{min(th, ph - y0)} place in the image")
         dst[..., dst_sel] = a[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0, src_sel]
 
-    def _parallel(self, tasks: list, run) -> None:
-        n = min(self.options.threads, len(tasks))
+    @staticmethod
+    def _parallel(tasks: list, run, threads: int) -> None:
+        n = min(threads, len(tasks))
         if n <= 1:
             run(tasks)
             return
@@ -192,9 +193,10 @@ class Reader:
                 raise e
 
     # -- any region at any output size ---------------------------------------------------------
-    def read(self, levels, rect, out_size, channels, planes, dtype, background) -> np.ndarray:
-        """``rect`` in level-0 pixels resampled to ``out_size``, for each (z, t) in ``planes``;
-        ``levels`` is a sequence of (scale_x, scale_y, layout)."""
+    def read(self, levels, rect, out_size, channels, planes, dtype, background,
+             threads: int | None = None) -> np.ndarray:
+        """``rect`` in level-0 pixels (may be fractional) resampled to ``out_size``, for each (z, t)
+        in ``planes``; ``levels`` is a sequence of (scale_x, scale_y, layout)."""
         x, y, w, h = rect
         ow, oh = out_size
         nbytes = ow * oh * len(channels) * np.dtype(dtype).itemsize * len(planes)
@@ -205,17 +207,19 @@ class Reader:
                 f"budget (max_read_bytes)")
         li = best_level([(sx, sy) for sx, sy, _ in levels], min(w / ow, h / oh))
         sx, sy, layout = levels[li]
-        box = (x / sx, y / sy, (x + w) / sx, (y + h) / sy)
+        # unit conversions leave 1e-12 errors on what are whole level pixels: snap them
+        box = tuple(round(v) if abs(v - round(v)) < 1e-6 else v
+                    for v in (x / sx, y / sy, (x + w) / sx, (y + h) / sy))
         out = np.empty((len(planes), oh, ow, len(channels)), dtype)
         for i, (z, t) in enumerate(planes):
-            out[i] = self._read_box(layout, box, (ow, oh), channels, z, t, dtype, background)
+            out[i] = self._read_box(layout, box, (ow, oh), channels, z, t, dtype, background, threads)
         return out
 
-    def _read_box(self, layout, box, out_size, channels, z, t, dtype, background) -> np.ndarray:
+    def _read_box(self, layout, box, out_size, channels, z, t, dtype, background, threads) -> np.ndarray:
         bx0, by0, bx1, by1 = box
         ow, oh = out_size
-        if all(float(v).is_integer() for v in box) and (bx1 - bx0, by1 - by0) == (ow, oh):
-            return self.read_level(layout, (int(bx0), int(by0), ow, oh), channels, z, t, dtype, background)
+        if all(isinstance(v, int) for v in box) and (bx1 - bx0, by1 - by0) == (ow, oh):
+            return self.read_level(layout, (bx0, by0, ow, oh), channels, z, t, dtype, background, threads)
         # resample in bands of output rows so intermediate memory stays bounded
         fy = (by1 - by0) / oh
         row_bytes = (math.ceil(bx1) - math.floor(bx0)) * len(channels) * np.dtype(np.float32).itemsize
@@ -230,7 +234,7 @@ class Reader:
             sy0, sy1 = by0 + r0 * fy, by0 + r1 * fy
             iy0, iy1 = math.floor(sy0), math.ceil(sy1)
             src = self.read_level(layout, (ix0, iy0, ix1 - ix0, iy1 - iy0), channels, z, t, dtype,
-                                  background)
+                                  background, threads)
             out[r0:r1] = resample(src, (bx0 - ix0, sy0 - iy0, bx1 - ix0, sy1 - iy0), (ow, r1 - r0))
         return out
 

@@ -27,13 +27,20 @@ def _int(v, what: str, where: str) -> int:
     raise InvalidRequestError(f"{where}: {what} must be a whole number of pixels, got {v!r}")
 
 
-def normalize_rect(rect, full: tuple[int, int], where: str) -> tuple[int, int, int, int]:
-    """(x, y, w, h) as ints with w, h > 0; ``None`` means the whole of ``full``."""
+def _real(v, what: str, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise InvalidRequestError(f"{where}: {what} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def normalize_rect(rect, full: tuple[int, int], where: str, integral: bool = True) -> tuple:
+    """(x, y, w, h) with w, h > 0, as ints (or floats unless ``integral``); ``None`` is all of ``full``."""
     if rect is None:
         return (0, 0, *full)
     if not isinstance(rect, Sequence) or len(rect) != 4:
         raise InvalidRequestError(f"{where}: rect must be (x, y, w, h), got {rect!r}")
-    x, y, w, h = (_int(v, n, where) for v, n in zip(rect, ("x", "y", "width", "height"), strict=True))
+    conv = _int if integral else _real
+    x, y, w, h = (conv(v, n, where) for v, n in zip(rect, ("x", "y", "width", "height"), strict=True))
     if w <= 0 or h <= 0:
         raise InvalidRequestError(f"{where}: rect {rect!r} has a width or height <= 0")
     return x, y, w, h
@@ -43,7 +50,7 @@ def resolve_size(size, rect_wh: tuple[int, int], where: str) -> tuple[int, int]:
     """Output (w, h): ``None`` is the rect's size, a 0 in one dimension keeps the aspect ratio."""
     w, h = rect_wh
     if size is None:
-        return w, h
+        return max(1, round(w)), max(1, round(h))
     if not isinstance(size, Sequence) or len(size) != 2:
         raise InvalidRequestError(f"{where}: size must be (w, h), got {size!r}")
     ow, oh = (_int(v, n, where) for v, n in zip(size, ("output width", "output height"), strict=True))

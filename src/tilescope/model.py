@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import math
 
 import numpy as np
 
+from . import units as _units
 from .engine import Layout, Reader
 from .errors import InvalidRequestError, SlideClosedError
-from .geometry import normalize_rect, plane_indices, resolve_size
+from .geometry import LEVEL_TOLERANCE, normalize_rect, plane_indices, resolve_size
 from .source import FileSource
+from .units import Scale
 
 
 @dataclass(frozen=True)
 class Level:
     """One resolution of a scene. ``downsample`` is openslide's: the mean of the width and height
-    ratios to level 0; ``scale`` is the exact (x, y) ratio the engine maps coordinates with."""
+    ratios to level 0; ``scale`` is the exact (x, y) ratio the engine maps coordinates with;
+    ``mpp`` and ``magnification`` are level 0's divided by ``scale`` (None when unknown)."""
 
     index: int
     size: tuple[int, int]
@@ -25,6 +30,8 @@ class Level:
     tile_size: tuple[int, int]
     scale: tuple[float, float] = field(repr=False)
     layout: Layout = field(repr=False, compare=False)
+    mpp: tuple[float, float] | None = None
+    magnification: float | None = None
 
 
 def make_levels(specs: Sequence[tuple[tuple[int, int], tuple[int, int], Layout]]) -> list[Level]:
@@ -55,7 +62,6 @@ class Scene:
                  t_resolution: float | None = None, brightfield: bool = False):
         self._slide = slide
         self.name = name
-        self.levels = tuple(levels)
         self.channel_names = tuple(channel_names)
         self.dtype = np.dtype(dtype)
         self.channel_dtypes = (self.dtype,) * len(self.channel_names)
@@ -69,6 +75,11 @@ class Scene:
         self.z_resolution = z_resolution
         self.t_resolution = t_resolution
         self.background = background_for(self.dtype, brightfield)
+        mag, self.magnification_source = _units.native_magnification(self)
+        self.native_magnification = mag
+        self.levels = tuple(
+            replace(lv, mpp=(mpp[0] * lv.scale[0], mpp[1] * lv.scale[1]) if (mpp := self.mpp) else None,
+                    magnification=mag / lv.scale[0] if mag else None) for lv in levels)
 
     @property
     def num_channels(self) -> int:
@@ -111,36 +122,139 @@ class Scene:
         lead = (len(ts),) * tr + (len(zs),) * zr
         return [(zz, tt) for tt in ts for zz in zs], lead
 
-    def read(self, rect=None, size=None, *, channels=None, z=0, t=0) -> np.ndarray:
-        """Pixels of ``rect`` (x, y, w, h in level-0 pixels; default the whole scene) at output
-        ``size`` (w, h; a 0 keeps the aspect ratio; default the rect's size), as (h, w, c).
+    def read(self, rect=None, size=None, *, channels=None, z=0, t=0, units="px", scale=None,
+             magnification: float | None = None, mpp: float | None = None,
+             downsample: float | None = None) -> np.ndarray:
+        """Pixels of ``rect`` (x, y, w, h; default the whole scene) at output ``size`` (w, h; a 0
+        keeps the aspect ratio; default the rect's size), as (h, w, c).
 
-        Downscaled reads come from the best pyramid level, area-resampled. ``z`` and ``t`` take an
-        index or a (start, stop) range; each range adds a leading axis, t before z. Pixels
-        outside the scene are background (white for brightfield, 0 for fluorescence).
+        ``units`` says how ``rect`` is given: "px" (level-0 pixels), "um", "mm", "fraction", or a
+        :class:`Scale` (pixels at that scale, e.g. ``Scale(level=2)``, which is then also the
+        default output scale). Instead of ``size`` the
+        output can be asked at a ``scale`` (or the shorthands ``magnification``, ``mpp``,
+        ``downsample``). Downscaled reads come from the best pyramid level, area-resampled.
+        ``z`` and ``t`` take an index or a (start, stop) range; each range adds a leading axis,
+        t before z. Pixels outside the scene are background (white for brightfield, 0 for
+        fluorescence).
         """
-        reader = self._reader()
-        rect = normalize_rect(rect, self.size, self._where)
+        self._reader()
+        rect = self.to_base(rect, units)
+        out_scale = self._output_scale(scale, magnification, mpp, downsample)
+        if out_scale is None and size is None and isinstance(units, Scale | dict):
+            out_scale = _units.as_scale(units)  # pixels at a scale come out at that scale
+        if out_scale is not None:
+            if size is not None:
+                raise InvalidRequestError(f"{self._where}: give an output size or a scale, not both")
+            fx, fy = _units.factor(self, out_scale)
+            size = (max(1, round(rect[2] / fx)), max(1, round(rect[3] / fy)))
         out_size = resolve_size(size, rect[2:], self._where)
+        return self._read(rect, out_size, channels, z, t)
+
+    def _read(self, rect, out_size, channels, z, t, threads: int | None = None) -> np.ndarray:
+        reader = self._reader()
         chans = self._channels(channels)
         planes, lead = self._planes(z, t)
         levels = [(lv.scale[0], lv.scale[1], lv.layout) for lv in self.levels]
-        out = reader.read(levels, rect, out_size, chans, planes, self.dtype, self.background)
+        out = reader.read(levels, rect, out_size, chans, planes, self.dtype, self.background, threads)
         return out.reshape(*lead, *out.shape[1:])
 
+    def _output_scale(self, scale, magnification, mpp, downsample) -> Scale | None:
+        given = {k: v for k, v in (("magnification", magnification), ("mpp", mpp), ("downsample", downsample))
+                 if v is not None}
+        if scale is not None and given or len(given) > 1:
+            raise InvalidRequestError(f"{self._where}: give one output scale, got {scale!r} and {given}")
+        return _units.as_scale(scale) if scale is not None else Scale(**given) if given else None
+
+    # -- units and scales ---------------------------------------------------------------------
+    def to_base(self, rect=None, units="px") -> tuple:
+        """``rect`` in ``units`` (see :meth:`read`) as level-0 pixels: ints for "px", else floats."""
+        if units in ("px", None):
+            return normalize_rect(rect, self.size, self._where)
+        if rect is None:
+            return (0, 0, *self.size)
+        return _units.convert(self, normalize_rect(rect, self.size, self._where, integral=False), units, "px")
+
+    def convert(self, rect, src="px", dst="px") -> tuple[float, float, float, float]:
+        """A rect given in ``src`` units in ``dst`` units: "px", "um", "mm", "fraction" or a Scale.
+        ``scene.convert(r, "px", Scale(magnification=5))`` gives r in pixels at 5x."""
+        return _units.convert(self, normalize_rect(rect, self.size, self._where, integral=False), src, dst)
+
+    def scale_factor(self, scale) -> tuple[float, float]:
+        """Level-0 pixels per pixel at ``scale`` (a Scale or dict), per axis."""
+        return _units.factor(self, scale)
+
+    def best_level(self, magnification: float | None = None, mpp: float | None = None,
+                   downsample: float | None = None, *, scale=None, nearest: bool = False) -> int:
+        """The level for a target resolution: by default the coarsest one not coarser than the
+        target (what reads use); ``nearest=True`` the closest one in log scale."""
+        target = self._output_scale(scale, magnification, mpp, downsample) or Scale()
+        f = max(_units.factor(self, target))
+        ds = [max(lv.scale) for lv in self.levels]
+        if nearest:
+            return min(range(len(ds)), key=lambda i: abs(math.log(ds[i] / f)))
+        fits = [i for i, d in enumerate(ds) if d <= f * (1 + LEVEL_TOLERANCE)]
+        return max(fits, key=lambda i: ds[i]) if fits else 0
+
     def read_level(self, level: int, rect=None, *, channels=None, z=0, t=0) -> np.ndarray:
-        """Pixels of ``rect`` in level ``level``'s own pixel grid, exactly as stored (no resampling)."""
+        """Pixels of ``rect`` in level ``level``'s own pixel grid, exactly as stored (no
+        resampling). A fractional x or y reads the nearest level pixels."""
         reader = self._reader()
         if isinstance(level, bool) or not isinstance(level, int | np.integer) \
                 or not 0 <= level < len(self.levels):
             raise InvalidRequestError(f"{self._where}: level {level!r} is outside 0..{len(self.levels) - 1}")
         lv = self.levels[level]
-        rect = normalize_rect(rect, lv.size, self._where)
+        if rect is not None and len(rect) == 4 and not all(float(v).is_integer() for v in rect[:2]
+                                                         if isinstance(v, int | float)):
+            x, y, w, h = normalize_rect(rect, lv.size, self._where, integral=False)
+            rect = (x, y, *normalize_rect((0, 0, w, h), lv.size, self._where)[2:])
+        else:
+            rect = normalize_rect(rect, lv.size, self._where)
         planes, lead = self._planes(z, t)
         chans = self._channels(channels)
         out = reader.read([(1.0, 1.0, lv.layout)], rect, rect[2:], chans, planes, self.dtype,
                           self.background)
         return out.reshape(*lead, *out.shape[1:])
+
+    # -- access patterns (tiles.py) ------------------------------------------------------------
+    def tiles(self, tile_size=256, overlap=0, *, region=None, units="px", scale=None,
+              magnification: float | None = None, mpp: float | None = None, downsample: float | None = None,
+              channels=None, z=0, t=0, edges: str = "clip", tissue: float | None = None,
+              tissue_mask=None, positions=None, prefetch: int | None = None):
+        """Tiles of ``tile_size`` (int or (w, h), output pixels) over ``region`` (in ``units``;
+        default the whole scene) at a scale (``scale`` or ``magnification``/``mpp``/``downsample``;
+        default level 0), with ``overlap`` pixels of context per side and ``edges`` "clip" or
+        "pad". ``tissue=0.5`` keeps tiles at least half tissue (see :meth:`tissue_mask`);
+        ``positions`` keeps given (col, row) grid positions. Iterating decodes ``prefetch`` tiles
+        ahead (default 2 per core; 0 = on access). Returns a :class:`tilescope.tiles.Tiles`."""
+        from .tiles import Tiles
+
+        return Tiles(self, tile_size, overlap, region=region, units=units,
+                     scale=self._output_scale(scale, magnification, mpp, downsample), channels=channels,
+                     z=z, t=t, edges=edges, tissue=tissue, tissue_mask=tissue_mask, positions=positions,
+                     prefetch=prefetch)
+
+    def sampler(self, size, padding=0, *, region=None, units="px", scale=None,
+                magnification: float | None = None, mpp: float | None = None, downsample: float | None = None,
+                positions=None, channels=None, z=0, t=0, prefetch: int | None = None):
+        """A grid of equal regions (dicomslide-style): cells of ``size`` output pixels, each read with
+        ``padding`` pixels from its neighbours on every side (background beyond the scene), within
+        ``region`` or at the given grid ``positions``; every item is ``size + 2 * padding``."""
+        return self.tiles(size, padding, region=region, units=units, scale=scale, magnification=magnification,
+                          mpp=mpp, downsample=downsample, channels=channels, z=z, t=t, edges="pad",
+                          positions=positions, prefetch=prefetch)
+
+    def tissue_mask(self, max_size: int = 1024):
+        """A :class:`tilescope.tiles.TissueMask` from a low-resolution read (Otsu threshold on
+        saturation for brightfield, on the brightest channel otherwise)."""
+        from .tiles import tissue_mask
+
+        return tissue_mask(self, max_size)
+
+    def level(self, index: int, *, channels=None, z=0, t=0):
+        """A numpy-style view of one level: ``scene.level(1)[y0:y1, x0:x1]`` reads only those tiles."""
+        from .tiles import LevelView
+
+        return LevelView(self, index, channels, z, t)
 
     def describe(self) -> dict[str, Any]:
         """This scene's normalized metadata (JSON-serializable)."""
@@ -196,7 +310,8 @@ class Slide:
     ``with``) to release the file; reads after ``close()`` raise SlideClosedError."""
 
     def __init__(self, source: FileSource, driver: str, reader: Reader, *, raw_metadata: str = "",
-                 vendor: str | None = None, properties: dict[str, Any] | None = None):
+                 vendor: str | None = None, properties: dict[str, Any] | None = None,
+                 icc_profile: bytes | None = None):
         self._source = source
         self._reader = reader
         self.path = source.path
@@ -204,6 +319,7 @@ class Slide:
         self.raw_metadata = raw_metadata
         self.vendor = vendor
         self.properties = properties or {}
+        self.icc_profile = icc_profile  # the ICC colour profile the file embeds, if any
         self.scenes: tuple[Scene, ...] = ()
         self._associated: dict[str, AssociatedImage] = {}
 

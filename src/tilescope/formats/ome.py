@@ -78,7 +78,8 @@ def open(probe, options) -> Slide:
     objectives = _objectives(root)
     reader = Reader(probe.path, options)
     slide = Slide(probe.source, NAME, reader, raw_metadata=xml, vendor="ome",
-                  properties={"tiff": tiff.tag_properties(tf.pages.first)})
+                  properties={"tiff": tiff.tag_properties(tf.pages.first)},
+                  icc_profile=tiff.icc_profile(tf.pages.first))
     scenes, associated = [], {}
     for i, (image, s) in enumerate(zip(images, series, strict=True)):
         name = image.get("Name") or f"Image:{i}"

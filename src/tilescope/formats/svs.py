@@ -66,7 +66,8 @@ def open(probe, options) -> Slide:
     props = parse_description(desc)
     reader = Reader(probe.path, options)
     slide = Slide(probe.source, NAME, reader, raw_metadata=desc, vendor="aperio",
-                  properties={"aperio": props, "tiff": tiff.tag_properties(p0)})
+                  properties={"aperio": props, "tiff": tiff.tag_properties(p0)},
+                  icc_profile=tiff.icc_profile(p0))
     level_pages = [p for p in pages if p.is_tiled]
     levels = make_levels([tiff.level_spec(p, probe, f"level {i}") for i, p in enumerate(level_pages)])
     associated = {}

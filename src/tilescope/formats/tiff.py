@@ -134,6 +134,11 @@ def tag_properties(page) -> dict[str, Any]:
     return props
 
 
+def icc_profile(page) -> bytes | None:
+    tag = page.tags.get("InterColorProfile")
+    return bytes(tag.value) if tag is not None and tag.value else None
+
+
 def pyramid_pages(tf) -> list:
     """Page 0 and the pages that are its reduced-resolution copies."""
     p0 = tf.pages.first
@@ -157,7 +162,7 @@ def open(probe, options) -> Slide:
     p0 = pages[0]
     reader = Reader(probe.path, options)
     slide = Slide(probe.source, NAME, reader, raw_metadata=p0.description or "", vendor=None,
-                  properties={"tiff": tag_properties(p0)})
+                  properties={"tiff": tag_properties(p0)}, icc_profile=icc_profile(p0))
     levels = make_levels([level_spec(p, probe, f"level {i}") for i, p in enumerate(pages)])
     scene = Scene(slide, name="main", levels=levels, channel_names=channel_names(p0), dtype=p0.dtype,
                   mpp=resolution_mpp(p0), compression=compression_name(p0), brightfield=is_brightfield(p0))

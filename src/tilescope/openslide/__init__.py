@@ -1,0 +1,435 @@
+"""A drop-in for openslide-python: change ``import openslide`` to
+``from tilescope import openslide`` and existing code runs on tilescope.
+
+The API mirrors openslide-python 1.4: ``OpenSlide``, ``ImageSlide``, ``open_slide``,
+``AbstractSlide``, ``OpenSlideCache``, the errors, the ``PROPERTY_NAME_*`` constants, and
+``deepzoom.DeepZoomGenerator``. Pixels equal openslide's where both decode the same tiles.
+
+Differences, by design:
+- every format tilescope reads opens (OME-TIFF too; its vendor is "ome-tiff"); scenes other than
+  8-bit RGB are shown as RGB (one channel repeated; first three channels; 16-bit shifted to 8);
+- ``openslide.quickhash-1`` is not provided;
+- a ``location`` that falls between pixels of a level (x not a multiple of the level's downsample)
+  reads the nearest level pixel; openslide interpolates there.
+"""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from collections.abc import Iterator, Mapping
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageCms
+
+import tilescope
+from tilescope import TileCache, TilescopeError
+
+__all__ = [
+    "PROPERTY_NAME_BACKGROUND_COLOR", "PROPERTY_NAME_BARCODE", "PROPERTY_NAME_BOUNDS_HEIGHT",
+    "PROPERTY_NAME_BOUNDS_WIDTH", "PROPERTY_NAME_BOUNDS_X", "PROPERTY_NAME_BOUNDS_Y",
+    "PROPERTY_NAME_COMMENT", "PROPERTY_NAME_MPP_X", "PROPERTY_NAME_MPP_Y",
+    "PROPERTY_NAME_OBJECTIVE_POWER", "PROPERTY_NAME_QUICKHASH1", "PROPERTY_NAME_VENDOR",
+    "AbstractSlide", "ImageSlide", "OpenSlide", "OpenSlideCache", "OpenSlideError",
+    "OpenSlideUnsupportedFormatError", "OpenSlideVersionError", "open_slide",
+]
+
+__version__ = tilescope.__version__
+__library_version__ = f"tilescope {tilescope.__version__}"
+
+PROPERTY_NAME_COMMENT = "openslide.comment"
+PROPERTY_NAME_VENDOR = "openslide.vendor"
+PROPERTY_NAME_QUICKHASH1 = "openslide.quickhash-1"
+PROPERTY_NAME_BACKGROUND_COLOR = "openslide.background-color"
+PROPERTY_NAME_OBJECTIVE_POWER = "openslide.objective-power"
+PROPERTY_NAME_MPP_X = "openslide.mpp-x"
+PROPERTY_NAME_MPP_Y = "openslide.mpp-y"
+PROPERTY_NAME_BOUNDS_X = "openslide.bounds-x"
+PROPERTY_NAME_BOUNDS_Y = "openslide.bounds-y"
+PROPERTY_NAME_BOUNDS_WIDTH = "openslide.bounds-width"
+PROPERTY_NAME_BOUNDS_HEIGHT = "openslide.bounds-height"
+PROPERTY_NAME_BARCODE = "openslide.barcode"
+
+# tilescope driver -> openslide's vendor name
+VENDORS = {"SVS": "aperio", "TIFF": "generic-tiff", "OME": "ome-tiff"}
+
+
+class OpenSlideError(Exception):
+    """An error reading a slide (openslide-python's class of the same name)."""
+
+
+class OpenSlideUnsupportedFormatError(OpenSlideError):
+    """The file is not a format that can be opened."""
+
+
+class OpenSlideVersionError(OpenSlideError):
+    """Kept for API compatibility; tilescope provides every call."""
+
+
+def _fmt(v: float) -> str:
+    # openslide prints doubles with 17 significant digits, trailing zeros dropped
+    return f"{v:.17g}"
+
+
+class OpenSlideCache:
+    """A decoded-tile cache that several slides can share (``slide.set_cache(cache)``)."""
+
+    def __init__(self, capacity: int):
+        if capacity < 0:
+            raise OpenSlideError(f"cache capacity {capacity} must be non-negative")
+        self._cache = TileCache(capacity)
+
+    def __repr__(self) -> str:
+        return f"OpenSlideCache({self._cache.capacity})"
+
+
+class AbstractSlide(metaclass=ABCMeta):
+    """The interface OpenSlide and ImageSlide share."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @classmethod
+    @abstractmethod
+    def detect_format(cls, filename) -> str | None:
+        """The format of ``filename`` as a string, or None if it cannot be opened."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the file."""
+
+    @property
+    @abstractmethod
+    def level_count(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]: ...
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) of level 0."""
+        return self.level_dimensions[0]
+
+    @property
+    @abstractmethod
+    def level_downsamples(self) -> tuple[float, ...]: ...
+
+    @property
+    @abstractmethod
+    def properties(self) -> Mapping[str, str]: ...
+
+    @property
+    @abstractmethod
+    def associated_images(self) -> Mapping[str, Image.Image]: ...
+
+    @property
+    def color_profile(self) -> ImageCms.ImageCmsProfile | None:
+        """The embedded ICC profile, or None."""
+        profile = self._icc()
+        return ImageCms.getOpenProfile(BytesIO(profile)) if profile else None
+
+    def _icc(self) -> bytes | None:
+        return None
+
+    @abstractmethod
+    def get_best_level_for_downsample(self, downsample: float) -> int: ...
+
+    @abstractmethod
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image: ...
+
+    def set_cache(self, cache: OpenSlideCache) -> None:  # noqa: B027  (no-op where nothing is cached)
+        """Use ``cache`` for this slide's decoded tiles."""
+
+    def get_thumbnail(self, size: tuple[int, int]) -> Image.Image:
+        """An RGB image no larger than ``size``: the best level, over the background colour,
+        shrunk with Lanczos (as openslide-python does)."""
+        downsample = max(d / s for d, s in zip(self.dimensions, size, strict=True))
+        level = self.get_best_level_for_downsample(downsample)
+        region = self.read_region((0, 0), level, self.level_dimensions[level])
+        thumb = Image.new("RGB", region.size, "#" + self.properties.get(PROPERTY_NAME_BACKGROUND_COLOR, "ffffff"))
+        thumb.paste(region, None, region)
+        thumb.thumbnail(size, Image.Resampling.LANCZOS)
+        profile = self._icc()
+        if profile:
+            thumb.info["icc_profile"] = profile
+        return thumb
+
+
+def _rgb8(a: np.ndarray) -> np.ndarray:
+    """Any scene's pixels as 8-bit RGB for openslide's RGBA images."""
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    elif a.shape[-1] == 2:
+        a = np.concatenate([a, a[..., :1]], axis=-1)
+    a = a[..., :3]
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.uint16:
+        return (a >> 8).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.floating):
+        return np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
+    info = np.iinfo(a.dtype)
+    return ((a.astype(np.float64) - info.min) * 255 / (info.max - info.min)).astype(np.uint8)
+
+
+class OpenSlide(AbstractSlide):
+    """An open whole-slide image, read by tilescope (any format it reads)."""
+
+    def __init__(self, filename):
+        self._filename = filename
+        try:
+            self._slide = tilescope.open(filename)
+        except (tilescope.UnsupportedFormatError, tilescope.SourceNotFoundError) as e:
+            raise OpenSlideUnsupportedFormatError(f"Unsupported or missing image file: {e}") from e
+        except TilescopeError as e:
+            raise OpenSlideError(str(e)) from e
+        self._scene = self._slide.scenes[0]
+        self._error: str | None = None
+        self._properties = self._build_properties()
+
+    def __repr__(self) -> str:
+        return f"OpenSlide({self._filename!r})"
+
+    @classmethod
+    def detect_format(cls, filename) -> str | None:
+        try:
+            name = tilescope.detect(filename)
+        except TilescopeError:
+            return None
+        return VENDORS.get(name, name.lower()) if name else None
+
+    def _check(self) -> None:
+        if self._slide.closed:
+            raise ValueError("Passing closed slide object")
+        if self._error is not None:
+            raise OpenSlideError(self._error)
+
+    def _failed(self, e: Exception) -> OpenSlideError:
+        # like openslide, a read error leaves the handle in an error state for good
+        self._error = str(e)
+        return OpenSlideError(self._error)
+
+    def close(self) -> None:
+        self._slide.close()
+
+    def _icc(self) -> bytes | None:
+        return self._slide.icc_profile
+
+    @property
+    def level_count(self) -> int:
+        self._check()
+        return len(self._scene.levels)
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        self._check()
+        return tuple(lv.size for lv in self._scene.levels)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        self._check()
+        return tuple(lv.downsample for lv in self._scene.levels)
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        self._check()
+        return self._properties
+
+    def _build_properties(self) -> dict[str, str]:
+        s, sc = self._slide, self._scene
+        p: dict[str, str] = {PROPERTY_NAME_VENDOR: VENDORS.get(s.driver, s.driver.lower())}
+        description = s.properties.get("tiff", {}).get("ImageDescription")
+        if description and s.driver != "OME":
+            p[PROPERTY_NAME_COMMENT] = description
+        p["openslide.level-count"] = str(len(sc.levels))
+        for lv in sc.levels:
+            p[f"openslide.level[{lv.index}].width"] = str(lv.size[0])
+            p[f"openslide.level[{lv.index}].height"] = str(lv.size[1])
+            p[f"openslide.level[{lv.index}].downsample"] = _fmt(lv.downsample)
+            p[f"openslide.level[{lv.index}].tile-width"] = str(lv.tile_size[0])
+            p[f"openslide.level[{lv.index}].tile-height"] = str(lv.tile_size[1])
+        if sc.mpp:
+            p[PROPERTY_NAME_MPP_X], p[PROPERTY_NAME_MPP_Y] = _fmt(sc.mpp[0]), _fmt(sc.mpp[1])
+        if sc.magnification:
+            p[PROPERTY_NAME_OBJECTIVE_POWER] = _fmt(sc.magnification)
+        for name in s.associated:
+            w, h = s.associated.size(name)
+            p[f"openslide.associated.{name}.width"], p[f"openslide.associated.{name}.height"] = str(w), str(h)
+        if s.icc_profile:
+            p["openslide.icc-size"] = str(len(s.icc_profile))
+        for group, values in s.properties.items():
+            for key, value in values.items():
+                if key == "Header" or value is None:
+                    continue
+                p[f"{group}.{key}"] = _fmt(value) if isinstance(value, float) else str(value)
+        return p
+
+    @property
+    def associated_images(self) -> Mapping[str, Image.Image]:
+        self._check()
+        return _AssociatedImages(self)
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        # openslide's rule: the last level whose downsample does not exceed the request
+        ds = self.level_downsamples
+        if downsample < ds[0]:
+            return 0
+        for i in range(1, len(ds)):
+            if downsample < ds[i]:
+                return i - 1
+        return len(ds) - 1
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        """An RGBA image of ``size`` at ``level``, its top-left at ``location`` in level-0 pixels;
+        transparent where it lies outside the slide."""
+        self._check()
+        x, y = location
+        w, h = size
+        if w < 0 or h < 0:
+            raise OpenSlideError(f"negative width ({w}) or negative height ({h}) not allowed")
+        out = np.zeros((h, w, 4), np.uint8)
+        if w == 0 or h == 0 or not 0 <= level < len(self._scene.levels):
+            return self._image(out)
+        lv = self._scene.levels[level]
+        lx, ly = x / lv.downsample, y / lv.downsample
+        try:
+            a = self._scene.read_level(level, (lx, ly, w, h))
+        except TilescopeError as e:
+            raise self._failed(e) from e
+        out[..., :3] = _rgb8(a)
+        # a column/row is inside where the level pixel it shows exists
+        cols = np.floor(lx + np.arange(w) + 0.5)
+        rows = np.floor(ly + np.arange(h) + 0.5)
+        inside = ((rows >= 0) & (rows < lv.size[1]))[:, None] & ((cols >= 0) & (cols < lv.size[0]))[None, :]
+        out[..., 3] = np.where(inside, 255, 0)
+        out[~inside, :3] = 0
+        return self._image(out)
+
+    def _image(self, a: np.ndarray) -> Image.Image:
+        im = Image.fromarray(a, "RGBA")
+        profile = self._icc()
+        if profile:
+            im.info["icc_profile"] = profile
+        return im
+
+    def set_cache(self, cache: OpenSlideCache) -> None:
+        if not isinstance(cache, OpenSlideCache):
+            raise TypeError("Not a cache object")
+        self._check()
+        self._slide._reader.cache = cache._cache
+
+
+class _AssociatedImages(Mapping):
+    def __init__(self, osr: OpenSlide):
+        self._osr = osr
+
+    def __getitem__(self, name: str) -> Image.Image:
+        osr = self._osr
+        osr._check()
+        try:
+            a = osr._slide.associated[name]
+        except TilescopeError as e:
+            raise osr._failed(e) from e
+        rgba = np.full((*a.shape[:2], 4), 255, np.uint8)
+        rgba[..., :3] = _rgb8(a)
+        return osr._image(rgba)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._osr._slide.associated)
+
+    def __len__(self) -> int:
+        return len(self._osr._slide.associated)
+
+
+class ImageSlide(AbstractSlide):
+    """A plain image (anything Pillow opens) behind the slide interface: one level."""
+
+    def __init__(self, file: Any):
+        self._file_arg = file
+        if isinstance(file, Image.Image):
+            self._close_image = False
+            self._img: Image.Image | None = file
+        else:
+            self._close_image = True
+            try:
+                self._img = Image.open(file)
+            except OSError as e:
+                raise OpenSlideUnsupportedFormatError(f"Unsupported or missing image file: {e}") from e
+        self._profile = self._img.info.get("icc_profile")
+
+    def __repr__(self) -> str:
+        return f"ImageSlide({self._file_arg!r})"
+
+    @classmethod
+    def detect_format(cls, filename) -> str | None:
+        try:
+            with Image.open(filename) as im:
+                return im.format
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        if self._close_image and self._img is not None:
+            self._img.close()
+        self._img = None
+
+    def _image_or_raise(self) -> Image.Image:
+        if self._img is None:
+            raise ValueError("Cannot read from a closed slide")
+        return self._img
+
+    def _icc(self) -> bytes | None:
+        return self._profile
+
+    @property
+    def level_count(self) -> int:
+        return 1
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return (self._image_or_raise().size,)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return (1.0,)
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return {}
+
+    @property
+    def associated_images(self) -> Mapping[str, Image.Image]:
+        return {}
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        return 0
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        img = self._image_or_raise()
+        if level != 0:
+            raise OpenSlideError("Invalid level")
+        if size[0] < 0 or size[1] < 0:
+            raise OpenSlideError(f"Size {size} must be non-negative")
+        out = Image.new("RGBA", size, (0, 0, 0, 0))
+        x, y = location
+        w, h = size
+        iw, ih = img.size
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, iw), min(y + h, ih)
+        if x1 > x0 and y1 > y0:
+            out.paste(img.crop((x0, y0, x1, y1)).convert("RGBA"), (x0 - x, y0 - y))
+        if self._profile:
+            out.info["icc_profile"] = self._profile
+        return out
+
+
+def open_slide(filename) -> OpenSlide | ImageSlide:
+    """Open a whole-slide image, or else a plain image through Pillow."""
+    try:
+        return OpenSlide(filename)
+    except OpenSlideUnsupportedFormatError:
+        return ImageSlide(filename)

@@ -1,0 +1,334 @@
+"""Access patterns on top of Scene.read: tile iteration, a grid sampler, tissue masks, and
+numpy-style slicing of a level. Nothing here decodes by itself; every pixel comes from the engine.
+
+Tile geometry (``Scene.tiles``): the region is cut, at the iteration scale, into a grid of
+``tile_size`` cores starting at the region's top-left. Each tile adds ``overlap`` pixels of context
+on every side. With ``edges="clip"`` tiles stop at the region's edge (the last column/row is
+narrower, and no overlap is added beyond the edge); with ``edges="pad"`` every tile is
+``tile_size + 2 * overlap`` and what lies beyond the scene is background. ``Tile.overlap`` says
+what was applied on each side.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import InvalidRequestError
+from .geometry import best_level
+
+if TYPE_CHECKING:
+    from .model import Scene
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _prefetch_executor() -> ThreadPoolExecutor:
+    # separate from the engine's decode pool: these tasks call Scene.read, which waits on decodes
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="tilescope-prefetch")
+        return _pool
+
+
+@dataclass(eq=False)
+class Tile:
+    """One tile of an iteration. ``x, y, w, h`` are output pixels at the iteration scale (the
+    returned array's place in the scene at that scale), ``gx, gy, gw, gh`` level-0 pixels,
+    ``col, row`` the grid position and ``index`` the position in the iteration."""
+
+    index: int
+    col: int
+    row: int
+    x: int
+    y: int
+    w: int
+    h: int
+    gx: float
+    gy: float
+    gw: float
+    gh: float
+    level: int
+    scale: tuple[float, float]
+    magnification: float | None
+    mpp: tuple[float, float] | None
+    overlap: dict[str, int]
+    _tiles: Tiles = field(repr=False)
+    _future: Future | None = field(default=None, repr=False)
+    _array: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def array(self) -> np.ndarray:
+        """The pixels, (h, w, c) (with leading z/t axes for ranges), decoded on first access."""
+        if self._array is None:
+            if self._future is not None:
+                self._array, self._future = self._future.result(), None
+            else:
+                self._array = self._tiles._load(self)
+        return self._array
+
+    def image(self):
+        """The pixels as a PIL image (8-bit grey, RGB or RGBA tiles)."""
+        from PIL import Image
+
+        a = self.array
+        return Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+
+
+class Tiles(Sequence):
+    """A grid of tiles over a region at one scale: ``len()`` before iterating, ``tiles[i]`` or
+    ``tiles.tile(col, row)`` for one tile, iteration with ordered, bounded prefetch."""
+
+    def __init__(self, scene: Scene, tile_size=256, overlap=0, *, region=None, units="px", scale=None,
+                 channels=None, z=0, t=0, edges: str = "clip", tissue: float | None = None,
+                 tissue_mask: TissueMask | None = None, positions=None, prefetch: int | None = None):
+        where = scene._where
+        self.scene = scene
+        self.tile_size = _pair(tile_size, "tile_size", where, minimum=1)
+        self.overlap_px = _pair(overlap, "overlap", where, minimum=0)
+        if edges not in ("clip", "pad"):
+            raise InvalidRequestError(f"{where}: edges must be 'clip' or 'pad', got {edges!r}")
+        self.edges = edges
+        self.channels, self.z, self.t = channels, z, t
+        scene._channels(channels)
+        scene._planes(z, t)  # validate now, not on the first tile
+        self.scale = scene.scale_factor(scale)
+        rx, ry, rw, rh = scene.to_base(region, units)
+        fx, fy = self.scale
+        eps = 1e-9
+        self.region = (math.floor(rx / fx + eps), math.floor(ry / fy + eps),
+                       math.ceil((rx + rw) / fx - eps), math.ceil((ry + rh) / fy - eps))
+        ox0, oy0, ox1, oy1 = self.region
+        tw, th = self.tile_size
+        self.grid = (max(1, -(-(ox1 - ox0) // tw)), max(1, -(-(oy1 - oy0) // th)))
+        self.level = best_level([lv.scale for lv in scene.levels], min(fx, fy))
+        lv0 = scene.levels[0]
+        self.magnification = scene.native_magnification / fx if scene.native_magnification else None
+        self.mpp = (lv0.mpp[0] * fx, lv0.mpp[1] * fy) if lv0.mpp else None
+        if positions is None:
+            positions = [(c, r) for r in range(self.grid[1]) for c in range(self.grid[0])]
+        else:
+            positions = [tuple(int(v) for v in p) for p in positions]
+            for c, r in positions:
+                if not (0 <= c < self.grid[0] and 0 <= r < self.grid[1]):
+                    raise InvalidRequestError(f"{where}: grid position {(c, r)} is outside {self.grid}")
+        if tissue is not None:
+            mask = tissue_mask or scene.tissue_mask()
+            positions = [p for p in positions if mask.fraction(self._geometry(*p)[1]) >= tissue]
+        self.tissue_mask = tissue_mask
+        self.positions = positions
+        self.prefetch = 2 * (os.cpu_count() or 2) if prefetch is None else int(prefetch)
+
+    def __repr__(self) -> str:
+        return (f"<Tiles {len(self)} of grid {self.grid[0]}x{self.grid[1]}, tile {self.tile_size}, "
+                f"overlap {self.overlap_px}, scale {self.scale}, level {self.level}>")
+
+    def _geometry(self, col: int, row: int):
+        """(output rect, base rect, applied overlap) of grid position (col, row)."""
+        ox0, oy0, ox1, oy1 = self.region
+        tw, th = self.tile_size
+        ovx, ovy = self.overlap_px
+        cx, cy = ox0 + col * tw, oy0 + row * th
+        if self.edges == "pad":
+            cw, ch = tw, th
+            left = right = ovx
+            top = bottom = ovy
+        else:
+            cw, ch = min(tw, ox1 - cx), min(th, oy1 - cy)
+            left, top = min(ovx, cx - ox0), min(ovy, cy - oy0)
+            right, bottom = min(ovx, ox1 - cx - cw), min(ovy, oy1 - cy - ch)
+        x, y, w, h = cx - left, cy - top, cw + left + right, ch + top + bottom
+        fx, fy = self.scale
+        return (x, y, w, h), (x * fx, y * fy, w * fx, h * fy), \
+            {"left": left, "top": top, "right": right, "bottom": bottom}
+
+    def _make(self, index: int, col: int, row: int) -> Tile:
+        (x, y, w, h), (gx, gy, gw, gh), ov = self._geometry(col, row)
+        return Tile(index, col, row, x, y, w, h, gx, gy, gw, gh, self.level, self.scale, self.magnification,
+                    self.mpp, ov, self)
+
+    def _load(self, tile: Tile, threads: int | None = None) -> np.ndarray:
+        return self.scene._read((tile.gx, tile.gy, tile.gw, tile.gh), (tile.w, tile.h), self.channels,
+                                self.z, self.t, threads)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"tile {index} is outside 0..{n - 1}")
+        index %= n
+        return self._make(index, *self.positions[index])
+
+    def tile(self, col: int, row: int) -> Tile:
+        """The tile at grid position (col, row), whether or not the iteration keeps it."""
+        if not (0 <= col < self.grid[0] and 0 <= row < self.grid[1]):
+            raise InvalidRequestError(f"{self.scene._where}: grid position {(col, row)} is outside {self.grid}")
+        return self._make(-1, col, row)
+
+    def __iter__(self) -> Iterator[Tile]:
+        if self.prefetch <= 0:
+            for i in range(len(self)):
+                yield self[i]
+            return
+        # decode ahead in order; each prefetch task decodes its tile on one thread, so the
+        # prefetch workers (one per core) fill the machine without splitting small reads
+        ex = _prefetch_executor()
+        window: deque[Tile] = deque()
+        for i in range(len(self)):
+            tile = self[i]
+            tile._future = ex.submit(self._load, tile, 1)
+            window.append(tile)
+            if len(window) > self.prefetch:
+                yield window.popleft()
+        while window:
+            yield window.popleft()
+
+
+def _pair(v, what: str, where: str, minimum: int) -> tuple[int, int]:
+    vals = (v, v) if isinstance(v, int | np.integer) else tuple(v) if isinstance(v, Sequence) else None
+    if vals is None or len(vals) != 2 or not all(isinstance(i, int | np.integer) and not isinstance(i, bool)
+                                                 and i >= minimum for i in vals):
+        raise InvalidRequestError(f"{where}: {what} must be an int >= {minimum} or a pair of them, got {v!r}")
+    return int(vals[0]), int(vals[1])
+
+
+# -- tissue ---------------------------------------------------------------------------------------
+def otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of uint8 values: the split maximizing between-class variance."""
+    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    total = hist.sum()
+    if total == 0:
+        return 0.0
+    levels = np.arange(256)
+    w0 = np.cumsum(hist)
+    m0 = np.cumsum(hist * levels)
+    w1 = total - w0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (m0[-1] * w0 - m0 * total) ** 2 / (w0 * w1)
+    between[~np.isfinite(between)] = 0
+    return float(np.argmax(between))
+
+
+@dataclass
+class TissueMask:
+    """A boolean tissue mask of a scene; ``scale`` is level-0 pixels per mask pixel.
+
+    Method: the scene is read whole at a low resolution (longest side ``max_size``); brightfield
+    images are thresholded on HSV saturation (stained tissue is coloured, glass is grey), other
+    images on their brightest channel (scaled to 8 bits by its 99.9th percentile), with Otsu's
+    threshold; pixels above it are tissue.
+    """
+
+    mask: np.ndarray
+    scale: tuple[float, float]
+    threshold: float
+
+    def fraction(self, rect) -> float:
+        """Tissue fraction of a level-0 rect (0 where the rect lies outside the scene)."""
+        x, y, w, h = rect
+        fx, fy = self.scale
+        mh, mw = self.mask.shape
+        x0, y0 = max(0, math.floor(x / fx)), max(0, math.floor(y / fy))
+        x1, y1 = min(mw, math.ceil((x + w) / fx)), min(mh, math.ceil((y + h) / fy))
+        if x1 <= x0 or y1 <= y0:
+            return 0.0
+        area = math.ceil((x + w) / fx) - math.floor(x / fx)
+        area *= math.ceil((y + h) / fy) - math.floor(y / fy)
+        return float(self._integral[y1, x1] - self._integral[y0, x1] - self._integral[y1, x0]
+                     + self._integral[y0, x0]) / area
+
+    def __post_init__(self):
+        c = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.int64)
+        c[1:, 1:] = self.mask.cumsum(0).cumsum(1)
+        self._integral = c
+
+
+def tissue_mask(scene: Scene, max_size: int = 1024) -> TissueMask:
+    w, h = scene.size
+    size = (max_size, 0) if w >= h else (0, max_size)
+    img = scene.read(size=size)
+    if scene.background and img.shape[-1] >= 3 and img.dtype == np.uint8:
+        rgb = img[..., :3].astype(np.int16)
+        mx, mn = rgb.max(-1), rgb.min(-1)
+        value = np.where(mx > 0, (mx - mn) * 255 // np.maximum(mx, 1), 0).astype(np.uint8)
+    else:
+        v = img.max(-1).astype(np.float64)
+        top = np.percentile(v, 99.9) or 1.0
+        value = np.clip(v * 255.0 / top, 0, 255).astype(np.uint8)
+    thr = otsu(value)
+    oh, ow = img.shape[:2]
+    return TissueMask(value > thr, (w / ow, h / oh), thr)
+
+
+# -- numpy-style level views ------------------------------------------------------------------------
+class LevelView:
+    """``scene.level(i)[y0:y1, x0:x1]`` reads just those pixels of level ``i`` (numpy semantics:
+    slices clip at the edges, negative indices count from the end, steps subsample, an integer
+    drops its axis). The third axis selects channels. ``np.asarray(view)`` reads the whole level."""
+
+    def __init__(self, scene: Scene, level: int, channels=None, z=0, t=0):
+        if isinstance(level, bool) or not isinstance(level, int | np.integer) \
+                or not 0 <= level < len(scene.levels):
+            raise InvalidRequestError(f"{scene._where}: level {level!r} is outside 0..{len(scene.levels) - 1}")
+        self.scene, self.index = scene, int(level)
+        self._channels = scene._channels(channels)
+        if scene._planes(z, t)[1]:
+            raise InvalidRequestError(f"{scene._where}: a level view takes one z and one t index")
+        self._z, self._t = z, t
+        w, h = scene.levels[level].size
+        self.shape = (h, w, len(self._channels))
+        self.dtype = scene.dtype
+        self.ndim = 3
+
+    def __repr__(self) -> str:
+        return f"<LevelView level {self.index} shape {self.shape} {self.dtype}>"
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[:, :, :]
+        return a if dtype is None else a.astype(dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if len(key) > 3:
+            raise IndexError(f"too many indices for a 3-D level view: {key!r}")
+        key = key + (slice(None),) * (3 - len(key))
+        ranges, drop = [], []
+        for axis, (k, n) in enumerate(zip(key, self.shape, strict=True)):
+            if isinstance(k, slice):
+                ranges.append(range(*k.indices(n)))
+            elif isinstance(k, int | np.integer) and not isinstance(k, bool):
+                if not -n <= k < n:
+                    raise IndexError(f"index {k} is out of bounds for axis {axis} with size {n}")
+                ranges.append(range(k % n, k % n + 1))
+                drop.append(axis)
+            else:
+                raise IndexError(f"level views take ints and slices, got {k!r}")
+        ry, rx, rc = ranges
+        chans = [self._channels[i] for i in rc]
+        if not len(ry) or not len(rx) or not chans:
+            out = np.empty((len(ry), len(rx), len(chans)), self.dtype)
+        else:
+            y0, y1 = min(ry[0], ry[-1]), max(ry[0], ry[-1]) + 1
+            x0, x1 = min(rx[0], rx[-1]), max(rx[0], rx[-1]) + 1
+            a = self.scene.read_level(self.index, (x0, y0, x1 - x0, y1 - y0), channels=chans,
+                                      z=self._z, t=self._t)
+            out = a[np.asarray(ry) - y0][:, np.asarray(rx) - x0] if (ry.step != 1 or rx.step != 1) else a
+        return out.squeeze(axis=tuple(drop)) if drop else out

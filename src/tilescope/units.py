@@ -1,0 +1,120 @@
+"""Scales and units: at what resolution, and in what unit, a region is given.
+
+A *scale* is a resolution of a scene, named by exactly one of: a pyramid ``level``, an objective
+``magnification``, micrometres per pixel ``mpp``, or a ``downsample`` from level 0. Its factor is
+(fx, fy) level-0 pixels per pixel at that scale.
+
+A *unit* says how a rect's numbers are read: ``"px"`` (level-0 pixels, the default everywhere),
+``"um"``, ``"mm"``, ``"fraction"`` (of the scene's width and height), or a scale (pixels at that
+scale: ``Scale(level=2)`` for level-2 pixels, ``Scale(magnification=10)`` for pixels at 10x).
+
+Magnification: a scene's ``magnification`` is what the file says, or None. When the file gives
+mpp but no magnification, :func:`native_magnification` derives it as ``10 / mpp`` (the usual
+microscope convention: a 10x objective images 1 µm per pixel on a 10 µm camera pixel), and says
+so; the scene's ``magnification`` attribute stays None.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+from .errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from .model import Scene
+
+MAG_FROM_MPP = 10.0  # magnification = MAG_FROM_MPP / mpp where the file gives none
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A resolution of a scene: exactly one field set; none set means level 0."""
+
+    level: int | None = None
+    magnification: float | None = None
+    mpp: float | None = None
+    downsample: float | None = None
+
+    def __post_init__(self):
+        given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
+        if len(given) > 1:
+            raise InvalidRequestError(f"a scale names one of level, magnification, mpp, downsample; got {given}")
+        for name in given:
+            v = getattr(self, name)
+            number = isinstance(v, int | float) and not isinstance(v, bool)
+            ok = (number and isinstance(v, int) and v >= 0) if name == "level" else \
+                (number and math.isfinite(v) and v > 0)
+            if not ok:
+                raise InvalidRequestError(f"scale {name}={v!r} is not valid")
+
+
+def as_scale(v) -> Scale:
+    """A Scale from a Scale, a dict such as ``{"magnification": 10}``, or None (level 0)."""
+    if v is None:
+        return Scale()
+    if isinstance(v, Scale):
+        return v
+    if isinstance(v, dict):
+        try:
+            return Scale(**v)
+        except TypeError:
+            raise InvalidRequestError(f"unknown scale keys in {v!r}") from None
+    raise InvalidRequestError(f"a scale is a Scale or a dict, got {v!r}")
+
+
+def native_magnification(scene: Scene) -> tuple[float | None, str | None]:
+    """(magnification of level 0, where it came from: "file", "mpp" or None)."""
+    if scene.magnification:
+        return scene.magnification, "file"
+    if scene.mpp:
+        return MAG_FROM_MPP / scene.mpp[0], "mpp"
+    return None, None
+
+
+def factor(scene: Scene, scale) -> tuple[float, float]:
+    """Level-0 pixels per pixel at ``scale``, per axis."""
+    s = as_scale(scale)
+    where = f"{scene._slide.path} [scene {scene.name!r}]"
+    if s.level is not None:
+        if s.level >= len(scene.levels):
+            raise InvalidRequestError(f"{where}: level {s.level} is outside 0..{len(scene.levels) - 1}")
+        return scene.levels[s.level].scale
+    if s.magnification is not None:
+        mag, _ = native_magnification(scene)
+        if mag is None:
+            raise InvalidRequestError(f"{where}: the file gives neither magnification nor mpp")
+        return mag / s.magnification, mag / s.magnification
+    if s.mpp is not None:
+        if not scene.mpp:
+            raise InvalidRequestError(f"{where}: the file gives no pixel size (mpp)")
+        return s.mpp / scene.mpp[0], s.mpp / scene.mpp[1]
+    if s.downsample is not None:
+        return s.downsample, s.downsample
+    return 1.0, 1.0
+
+
+def unit_factor(scene: Scene, units) -> tuple[float, float]:
+    """Level-0 pixels per one of ``units``, per axis."""
+    where = f"{scene._slide.path} [scene {scene.name!r}]"
+    if units in ("px", None):
+        return 1.0, 1.0
+    if units in ("um", "mm"):
+        if not scene.mpp:
+            raise InvalidRequestError(f"{where}: the file gives no pixel size (mpp) for {units!r} units")
+        k = 1.0 if units == "um" else 1000.0
+        return k / scene.mpp[0], k / scene.mpp[1]
+    if units == "fraction":
+        return float(scene.size[0]), float(scene.size[1])
+    if isinstance(units, Scale | dict):
+        return factor(scene, units)
+    raise InvalidRequestError(f"{where}: unknown units {units!r} (px, um, mm, fraction, or a Scale)")
+
+
+def convert(scene: Scene, rect, src, dst) -> tuple[float, float, float, float]:
+    """A rect given in ``src`` units expressed in ``dst`` units."""
+    ax, ay = unit_factor(scene, src)
+    bx, by = unit_factor(scene, dst)
+    x, y, w, h = rect
+    return x * ax / bx, y * ay / by, w * ax / bx, h * ay / by
