@@ -70,3 +70,14 @@ def ome8(fixtures_dir):
     """OME-TIFF: 4 channels uint8, JPEG-free zstd, 2 levels."""
     return _make(fixtures_dir, "u8.ome.tiff", synth.write_ome, 700, 500, channels=4, dtype=np.uint8,
                  levels=2, compression="zstd", seed=3)
+
+
+@pytest.fixture(scope="session")
+def svs_exact(fixtures_dir):
+    """An SVS whose level sizes divide exactly (downsamples 1, 4, 16), with an sRGB ICC profile:
+    Deep Zoom and openslide's read_region agree on every tile of it."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return _make(fixtures_dir, "exact.svs", synth.write_svs, 2048, 1536, downsamples=(1, 4, 16), seed=7,
+                 icc_profile=icc)

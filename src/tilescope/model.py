@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
-
-import math
 
 import numpy as np
 
@@ -116,6 +115,12 @@ class Scene:
             out.append(int(c))
         return out
 
+    def _level_index(self, level) -> int:
+        if isinstance(level, bool) or not isinstance(level, int | np.integer) \
+                or not 0 <= level < len(self.levels):
+            raise InvalidRequestError(f"{self._where}: level {level!r} is outside 0..{len(self.levels) - 1}")
+        return int(level)
+
     def _planes(self, z, t):
         zs, zr = plane_indices(z, self.num_z_slices, "z", self._where)
         ts, tr = plane_indices(t, self.num_t_frames, "t", self._where)
@@ -161,7 +166,7 @@ class Scene:
     def _output_scale(self, scale, magnification, mpp, downsample) -> Scale | None:
         given = {k: v for k, v in (("magnification", magnification), ("mpp", mpp), ("downsample", downsample))
                  if v is not None}
-        if scale is not None and given or len(given) > 1:
+        if (scale is not None and given) or len(given) > 1:
             raise InvalidRequestError(f"{self._where}: give one output scale, got {scale!r} and {given}")
         return _units.as_scale(scale) if scale is not None else Scale(**given) if given else None
 
@@ -199,10 +204,7 @@ class Scene:
         """Pixels of ``rect`` in level ``level``'s own pixel grid, exactly as stored (no
         resampling). A fractional x or y reads the nearest level pixels."""
         reader = self._reader()
-        if isinstance(level, bool) or not isinstance(level, int | np.integer) \
-                or not 0 <= level < len(self.levels):
-            raise InvalidRequestError(f"{self._where}: level {level!r} is outside 0..{len(self.levels) - 1}")
-        lv = self.levels[level]
+        lv = self.levels[self._level_index(level)]
         if rect is not None and len(rect) == 4 and not all(float(v).is_integer() for v in rect[:2]
                                                          if isinstance(v, int | float)):
             x, y, w, h = normalize_rect(rect, lv.size, self._where, integral=False)

@@ -244,13 +244,15 @@ def write_svs(path, width: int = 4000, height: int = 3000, *, tile: int = TILE,
               downsamples: Sequence[int] = (1, 4, 16), compression: str = "jpeg", quality: int = 80,
               bigtiff: bool = False, mpp: float | str = 0.499, magnification: float | str = 20,
               seed: int = 0, associated: Sequence[str] = ("thumbnail", "label", "macro"),
-              description: str | None = None, workers: int | None = None) -> str:
+              description: str | None = None, icc_profile: bytes | None = None,
+              workers: int | None = None) -> str:
     """An Aperio SVS: tiled pyramid (``downsamples`` of level 0, integer multiples of the first
     after 1), stripped thumbnail, LZW label and JPEG macro pages, Aperio ImageDescription.
 
     compression: "jpeg" (YCbCr 4:2:0, shared JPEGTables), "jpeg-rgb" (Photometric RGB, as older
     Aperio files), "jpeg2000-rgb" (33005), "jpeg2000-ycbcr" (33003), or a tifffile name ("lzw",
-    "none", "zlib"). ``description`` replaces the level-0 description verbatim.
+    "none", "zlib"). ``description`` replaces the level-0 description verbatim; ``icc_profile``
+    is embedded in level 0 (InterColorProfile).
     """
     path = os.fspath(path)
     workers = workers or os.cpu_count() or 2
@@ -281,7 +283,8 @@ def write_svs(path, width: int = 4000, height: int = 3000, *, tile: int = TILE,
         f"OriginalWidth = {width}|OriginalHeight = {height}|Filmstrip = 0")
     common = dict(metadata=None, software=False)
     with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw:
-        _write_tiles(tw, level0_tiles(), (height, width, 3), enc, kw, tile, workers, description=d0, **common)
+        _write_tiles(tw, level0_tiles(), (height, width, 3), enc, kw, tile, workers, description=d0,
+                     iccprofile=icc_profile, **common)
         base = acc[:height // f1, :width // f1]
         if "thumbnail" in associated:
             tw_ = 1024 if width >= height else max(1, round(1024 * width / height))

@@ -176,7 +176,8 @@ class Tiles(Sequence):
     def tile(self, col: int, row: int) -> Tile:
         """The tile at grid position (col, row), whether or not the iteration keeps it."""
         if not (0 <= col < self.grid[0] and 0 <= row < self.grid[1]):
-            raise InvalidRequestError(f"{self.scene._where}: grid position {(col, row)} is outside {self.grid}")
+            raise InvalidRequestError(
+                f"{self.scene._where}: grid position {(col, row)} is outside {self.grid}")
         return self._make(-1, col, row)
 
     def __iter__(self) -> Iterator[Tile]:
@@ -281,15 +282,12 @@ class LevelView:
     drops its axis). The third axis selects channels. ``np.asarray(view)`` reads the whole level."""
 
     def __init__(self, scene: Scene, level: int, channels=None, z=0, t=0):
-        if isinstance(level, bool) or not isinstance(level, int | np.integer) \
-                or not 0 <= level < len(scene.levels):
-            raise InvalidRequestError(f"{scene._where}: level {level!r} is outside 0..{len(scene.levels) - 1}")
-        self.scene, self.index = scene, int(level)
+        self.scene, self.index = scene, scene._level_index(level)
         self._channels = scene._channels(channels)
         if scene._planes(z, t)[1]:
             raise InvalidRequestError(f"{scene._where}: a level view takes one z and one t index")
         self._z, self._t = z, t
-        w, h = scene.levels[level].size
+        w, h = scene.levels[self.index].size
         self.shape = (h, w, len(self._channels))
         self.dtype = scene.dtype
         self.ndim = 3

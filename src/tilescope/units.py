@@ -40,7 +40,8 @@ class Scale:
     def __post_init__(self):
         given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
         if len(given) > 1:
-            raise InvalidRequestError(f"a scale names one of level, magnification, mpp, downsample; got {given}")
+            raise InvalidRequestError(
+                f"a scale names one of level, magnification, mpp, downsample; got {given}")
         for name in given:
             v = getattr(self, name)
             number = isinstance(v, int | float) and not isinstance(v, bool)

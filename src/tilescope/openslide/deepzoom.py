@@ -29,7 +29,8 @@ class DeepZoomGenerator:
     BOUNDS_OFFSET_PROPS = (PROPERTY_NAME_BOUNDS_X, PROPERTY_NAME_BOUNDS_Y)
     BOUNDS_SIZE_PROPS = (PROPERTY_NAME_BOUNDS_WIDTH, PROPERTY_NAME_BOUNDS_HEIGHT)
 
-    def __init__(self, osr: AbstractSlide, tile_size: int = 254, overlap: int = 1, limit_bounds: bool = False):
+    def __init__(self, osr: AbstractSlide, tile_size: int = 254, overlap: int = 1,
+                 limit_bounds: bool = False):
         self._osr = osr
         self._tile = tile_size
         self._overlap = overlap
@@ -123,7 +124,7 @@ class DeepZoomGenerator:
             dz_size.append(extent)
         return (tuple(location), slide_level, tuple(size)), tuple(dz_size)
 
-    def get_dzi(self, format: str) -> str:  # noqa: A002  (openslide's parameter name)
+    def get_dzi(self, format: str) -> str:
         """The Deep Zoom descriptor (XML) for tiles in ``format`` ("jpeg" or "png")."""
         image = Element("Image", TileSize=str(self._tile), Overlap=str(self._overlap), Format=format,
                         xmlns="http://schemas.microsoft.com/deepzoom/2008")

@@ -1,0 +1,219 @@
+"""tilescope.openslide against openslide-python (openslide-bin) on the same files, call by call."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import openslide as real
+import openslide.deepzoom as real_dz
+import pytest
+import tifffile
+from PIL import Image
+
+from tilescope import openslide as ours
+from tilescope.openslide import deepzoom as our_dz
+
+
+def _pair(path):
+    return real.OpenSlide(path), ours.OpenSlide(path)
+
+
+@pytest.fixture(params=["svs", "svs_exact", "tiff"])
+def slide_path(request, svs, svs_exact, tiffs):
+    return {"svs": svs, "svs_exact": svs_exact, "tiff": tiffs["zlib-pages"]}[request.param]
+
+
+def test_properties_and_levels(slide_path):
+    a, b = _pair(slide_path)
+    with a, b:
+        pa, pb = dict(a.properties), dict(b.properties)
+        assert set(pa) - set(pb) == {"openslide.quickhash-1"}
+        assert set(pb) <= set(pa)
+        assert {k: pb[k] for k in pb} == {k: pa[k] for k in pb}
+        assert a.level_count == b.level_count
+        assert a.dimensions == b.dimensions and a.level_dimensions == b.level_dimensions
+        assert a.level_downsamples == b.level_downsamples
+        for ds in [0.5, 1, 1.5, 3.999, 4, 4.2, 15.9, 16, 16.04, 16.06, 17, 100]:
+            assert a.get_best_level_for_downsample(ds) == b.get_best_level_for_downsample(ds), ds
+        assert ours.OpenSlide.detect_format(slide_path) == real.OpenSlide.detect_format(slide_path)
+
+
+def test_read_region_equal(slide_path):
+    a, b = _pair(slide_path)
+    w, h = a.dimensions
+    calls = [((100, 200), 0, (300, 200)), ((-50, -70), 0, (120, 100)), ((w - 40, h - 30), 0, (100, 90)),
+             ((4 * 100, 4 * 90), 1, (150, 120)), ((w - 4 * 20, 0), 1, (60, 30)), ((0, 0), 0, (0, 0)),
+             ((10, 10), 0, (0, 7)), ((w + 10, h + 10), 0, (5, 5)), ((0, 0), a.level_count - 1,
+                                                                    a.level_dimensions[-1])]
+    with a, b:
+        for args in calls:
+            (x, y), level, _ = args
+            ds = a.level_downsamples[level]
+            if not (x / ds).is_integer() or not (y / ds).is_integer():
+                continue  # between level pixels openslide interpolates, tilescope takes the nearest
+            x, y = np.asarray(a.read_region(*args)), np.asarray(b.read_region(*args))
+            assert x.shape == y.shape, args
+            np.testing.assert_array_equal(x, y, err_msg=str(args))
+        for bad in [(-1, 5), (5, -1)]:
+            with pytest.raises(real.OpenSlideError):
+                a.read_region((0, 0), 0, bad)
+            with pytest.raises(ours.OpenSlideError, match="negative"):
+                b.read_region((0, 0), 0, bad)
+
+
+def test_thumbnail_and_associated_equal(slide_path):
+    a, b = _pair(slide_path)
+    with a, b:
+        for size in [(300, 300), (1000, 200), (64, 64)]:
+            np.testing.assert_array_equal(np.asarray(a.get_thumbnail(size)), np.asarray(b.get_thumbnail(size)))
+        assert set(a.associated_images) == set(b.associated_images)
+        for name, im in a.associated_images.items():
+            mine = b.associated_images[name]
+            assert mine.mode == im.mode == "RGBA"
+            np.testing.assert_array_equal(np.asarray(im), np.asarray(mine))
+
+
+def test_color_profile(svs_exact, svs):
+    a, b = _pair(svs_exact)
+    with a, b:
+        assert b.color_profile.tobytes() == a.color_profile.tobytes()
+        assert b.properties["openslide.icc-size"] == a.properties["openslide.icc-size"]
+        assert b.read_region((0, 0), 0, (4, 4)).info["icc_profile"] == a.read_region((0, 0), 0, (4, 4)).info[
+            "icc_profile"]
+    with ours.OpenSlide(svs) as b:
+        assert b.color_profile is None
+
+
+@pytest.mark.parametrize("tile_size,overlap,limit_bounds", [(254, 1, False), (256, 0, False), (510, 1, True),
+                                                            (126, 4, False)])
+def test_deepzoom_equal(svs_exact, tile_size, overlap, limit_bounds):
+    a, b = _pair(svs_exact)
+    with a, b:
+        za = real_dz.DeepZoomGenerator(a, tile_size, overlap, limit_bounds)
+        zb = our_dz.DeepZoomGenerator(b, tile_size, overlap, limit_bounds)
+        assert (za.level_count, za.level_tiles, za.level_dimensions, za.tile_count) == \
+            (zb.level_count, zb.level_tiles, zb.level_dimensions, zb.tile_count)
+        assert za.get_dzi("jpeg") == zb.get_dzi("jpeg")
+        for level in range(za.level_count):
+            cols, rows = za.level_tiles[level]
+            for addr in {(0, 0), (cols - 1, rows - 1), (cols // 2, rows // 2), (cols - 1, 0)}:
+                assert za.get_tile_coordinates(level, addr) == zb.get_tile_coordinates(level, addr)
+                assert za.get_tile_dimensions(level, addr) == zb.get_tile_dimensions(level, addr)
+                np.testing.assert_array_equal(np.asarray(za.get_tile(level, addr)),
+                                              np.asarray(zb.get_tile(level, addr)), err_msg=f"{level} {addr}")
+        with pytest.raises(ValueError):
+            zb.get_tile(za.level_count, (0, 0))
+        with pytest.raises(ValueError):
+            zb.get_tile(0, (5, 5))
+
+
+def test_cache_context_and_closed(svs_exact):
+    cache = ours.OpenSlideCache(8 << 20)
+    with ours.OpenSlide(svs_exact) as b:
+        b.set_cache(cache)
+        first = np.asarray(b.read_region((0, 0), 0, (512, 512)))
+        np.testing.assert_array_equal(first, np.asarray(b.read_region((0, 0), 0, (512, 512))))
+        assert cache._cache.hits >= 4
+    with pytest.raises(ValueError):
+        b.read_region((0, 0), 0, (10, 10))
+    with pytest.raises(ValueError):
+        b.properties  # noqa: B018
+    with pytest.raises(TypeError):
+        ours.OpenSlide(svs_exact).set_cache(object())
+
+
+def test_errors_are_sticky_like_openslide(svs_exact, tmp_path):
+    path = str(tmp_path / "corrupt.svs")
+    shutil.copy(svs_exact, path)
+    with tifffile.TiffFile(path) as tf:
+        off, n = int(tf.pages[0].dataoffsets[0]), int(tf.pages[0].databytecounts[0])
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(b"\x00" * n)
+    for mod in (real, ours):
+        with mod.OpenSlide(path) as s:
+            s.read_region((1024, 1024), 0, (10, 10))  # an intact tile reads
+            with pytest.raises(mod.OpenSlideError):
+                s.read_region((0, 0), 0, (10, 10))
+            with pytest.raises(mod.OpenSlideError):  # and now nothing does
+                s.read_region((1024, 1024), 0, (10, 10))
+
+
+def test_unsupported_and_open_slide(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for mod in (real, ours):
+        with pytest.raises(mod.OpenSlideUnsupportedFormatError):
+            mod.OpenSlide(str(text))
+        with pytest.raises(mod.OpenSlideUnsupportedFormatError):
+            mod.OpenSlide(str(tmp_path / "missing.svs"))
+        assert mod.OpenSlide.detect_format(str(text)) is None
+    png = str(tmp_path / "plain.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(png)
+    a, b = real.open_slide(png), ours.open_slide(png)
+    assert isinstance(b, ours.ImageSlide) and isinstance(a, real.ImageSlide)
+    assert ours.ImageSlide.detect_format(png) == real.ImageSlide.detect_format(png) == "PNG"
+    assert a.dimensions == b.dimensions and a.level_downsamples == b.level_downsamples
+    for args in [((-10, -10), 0, (50, 40)), ((100, 90), 0, (100, 100)), ((0, 0), 0, (160, 120))]:
+        np.testing.assert_array_equal(np.asarray(a.read_region(*args)), np.asarray(b.read_region(*args)))
+    np.testing.assert_array_equal(np.asarray(a.get_thumbnail((50, 50))), np.asarray(b.get_thumbnail((50, 50))))
+    za, zb = real_dz.DeepZoomGenerator(a, 64, 1), our_dz.DeepZoomGenerator(b, 64, 1)
+    np.testing.assert_array_equal(np.asarray(za.get_tile(za.level_count - 1, (1, 1))),
+                                  np.asarray(zb.get_tile(zb.level_count - 1, (1, 1))))
+    a.close()
+    b.close()
+    with pytest.raises(ValueError):
+        b.read_region((0, 0), 0, (1, 1))
+
+
+def test_public_names_match_openslide():
+    expected = {n for n in dir(real) if n.startswith("PROPERTY_NAME_")} | {
+        "OpenSlide", "ImageSlide", "open_slide", "AbstractSlide", "OpenSlideError",
+        "OpenSlideUnsupportedFormatError", "OpenSlideVersionError", "OpenSlideCache"}
+    assert expected <= set(dir(ours))
+    for n in expected:
+        if n.startswith("PROPERTY_NAME_"):
+            assert getattr(ours, n) == getattr(real, n)
+
+
+PROGRAM = textwrap.dedent('''
+    import hashlib, sys
+    import numpy as np
+    import openslide
+    from openslide.deepzoom import DeepZoomGenerator
+
+    path = sys.argv[1]
+    h = hashlib.sha256()
+    with openslide.OpenSlide(path) as slide:
+        print(openslide.OpenSlide.detect_format(path), slide.dimensions, slide.level_count)
+        print(slide.properties[openslide.PROPERTY_NAME_MPP_X], slide.properties.get("aperio.AppMag"))
+        h.update(np.asarray(slide.read_region((300, 400), 1, (256, 256))).tobytes())
+        h.update(np.asarray(slide.get_thumbnail((200, 200))).tobytes())
+        for name, im in sorted(slide.associated_images.items()):
+            h.update(name.encode() + np.asarray(im).tobytes())
+        dz = DeepZoomGenerator(slide, 254, 1)
+        print(dz.level_count, dz.tile_count)
+        level = dz.level_count - 2
+        for col in range(dz.level_tiles[level][0]):
+            h.update(np.asarray(dz.get_tile(level, (col, 0))).tobytes())
+    print(h.hexdigest())
+''')
+
+
+def test_existing_openslide_program_runs_after_changing_its_import(svs_exact, tmp_path):
+    original = tmp_path / "original.py"
+    original.write_text(PROGRAM)
+    ported = tmp_path / "ported.py"
+    ported.write_text(PROGRAM.replace("import openslide\n", "from tilescope import openslide\n")
+                      .replace("from openslide.deepzoom", "from tilescope.openslide.deepzoom"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    outs = [subprocess.run([sys.executable, str(p), svs_exact], capture_output=True, text=True, check=True,
+                           env=env).stdout for p in (original, ported)]
+    assert outs[0] == outs[1]
+    assert "aperio" in outs[0]
