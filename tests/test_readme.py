@@ -1,0 +1,27 @@
+"""Every Python example in the README runs, on slides named as the README names them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+BLOCKS = re.findall(r"```python\n(.*?)```", open(README, encoding="utf-8").read(), re.S)
+
+
+@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+def test_readme_example_runs(code, svs, ome, tmp_path, monkeypatch, capsys):
+    shutil.copy(svs, tmp_path / "slide.svs")
+    shutil.copy(ome, tmp_path / "cells.ome.tiff")
+    Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(tmp_path / "plain.png")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+
+
+def test_readme_has_examples():
+    assert len(BLOCKS) >= 5
