@@ -71,17 +71,25 @@ class Options:
 
 
 DEFAULT_CACHE = TileCache(64 << 20)
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            # the calling thread decodes one share itself, so cpu_count - 1 workers fill the cores
-            _pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="tilescope")
-        return _pool
+class LazyPool:
+    """A process-wide thread pool, started on first use."""
+
+    def __init__(self, workers: int, name: str):
+        self._workers, self._name = workers, name
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=self._name)
+            return self._pool
+
+
+# the calling thread decodes one share itself, so cpu_count - 1 workers fill the cores
+_executor = LazyPool(max(1, (os.cpu_count() or 2) - 1), "tilescope")
 
 
 class Reader:

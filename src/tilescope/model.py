@@ -205,12 +205,10 @@ class Scene:
         resampling). A fractional x or y reads the nearest level pixels."""
         reader = self._reader()
         lv = self.levels[self._level_index(level)]
-        if rect is not None and len(rect) == 4 and not all(float(v).is_integer() for v in rect[:2]
-                                                         if isinstance(v, int | float)):
-            x, y, w, h = normalize_rect(rect, lv.size, self._where, integral=False)
-            rect = (x, y, *normalize_rect((0, 0, w, h), lv.size, self._where)[2:])
-        else:
-            rect = normalize_rect(rect, lv.size, self._where)
+        x, y, w, h = normalize_rect(rect, lv.size, self._where, integral=False)
+        w, h = normalize_rect((0, 0, w, h), lv.size, self._where)[2:]  # sizes are whole pixels
+        x, y = (int(v) if float(v).is_integer() else v for v in (x, y))
+        rect = (x, y, w, h)
         planes, lead = self._planes(z, t)
         chans = self._channels(channels)
         out = reader.read([(1.0, 1.0, lv.layout)], rect, rect[2:], chans, planes, self.dtype,

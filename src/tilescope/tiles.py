@@ -13,32 +13,23 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .engine import LazyPool
 from .errors import InvalidRequestError
 from .geometry import best_level
 
 if TYPE_CHECKING:
     from .model import Scene
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _prefetch_executor() -> ThreadPoolExecutor:
-    # separate from the engine's decode pool: these tasks call Scene.read, which waits on decodes
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="tilescope-prefetch")
-        return _pool
+# separate from the engine's decode pool: these tasks call Scene.read, which waits on decodes
+_prefetch_executor = LazyPool(os.cpu_count() or 2, "tilescope-prefetch")
 
 
 @dataclass(eq=False)
