@@ -150,3 +150,27 @@ def test_drivers_and_detect(svs, ome, tiffs):
     assert tilescope.detect(tiffs["stripped"]) == "TIFF"
     with tilescope.open(svs, driver="TIFF") as s:  # forcing the generic reader on an SVS
         assert s.driver == "TIFF" and s.scenes[0].size == (2900, 2150)
+
+
+def test_reopen_reuses_the_parse_and_notices_changes(tmp_path):
+    import os
+
+    from tilescope import synth
+
+    path = str(tmp_path / "reopen.svs")
+    synth.write_svs(path, 700, 500, downsamples=(1, 4), associated=("label",))
+    with tilescope.open(path) as a:
+        first = a.scenes[0].read((0, 0, 300, 300))
+    with tilescope.open(path) as b:  # served from the parsed-slide cache, on a new descriptor
+        assert b.scenes[0].size == (700, 500) and b.scenes[0]._slide is b
+        np.testing.assert_array_equal(b.scenes[0].read((0, 0, 300, 300)), first)
+        assert b.associated["label"].shape[2] == 3
+    assert a.closed and b.closed
+    with pytest.raises(tilescope.SlideClosedError):
+        a.scenes[0].read((0, 0, 1, 1))
+    with tilescope.open(path, driver="TIFF") as c:  # a forced driver is parsed on its own
+        assert c.driver == "TIFF"
+    synth.write_svs(path, 900, 600, downsamples=(1,), associated=())  # same path, new content
+    os.utime(path, ns=(1, 1))  # even with an old mtime: size and inode differ
+    with tilescope.open(path) as d:
+        assert d.scenes[0].size == (900, 600) and len(d.scenes[0].levels) == 1

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+from collections import OrderedDict
 
 from . import formats
 from .cache import TileCache
@@ -36,6 +38,12 @@ __all__ = [
 
 #: Process-wide defaults for every ``open()``; each field can be overridden per slide.
 options = Options()
+
+# Parsed slides by file identity (device, inode, size, mtime) and forced driver: data loaders
+# re-open a slide for every sample, and a re-open then costs an open() and an fstat().
+_PARSED: OrderedDict = OrderedDict()
+_PARSED_MAX = 128
+_parsed_lock = threading.Lock()
 
 
 def drivers() -> list[str]:
@@ -82,6 +90,13 @@ def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> S
     opts = dataclasses.replace(options, **overrides)
     src = FileSource(source)
     probe = None
+    key = (src.identity, driver.upper() if driver else None)
+    with _parsed_lock:
+        parsed = _PARSED.get(key)
+        if parsed is not None:
+            _PARSED.move_to_end(key)
+    if parsed is not None:
+        return parsed._bind(src, opts)
     try:
         probe = _probe_driver(src)
         mod = formats.by_name(driver) if driver else formats.detect(probe)
@@ -92,7 +107,12 @@ def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> S
         if driver and not mod.detect(probe):
             raise UnsupportedFormatError(f"{src.path}: is not a {mod.NAME} file")
         try:
-            return mod.open(probe, opts)
+            slide = mod.open(probe, opts)
+            with _parsed_lock:
+                _PARSED[key] = slide._bind(None, opts)
+                while len(_PARSED) > _PARSED_MAX:
+                    _PARSED.popitem(last=False)
+            return slide
         except TilescopeError:
             raise
         except Exception as e:  # a library's parse error on damaged structure: ours, naming the file

@@ -22,7 +22,7 @@ from .cache import TileCache
 from .codecs import Codec
 from .errors import CorruptDataError, InvalidRequestError, TilescopeError, TooLargeError
 from .geometry import best_level
-from .source import Pieces
+from .source import FileSource, Pieces
 
 _uid = itertools.count()
 
@@ -93,10 +93,11 @@ _executor = LazyPool(max(1, (os.cpu_count() or 2) - 1), "tilescope")
 
 
 class Reader:
-    """Reads levels of one slide: its path (for messages), options and cache."""
+    """Reads levels of one slide: its open file, options and cache."""
 
-    def __init__(self, path: str, options: Options):
-        self.path = path
+    def __init__(self, source: FileSource, options: Options):
+        self.source = source
+        self.path = source.path
         self.options = options
         self.cache = options.cache if options.cache is not None else DEFAULT_CACHE
 
@@ -109,7 +110,7 @@ class Reader:
         pieces = plane.pieces
         if pieces.missing_ok and pieces.is_missing(index):
             return None
-        data = pieces.fetch(index)
+        data = pieces.fetch(self.source, index)
         tw, th = plane.tile
         try:
             a = plane.codec.decode(data, th, tw)

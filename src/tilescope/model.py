@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import units as _units
-from .engine import Layout, Reader
+from .engine import Layout, Options, Reader
 from .errors import InvalidRequestError, SlideClosedError
 from .geometry import LEVEL_TOLERANCE, normalize_rect, plane_indices, resolve_size
 from .source import FileSource
@@ -79,6 +80,11 @@ class Scene:
         self.levels = tuple(
             replace(lv, mpp=(mpp[0] * lv.scale[0], mpp[1] * lv.scale[1]) if (mpp := self.mpp) else None,
                     magnification=mag / lv.scale[0] if mag else None) for lv in levels)
+
+    def _bind(self, slide: Slide) -> Scene:
+        new = copy.copy(self)
+        new._slide = slide
+        return new
 
     @property
     def num_channels(self) -> int:
@@ -309,11 +315,11 @@ class Slide:
     """An opened image file: its scenes, associated images and metadata. Close it (or use
     ``with``) to release the file; reads after ``close()`` raise SlideClosedError."""
 
-    def __init__(self, source: FileSource, driver: str, reader: Reader, *, raw_metadata: str = "",
+    def __init__(self, source: FileSource, driver: str, options: Options, *, raw_metadata: str = "",
                  vendor: str | None = None, properties: dict[str, Any] | None = None,
                  icc_profile: bytes | None = None):
         self._source = source
-        self._reader = reader
+        self._reader = Reader(source, options)
         self.path = source.path
         self.driver = driver
         self.raw_metadata = raw_metadata
@@ -326,6 +332,16 @@ class Slide:
     def _set_contents(self, scenes: Sequence[Scene], associated: dict[str, AssociatedImage]) -> None:
         self.scenes = tuple(scenes)
         self._associated = associated
+
+    def _bind(self, source: FileSource | None, options: Options) -> Slide:
+        """This parsed slide on another descriptor of the same file (re-opening skips parsing);
+        ``None`` gives a detached copy that holds no file."""
+        new = copy.copy(self)
+        new._source = source
+        new._reader = Reader(source, options) if source is not None else None
+        new.path = source.path if source is not None else self.path
+        new.scenes = tuple(sc._bind(new) for sc in self.scenes)
+        return new
 
     def _check_open(self) -> None:
         if self._source.closed:

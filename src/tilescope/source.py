@@ -32,7 +32,8 @@ class FileSource:
             os.close(self._fd)
             raise UnsupportedFormatError(f"{self.path}: is a directory, not an image file")
         self.size = st.st_size
-        self.mtime_ns = st.st_mtime_ns
+        # what identifies this file's content for the parsed-slide cache
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         self._cond = threading.Condition()
         self._inflight = 0
 
@@ -75,15 +76,15 @@ class FileSource:
 
 
 class Pieces:
-    """The encoded pieces of one plane: byte ranges in a source, indexed row-major over the grid.
+    """The encoded pieces of one plane: byte ranges in the slide's file, indexed row-major over
+    the grid. They name no open file, so a parsed slide can be re-bound to a new descriptor.
 
     ``label`` names the plane in error messages (for example ``"level 1"``).
     A piece with no bytes is missing: an error, unless ``missing_ok`` (sparse formats), in which
     case the engine fills it with background.
     """
 
-    def __init__(self, source: FileSource, offsets, counts, label: str, missing_ok: bool = False):
-        self.source = source
+    def __init__(self, offsets, counts, label: str, missing_ok: bool = False):
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.counts = np.asarray(counts, dtype=np.int64)
         self.label = label
@@ -95,16 +96,16 @@ class Pieces:
     def is_missing(self, index: int) -> bool:
         return self.counts[index] <= 0 or self.offsets[index] <= 0
 
-    def fetch(self, index: int) -> bytes:
+    def fetch(self, source: FileSource, index: int) -> bytes:
         """The encoded bytes of piece ``index``; CorruptDataError if it is missing or truncated."""
         count = int(self.counts[index])
         offset = int(self.offsets[index])
         if count <= 0 or offset <= 0:
             raise CorruptDataError(
-                f"{self.source.path}: {self.label}: piece {index} has no data "
+                f"{source.path}: {self.label}: piece {index} has no data "
                 f"(offset {offset}, {count} bytes)")
-        if offset + count > self.source.size:
+        if offset + count > source.size:
             raise CorruptDataError(
-                f"{self.source.path}: {self.label}: piece {index} ends at byte {offset + count}, "
-                f"past the end of the file ({self.source.size} bytes): the file is truncated")
-        return self.source.pread(offset, count)
+                f"{source.path}: {self.label}: piece {index} ends at byte {offset + count}, "
+                f"past the end of the file ({source.size} bytes): the file is truncated")
+        return source.pread(offset, count)

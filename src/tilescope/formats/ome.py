@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from ..engine import Layout, Reader
+from ..engine import Layout
 from ..errors import CorruptDataError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
 from . import tiff
@@ -76,8 +76,7 @@ def open(probe, options) -> Slide:
         raise CorruptDataError(f"{probe.path}: OME-XML describes {len(images)} Image element(s) but "
                                f"{len(series)} could be mapped onto the TIFF's pages")
     objectives = _objectives(root)
-    reader = Reader(probe.path, options)
-    slide = Slide(probe.source, NAME, reader, raw_metadata=xml, vendor="ome",
+    slide = Slide(probe.source, NAME, options, raw_metadata=xml, vendor="ome",
                   properties={"tiff": tiff.tag_properties(tf.pages.first)},
                   icc_profile=tiff.icc_profile(tf.pages.first))
     scenes, associated = [], {}

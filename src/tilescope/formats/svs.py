@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-from ..engine import Reader
 from ..model import Scene, Slide, make_levels
 from . import tiff
 
@@ -64,8 +63,7 @@ def open(probe, options) -> Slide:
     p0 = pages[0]
     desc = p0.description or ""
     props = parse_description(desc)
-    reader = Reader(probe.path, options)
-    slide = Slide(probe.source, NAME, reader, raw_metadata=desc, vendor="aperio",
+    slide = Slide(probe.source, NAME, options, raw_metadata=desc, vendor="aperio",
                   properties={"aperio": props, "tiff": tiff.tag_properties(p0)},
                   icc_profile=tiff.icc_profile(p0))
     level_pages = [p for p in pages if p.is_tiled]

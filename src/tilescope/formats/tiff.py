@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import codecs
-from ..engine import Layout, Plane, Reader
+from ..engine import Layout, Plane
 from ..errors import UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import Pieces
@@ -45,7 +45,7 @@ def page_planes(page, probe, label: str, missing_ok: bool = False) -> tuple[Plan
     nplanes = spp if separate else 1
     n = len(offsets) // nplanes
     return tuple(
-        Plane(Pieces(probe.source, offsets[i * n:(i + 1) * n], counts[i * n:(i + 1) * n], label, missing_ok),
+        Plane(Pieces(offsets[i * n:(i + 1) * n], counts[i * n:(i + 1) * n], label, missing_ok),
               codec, (w, h), tile)
         for i in range(nplanes))
 
@@ -160,8 +160,7 @@ def open(probe, options) -> Slide:
     tf = probe.tiff()
     pages = pyramid_pages(tf)
     p0 = pages[0]
-    reader = Reader(probe.path, options)
-    slide = Slide(probe.source, NAME, reader, raw_metadata=p0.description or "", vendor=None,
+    slide = Slide(probe.source, NAME, options, raw_metadata=p0.description or "", vendor=None,
                   properties={"tiff": tag_properties(p0)}, icc_profile=icc_profile(p0))
     levels = make_levels([level_spec(p, probe, f"level {i}") for i, p in enumerate(pages)])
     scene = Scene(slide, name="main", levels=levels, channel_names=channel_names(p0), dtype=p0.dtype,
