@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import tifffile
+
 from ..errors import CorruptDataError, InvalidRequestError
 from ..source import FileSource
 
@@ -36,8 +38,6 @@ class Probe:
     def tiff(self):
         """The file as a ``tifffile.TiffFile``; CorruptDataError if its structure is broken."""
         if self._tiff is None:
-            import tifffile
-
             try:
                 self._tiff = tifffile.TiffFile(self.path)
                 self._tiff.pages[0]
@@ -55,7 +55,10 @@ class Probe:
 
 
 def modules() -> list[ModuleType]:
-    return [importlib.import_module(f"{__name__}.{m}") for m in DRIVERS]
+    return _MODULES
+
+
+_MODULES = [importlib.import_module(f"{__name__}.{m}") for m in DRIVERS]
 
 
 def by_name(name: str) -> ModuleType:

@@ -1,0 +1,551 @@
+#!/usr/bin/env python3
+"""tilescope against the other slide readers and the machine's limit, on one synthetic slide.
+
+    python benchmarks/bench.py                      # everything: ~6 min on 2 cores
+    python benchmarks/bench.py --peers tilescope,openslide --workloads a,f --quick
+
+Workloads (level 0 unless noted; regions drawn with fixed seeds, the same as the reference harness
+in shared/bench so numbers compare):
+  a  500 random 256x256 regions          d  thumbnail, longest side 1024
+  b  100 random 1024x1024 regions        e  level 0 iterated in 512x512 tiles (a tile iterator where
+  c  4096x4096 regions (3, mean per call)   the reader has one)
+                                         f  open + metadata (size, levels, mpp) + close, x200
+Every (reader, workload) runs in a fresh process after the file was read once (page cache warm);
+c and d report the median of 3 processes. The minimal reader (pread of exactly the tiles needed +
+imagecodecs decode into a reused buffer + one copy) runs in this process on 1 and 2 threads.
+All readers hand back RGB uint8 numpy arrays; converting their native type is inside the timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOADS = {"a": "500 x 256² regions", "b": "100 x 1024² regions", "c": "4096² region",
+             "d": "thumbnail 1024", "e": "level 0 in 512² tiles", "f": "open + metadata + close"}
+REPEATS = {"c": 3, "d": 3}
+THUMB = 1024
+
+
+# -- workloads --------------------------------------------------------------------------------------
+def regions(wl: str, W: int, H: int, quick: bool = False) -> list[tuple[int, int, int, int]]:
+    if wl == "c":
+        s = 4096 if min(W, H) >= 6144 else min(W, H) // 2
+        return [(W // 2 - s // 2, H // 2 - s // 2, s, s),
+                (max(0, W // 4 - s // 2), max(0, H // 3 - s // 2), s, s),
+                (min(3 * W // 4 - s // 2, W - s), max(0, min(2 * H // 3 - s // 2, H - s)), s, s)]
+    if wl == "e":
+        return [(x, y, min(512, W - x), min(512, H - y)) for y in range(0, H, 512) for x in range(0, W, 512)]
+    n, s, seed = {"a": (500, 256, 0), "b": (100, 1024, 1)}[wl]
+    if quick:
+        n //= 5
+    rng = np.random.default_rng(seed)
+    xs, ys = rng.integers(0, W - s + 1, n), rng.integers(0, H - s + 1, n)
+    return [(int(x), int(y), s, s) for x, y in zip(xs, ys, strict=True)]
+
+
+def slide_dims(path: str) -> tuple[int, int]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        h, w = tf.pages.first.shape[:2]
+    return w, h
+
+
+def _area(img: np.ndarray, n: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    s = n / max(w, h)
+    return np.asarray(Image.fromarray(img).resize((round(w * s), round(h * s)), Image.Resampling.BOX))
+
+
+# -- readers ----------------------------------------------------------------------------------------
+class Reader:
+    """open(path); meta() -> (size, levels, mpp); region(x, y, w, h) -> RGB; thumbnail(n) -> RGB;
+    tiles(ts) -> iterator of RGB (optional); close(). Constructing one imports its library, outside
+    the timing."""
+
+    tiles = None
+    module = ""
+
+    def __init__(self):
+        if self.module:
+            __import__(self.module)
+
+
+class Tilescope(Reader):
+    module = "tilescope"
+
+    def open(self, path):
+        import tilescope
+
+        self.s = tilescope.open(path)
+        self.sc = self.s.scenes[0]
+
+    def meta(self):
+        return self.sc.size, len(self.sc.levels), self.sc.mpp[0]
+
+    def region(self, x, y, w, h):
+        return self.sc.read((x, y, w, h))
+
+    def thumbnail(self, n):
+        w, h = self.sc.size
+        return self.sc.read(size=(n, 0) if w >= h else (0, n))
+
+    def tiles(self, ts):
+        return (t.array for t in self.sc.tiles(ts))
+
+    def close(self):
+        self.s.close()
+
+
+class OpenSlide(Reader):
+    module = "openslide"
+
+    def open(self, path):
+        import openslide
+
+        self.m = openslide
+        self.s = openslide.OpenSlide(path)
+
+    def meta(self):
+        return self.s.dimensions, self.s.level_count, float(self.s.properties["openslide.mpp-x"])
+
+    def region(self, x, y, w, h):
+        return np.asarray(self.s.read_region((x, y), 0, (w, h)).convert("RGB"))
+
+    def thumbnail(self, n):
+        return np.asarray(self.s.get_thumbnail((n, n)))
+
+    def close(self):
+        self.s.close()
+
+
+class TiffSlide(OpenSlide):
+    module = "tiffslide"
+
+    def open(self, path):
+        import tiffslide
+
+        self.s = tiffslide.TiffSlide(path)
+
+    def meta(self):
+        return self.s.dimensions, self.s.level_count, float(self.s.properties["tiffslide.mpp-x"])
+
+    def region(self, x, y, w, h):
+        return self.s.read_region((x, y), 0, (w, h), as_array=True)[..., :3]
+
+    def thumbnail(self, n):
+        return np.asarray(self.s.get_thumbnail((n, n), use_embedded=False))
+
+
+class Slideio(Reader):
+    module = "slideio"
+
+    def open(self, path):
+        import slideio
+
+        self.s = slideio.open_slide(path, "SVS")
+        self.sc = self.s.get_scene(0)
+
+    def meta(self):
+        r = self.sc.rect
+        return (r[2], r[3]), self.sc.num_zoom_levels, self.sc.resolution[0] * 1e6
+
+    def region(self, x, y, w, h):
+        return self.sc.read_block((x, y, w, h))
+
+    def thumbnail(self, n):
+        r = self.sc.rect
+        return self.sc.read_block(size=(n, 0) if r[2] >= r[3] else (0, n))
+
+    def close(self):
+        del self.sc, self.s
+
+
+class LargeImage(Reader):
+    module = "large_image"
+
+    source = None
+
+    def open(self, path):
+        import large_image
+
+        self.fmt = large_image.constants.TILE_FORMAT_NUMPY
+        if self.source == "tiff":
+            import large_image_source_tiff
+
+            self.s = large_image_source_tiff.open(path, noCache=True)
+        else:
+            self.s = large_image.open(path, noCache=True)
+
+    def meta(self):
+        md = self.s.getMetadata()
+        return (md["sizeX"], md["sizeY"]), md["levels"], md["mm_x"] * 1000
+
+    @staticmethod
+    def _rgb(a):
+        return np.ascontiguousarray(a[..., :3]) if a.ndim == 3 and a.shape[2] == 4 else a
+
+    def region(self, x, y, w, h):
+        a, _ = self.s.getRegion(region=dict(left=x, top=y, width=w, height=h, units="base_pixels"),
+                                format=self.fmt)
+        return self._rgb(a)
+
+    def thumbnail(self, n):
+        return self._rgb(self.s.getThumbnail(width=n, height=n, format=self.fmt)[0])
+
+    def tiles(self, ts):
+        return (self._rgb(t["tile"]) for t in self.s.tileIterator(tile_size=dict(width=ts, height=ts),
+                                                                   format=self.fmt))
+
+    def close(self):
+        del self.s
+
+
+class LargeImageTiff(LargeImage):
+    module = "large_image_source_tiff"
+    source = "tiff"
+
+
+class Pyvips(Reader):
+    module = "pyvips"
+
+    def open(self, path):
+        import pyvips
+
+        self.m, self.path = pyvips, path
+        self.img = pyvips.Image.new_from_file(path, access="random")
+        self.reg = pyvips.Region.new(self.img)
+        self.levels = [(p, im.width, im.height) for p in range(self.img.get("n-pages"))
+                       if (im := pyvips.Image.new_from_file(path, page=p)).get_typeof("tile-width")]
+
+    def meta(self):
+        import re
+
+        mpp = float(re.search(r"MPP\s*=\s*([0-9.]+)", self.img.get("image-description")).group(1))
+        return (self.img.width, self.img.height), len(self.levels), mpp
+
+    def region(self, x, y, w, h):
+        return np.frombuffer(self.reg.fetch(x, y, w, h), np.uint8).reshape(h, w, 3)
+
+    def thumbnail(self, n):
+        page = min((lv for lv in self.levels if max(lv[1:]) >= n), key=lambda lv: lv[1])[0]
+        return self.m.Image.thumbnail(f"{self.path}[page={page}]", n).numpy()
+
+    def close(self):
+        del self.reg, self.img
+
+
+class Cucim(Reader):
+    module = "cucim"
+
+    workers: int | None = None  # the library's default
+
+    @property
+    def kw(self) -> dict:
+        return {} if self.workers is None else {"num_workers": self.workers}
+
+    def open(self, path):
+        from cucim import CuImage
+
+        self.s = CuImage(path)
+
+    def meta(self):
+        r = self.s.resolutions
+        return tuple(r["level_dimensions"][0]), r["level_count"], float(self.s.spacing()[0])
+
+    def region(self, x, y, w, h):
+        return np.asarray(self.s.read_region((x, y), (w, h), 0, **self.kw))
+
+    def thumbnail(self, n):
+        dims = self.s.resolutions["level_dimensions"]
+        lv = max(i for i, d in enumerate(dims) if max(d) >= n)
+        return _area(np.asarray(self.s.read_region((0, 0), tuple(dims[lv]), lv, **self.kw)), n)
+
+    def close(self):
+        self.s.close()
+
+
+class CucimMT(Cucim):
+    workers = os.cpu_count() or 2
+
+
+class Fastslide(Reader):
+    module = "fastslide"
+
+    def open(self, path):
+        import fastslide
+
+        self.s = fastslide.FastSlide.from_file_path(path)
+
+    def meta(self):
+        return tuple(self.s.dimensions), self.s.level_count, float(self.s.mpp[0])
+
+    @staticmethod
+    def _rgb(img):
+        a = img.numpy()
+        return a[..., :3] if a.ndim == 3 and a.shape[2] == 4 else a
+
+    def region(self, x, y, w, h):
+        return self._rgb(self.s.read_region((x, y), 0, (w, h)))
+
+    def thumbnail(self, n):
+        dims = self.s.level_dimensions
+        lv = max(i for i, d in enumerate(dims) if max(d) >= n)
+        return _area(self._rgb(self.s.read_region((0, 0), lv, tuple(dims[lv]))), n)
+
+    def close(self):
+        self.s.close()
+
+
+READERS = {"tilescope": Tilescope, "openslide": OpenSlide, "tiffslide": TiffSlide, "slideio": Slideio,
+           "large_image": LargeImage, "large_image_tiff": LargeImageTiff, "pyvips": Pyvips,
+           "cucim": Cucim, "cucim_mt": CucimMT, "fastslide": Fastslide}
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def run_cell(name: str, wl: str, path: str, quick: bool) -> dict:
+    """One (reader, workload) measurement; meant to run in a fresh process."""
+    rd = READERS[name]()
+    W, H = slide_dims(path)
+    mpix = calls = 0
+    if wl == "f":
+        n = 40 if quick else 200
+        c0, t0 = _cpu(), time.perf_counter()
+        for _ in range(n):
+            rd.open(path)
+            rd.meta()
+            rd.close()
+        wall, cpu, calls = time.perf_counter() - t0, _cpu() - c0, n
+    else:
+        rd.open(path)
+        c0, t0 = _cpu(), time.perf_counter()
+        if wl == "d":
+            a = rd.thumbnail(THUMB)
+            assert a.ndim == 3 and a.shape[2] == 3 and max(a.shape[:2]) == THUMB, a.shape
+            mpix, calls = a.shape[0] * a.shape[1] / 1e6, 1
+        else:
+            regs = regions(wl, W, H, quick)
+            arrays = rd.tiles(512) if wl == "e" and rd.tiles is not None else \
+                (rd.region(*r) for r in regs)
+            for a, (_, _, w, h) in zip(arrays, regs, strict=True):
+                assert a.shape == (h, w, 3) and a.dtype == np.uint8, (a.shape, a.dtype)
+                mpix += w * h / 1e6
+                calls += 1
+        wall, cpu = time.perf_counter() - t0, _cpu() - c0
+        rd.close()
+    return dict(reader=name, workload=wl, calls=calls, wall_s=wall, cpu_s=cpu,
+                ms_per_call=1000 * wall / calls, mp_per_s=mpix / wall if mpix else None,
+                rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+# -- the minimal reader -------------------------------------------------------------------------
+class Minimal:
+    """pread exactly the needed tiles + imagecodecs decode into a reused buffer + one copy."""
+
+    def __init__(self, path: str):
+        import tifffile
+
+        self.fd = os.open(path, os.O_RDONLY)
+        with tifffile.TiffFile(path) as tf:
+            self.levels = [dict(w=p.imagewidth, h=p.imagelength, tw=p.tilewidth, th=p.tilelength,
+                                offsets=list(p.dataoffsets), counts=list(p.databytecounts),
+                                tables=p.jpegtables) for p in tf.pages if p.is_tiled]
+        self.bufs: dict = {}
+
+    def _tile(self, lv, out, rect, tx, ty):
+        import threading
+
+        import imagecodecs
+
+        x, y, w, h = rect
+        i = ty * -(-lv["w"] // lv["tw"]) + tx
+        buf = self.bufs.setdefault(threading.get_ident(), np.empty((lv["th"], lv["tw"], 3), np.uint8))
+        imagecodecs.jpeg8_decode(os.pread(self.fd, lv["counts"][i], lv["offsets"][i]), tables=lv["tables"],
+                                 outcolorspace="RGB", out=buf)
+        x0, y0 = tx * lv["tw"], ty * lv["th"]
+        ix0, iy0, ix1, iy1 = max(x, x0), max(y, y0), min(x + w, x0 + lv["tw"]), min(y + h, y0 + lv["th"])
+        out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = buf[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+
+    def region(self, rect, level=0, pool=None):
+        lv = self.levels[level]
+        x, y, w, h = rect
+        out = np.empty((h, w, 3), np.uint8)
+        tiles = [(tx, ty) for ty in range(y // lv["th"], (y + h - 1) // lv["th"] + 1)
+                 for tx in range(x // lv["tw"], (x + w - 1) // lv["tw"] + 1)]
+
+        def run(part):
+            for tx, ty in part:
+                self._tile(lv, out, rect, tx, ty)
+        if pool is None or len(tiles) < 2:
+            run(tiles)
+        else:
+            half = (len(tiles) + 1) // 2
+            fut = pool.submit(run, tiles[half:])
+            run(tiles[:half])
+            fut.result()
+        return out
+
+    def thumbnail(self, n, pool=None):
+        li = max(i for i, lv in enumerate(self.levels) if max(lv["w"], lv["h"]) >= n)
+        lv = self.levels[li]
+        return _area(self.region((0, 0, lv["w"], lv["h"]), li, pool), n)
+
+
+def minimal_ceiling(path: str, quick: bool) -> dict:
+    W, H = slide_dims(path)
+    rd = Minimal(path)
+    res = {}
+    with cf.ThreadPoolExecutor(1) as ex:  # + the calling thread = 2 threads
+        for wl in "abcde":
+            for label, pool in (("1t", None), ("2t", ex)):
+                t0 = time.perf_counter()
+                if wl == "d":
+                    a = rd.thumbnail(THUMB, pool)
+                    calls, mpix = 1, a.shape[0] * a.shape[1] / 1e6
+                else:
+                    regs = regions(wl, W, H, quick)
+                    for r in regs:
+                        rd.region(r, 0, pool)
+                    calls, mpix = len(regs), sum(r[2] * r[3] for r in regs) / 1e6
+                wall = time.perf_counter() - t0
+                res.setdefault(wl, {})[label] = dict(mp_per_s=mpix / wall, ms_per_call=1000 * wall / calls)
+    t0 = time.perf_counter()
+    for _ in range(200):
+        fd = os.open(path, os.O_RDONLY)
+        os.pread(fd, 65536, 0)
+        os.close(fd)
+    res["f"] = {"1t": dict(ms_per_call=(time.perf_counter() - t0) / 200 * 1000)}
+    return res
+
+
+# -- driver -------------------------------------------------------------------------------------
+def _warm(path: str) -> None:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 24):
+            pass
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    for p in ("tilescope", "numpy", "tifffile", "imagecodecs", "pillow", "openslide-python", "openslide-bin",
+              "tiffslide", "slideio", "large-image", "pyvips", "pyvips-binary", "cucim-cu12", "fastslide"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[p] = version(p)
+    return out
+
+
+def table(results: list[dict], ceiling: dict) -> str:
+    readers = list(dict.fromkeys(r["reader"] for r in results))
+    lines = ["| workload | " + " | ".join(readers) + " | minimal 1T | minimal 2T | tilescope / best peer "
+             "| tilescope / minimal 2T |", "|---" * (len(readers) + 5) + "|"]
+    for wl in WORKLOADS:
+        cells = {r["reader"]: r for r in results if r["workload"] == wl}
+        if not cells:
+            continue
+
+        def cell(r):
+            if "error" in r:
+                return "error"
+            speed = f"{r['mp_per_s']:.1f} MP/s, " if r.get("mp_per_s") else ""
+            return (f"{speed}{r['ms_per_call']:.3g} ms, {r['rss_mb']:.0f} MB, "
+                    f"cpu/wall {r['cpu_s'] / r['wall_s']:.2f}")
+        row = [cell(cells[n]) if n in cells else "" for n in readers]
+        c = ceiling.get(wl, {})
+        mins = [f"{c[k].get('mp_per_s', 0):.1f} MP/s, {c[k]['ms_per_call']:.3g} ms" if k in c else ""
+                for k in ("1t", "2t")]
+        ours = cells.get("tilescope")
+        peers = [r for n, r in cells.items() if n != "tilescope" and "error" not in r]
+        vs_peer = vs_min = ""
+        if ours and "error" not in ours and peers:
+            best = min(peers, key=lambda r: r["ms_per_call"])
+            vs_peer = f"{best['ms_per_call'] / ours['ms_per_call']:.2f}x ({best['reader']})"
+        if ours and "error" not in ours and "2t" in c:
+            vs_min = f"{c['2t']['ms_per_call'] / ours['ms_per_call']:.2f}"
+        elif ours and "error" not in ours and "1t" in c:
+            vs_min = f"{c['1t']['ms_per_call'] / ours['ms_per_call']:.2f} (1T)"
+        lines.append(f"| ({wl}) {WORKLOADS[wl]} | " + " | ".join(row + mins) + f" | {vs_peer} | {vs_min} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slide", default=os.path.join(HERE, "data", "slide.svs"))
+    ap.add_argument("--readers", "--peers", default=",".join(READERS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--quick", action="store_true", help="fewer regions (a, b) and opens (f)")
+    ap.add_argument("--out", default=None, help="folder for results.json and results.md")
+    ap.add_argument("--cell", nargs=2, metavar=("READER", "WORKLOAD"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.cell:
+        import warnings
+
+        warnings.simplefilter("ignore")
+        print("RESULT " + json.dumps(run_cell(a.cell[0], a.cell[1], a.slide, a.quick)))
+        return 0
+    if not os.path.exists(a.slide):
+        from tilescope import synth
+
+        os.makedirs(os.path.dirname(a.slide), exist_ok=True)
+        print(f"writing {a.slide} (40000x30000, once)", flush=True)
+        synth.write_svs(a.slide, 40000, 30000, downsamples=(1, 4, 16, 64))
+    out = a.out or os.path.join(HERE, "results", datetime.date.today().isoformat())
+    os.makedirs(out, exist_ok=True)
+    _warm(a.slide)
+    print("minimal reader", flush=True)
+    ceiling = minimal_ceiling(a.slide, a.quick)
+    for wl, c in ceiling.items():
+        print(f"  {wl}: " + "  ".join(f"{k} {v.get('mp_per_s', 0):.1f} MP/s {v['ms_per_call']:.3f} ms"
+                                      for k, v in c.items()), flush=True)
+    results = []
+    for wl in a.workloads.split(","):
+        for name in a.readers.split(","):
+            runs, err = [], None
+            for _ in range(REPEATS.get(wl, 1)):
+                _warm(a.slide)
+                cmd = [sys.executable, os.path.abspath(__file__), "--cell", name, wl, "--slide", a.slide]
+                p = subprocess.run(cmd + (["--quick"] if a.quick else []), capture_output=True, text=True,
+                                   timeout=600)
+                line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+                if p.returncode or not line:
+                    err = (p.stderr.strip().splitlines() or ["?"])[-1][:200]
+                    break
+                runs.append(json.loads(line[-1][7:]))
+            r = dict(reader=name, workload=wl, error=err) if err else \
+                sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2]
+            results.append(r)
+            summary = f"ERROR {err}" if err else (
+                f"{r['mp_per_s'] or 0:8.1f} MP/s {r['ms_per_call']:9.3f} ms/call "
+                f"cpu/wall {r['cpu_s'] / r['wall_s']:.2f} rss {r['rss_mb']:.0f} MB")
+            print(f"{wl} {name:17s} {summary}", flush=True)
+    md = f"Slide: {a.slide} ({os.path.getsize(a.slide) / 2**20:.0f} MiB)\n\n{table(results, ceiling)}\n"
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(dict(versions=_versions(), ceiling=ceiling, results=results), f, indent=1)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
