@@ -9,18 +9,38 @@ import pytest
 
 import tilescope
 from tilescope import TileCache
+from tilescope.engine import resample
 from tilescope.synth import area_downsample
 
 RECT = (256, 512, 2048, 1024)
 
 
 def test_downscale_from_level0_is_an_area_filter(svs):
-    # factor 2 is served from level 0: within 1 (rounding) of the exact block mean
-    with tilescope.open(svs) as s:
+    # factor 2 is served from level 0: without DCT scaling, within 1 (rounding) of the block mean
+    with tilescope.open(svs, dct_scaling=False) as s:
         sc = s.scenes[0]
         full = sc.read(RECT)
         ours = sc.read(RECT, size=(1024, 512))
     assert np.abs(ours.astype(int) - area_downsample(full, 2)).max() <= 1
+
+
+@pytest.mark.parametrize("k", [2, 3, 8])
+def test_dct_scaled_reads_stay_close_to_the_area_filter(svs, k):
+    # by default JPEG tiles are decoded at 1/2 (1/4, 1/8) in the DCT domain when the output is at
+    # least that much smaller: libjpeg's reduced IDCT is its own low-pass filter, so the stated
+    # tolerance is on the mean and the 99.9th percentile (edges of sharp nuclei differ most)
+    w, h = RECT[2:]
+    size = (w // k, h // k)
+    with tilescope.open(svs, dct_scaling=False) as s:
+        sc = s.scenes[0]
+        exact = sc.read(RECT, size=size)
+        if k == 3:  # the same resample (Pillow's BOX at 1.5) from an exactly averaged half size
+            exact = resample(area_downsample(sc.read(RECT), 2), (0, 0, w // 2, h // 2),
+                             np.empty((size[1], size[0], 3), np.uint8))
+    with tilescope.open(svs) as s:
+        ours = s.scenes[0].read(RECT, size=size)
+    d = np.abs(ours.astype(int) - exact)
+    assert d.mean() < 1.0 and np.percentile(d, 99.9) <= 12, (d.mean(), np.percentile(d, 99.9))
 
 
 def test_downscale_uses_the_pyramid(svs):

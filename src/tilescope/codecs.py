@@ -3,16 +3,20 @@
 A :class:`Codec` is part of a format's description of a level; the engine calls
 ``codec.decode(data, h, w)`` for each piece and pastes the result. Codecs are built by drivers
 from their format's parameters (``from_tiff`` for TIFF tags); no codec is written by hand here,
-every byte goes through imagecodecs (which wraps libjpeg-turbo, OpenJPEG, zlib-ng, zstd, ...).
+every byte goes through imagecodecs (which wraps libjpeg-turbo, OpenJPEG, zlib-ng, zstd, ...),
+except JPEG decoded at 1/2, 1/4 or 1/8 in the DCT domain, which imagecodecs does not offer: that is
+libjpeg-turbo again, through simplejpeg.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import imagecodecs
 import numpy as np
+import simplejpeg
 
 from .errors import UnsupportedFormatError
 
@@ -29,36 +33,72 @@ _TIFF_BYTE_CODECS = {1: "none", 5: "lzw", 8: "deflate", 32946: "deflate", 32773:
 @dataclass(frozen=True, eq=False)
 class Codec:
     """How the pieces of one plane are encoded. ``decode`` returns (h', w', samples), where h', w'
-    may be smaller than asked for the last strip of a stripped image."""
+    may be smaller than asked for the last strip of a stripped image.
+
+    ``writes_out``: the decoder fills an ``out`` array of the piece's (h, w, samples) shape instead
+    of allocating one, so the engine can choose where decoded pixels land. ``scaled(k)`` is a codec
+    for the same bytes decoded at 1/k per axis (k in 2, 4, 8), or None where the encoding has no
+    cheap reduced decode.
+    """
 
     name: str
     dtype: np.dtype
     samples: int
-    _decode: Callable[[bytes, int, int], np.ndarray]
+    _decode: Callable[[bytes, int, int, np.ndarray | None], np.ndarray]
+    writes_out: bool = False
+    _scaled: Callable[[int], Codec] | None = None
 
-    def decode(self, data: bytes, h: int, w: int) -> np.ndarray:
-        a = self._decode(data, h, w)
+    def decode(self, data: bytes, h: int, w: int, out: np.ndarray | None = None) -> np.ndarray:
+        a = self._decode(data, h, w, out)
         if a.ndim == 2:
             a = a[:, :, None]
         if a.shape[2] != self.samples or a.dtype != self.dtype:
             raise ValueError(f"decoded {a.shape} {a.dtype}, expected (h, w, {self.samples}) {self.dtype}")
         return a
 
+    def scaled(self, k: int) -> Codec | None:
+        return None if self._scaled is None else self._scaled(k)
+
 
 def jpeg(tables: bytes | None = None, *, colorspace=None, outcolorspace=None, samples: int = 3,
          bits: int = 8) -> Codec:
     """Baseline/extended JPEG (libjpeg-turbo), optionally abbreviated streams with shared tables."""
-    if bits == 8:
-        def dec(data, h, w):
-            return imagecodecs.jpeg8_decode(data, tables=tables, colorspace=colorspace,
-                                            outcolorspace=outcolorspace)
-        dtype = np.uint8
-    else:  # 12-bit and lossless JPEG go through imagecodecs' dispatcher
-        def dec(data, h, w):
+    if bits != 8:  # 12-bit and lossless JPEG go through imagecodecs' dispatcher
+        def dec16(data, h, w, out):
             return imagecodecs.jpeg_decode(data, tables=tables, bitspersample=bits,
                                            colorspace=colorspace, outcolorspace=outcolorspace)
-        dtype = np.uint16
-    return Codec("jpeg", np.dtype(dtype), samples, dec)
+        return Codec("jpeg", np.dtype(np.uint16), samples, dec16)
+
+    def dec(data, h, w, out):
+        try:
+            return imagecodecs.jpeg8_decode(data, tables=tables, colorspace=colorspace,
+                                            outcolorspace=outcolorspace, out=out)
+        except ValueError:  # a piece smaller than its place (the last strip): let it allocate
+            if out is None:
+                raise
+            return imagecodecs.jpeg8_decode(data, tables=tables, colorspace=colorspace,
+                                            outcolorspace=outcolorspace)
+
+    scaled = None
+    # reduced decode only where both libraries pick the same colour conversion: libjpeg's default
+    # (JFIF YCbCr -> RGB) or greyscale
+    if colorspace is None and (samples, outcolorspace) in ((3, "RGB"), (1, None), (1, "GRAY")):
+        scaled = functools.partial(_jpeg_scaled, tables[:-2] if tables else b"",
+                                   "RGB" if samples == 3 else "GRAY", samples)
+    return Codec("jpeg", np.dtype(np.uint8), samples, dec, True, scaled)
+
+
+def _jpeg_scaled(head: bytes, colorspace: str, samples: int, k: int) -> Codec:
+    """8-bit JPEG decoded at 1/k in the DCT domain (libjpeg-turbo's scaled IDCT)."""
+    def dec(data, h, w, out):
+        if head:  # an abbreviated stream: splice the shared tables in after its SOI
+            data = head + data[2:]
+        jh, jw = simplejpeg.decode_jpeg_header(data)[:2]
+        sh, sw = -(-jh // k), -(-jw // k)
+        if out is not None and out.shape[:2] != (sh, sw):
+            out = None
+        return simplejpeg.decode_jpeg(data, colorspace, min_height=sh, min_width=sw, buffer=out)
+    return Codec(f"jpeg/{k}", np.dtype(np.uint8), samples, dec, True)
 
 
 def _fix(x: float) -> int:
@@ -87,10 +127,10 @@ def jpeg2000(*, ycbcr: bool = False, samples: int = 3, dtype=np.uint8) -> Codec:
     """JPEG 2000 codestreams (OpenJPEG); ``ycbcr`` when components are YCbCr without a J2K
     colour transform (Aperio 33003)."""
     if ycbcr:
-        def dec(data, h, w):
+        def dec(data, h, w, out):
             return ycbcr_to_rgb(imagecodecs.jpeg2k_decode(data))
     else:
-        def dec(data, h, w):
+        def dec(data, h, w, out):
             return imagecodecs.jpeg2k_decode(data)
     return Codec("jpeg2000", np.dtype(dtype), samples, dec)
 
@@ -103,7 +143,7 @@ def raw(*, dtype, samples: int, decompress: Callable[[bytes], bytes] | None = No
     nbits = bits or dtype.itemsize * 8
     packed = nbits != dtype.itemsize * 8
 
-    def dec(data, h, w):
+    def dec(data, h, w, out):
         if decompress is not None:
             data = decompress(data)
         row = w * samples
@@ -125,7 +165,7 @@ _UNPREDICT = {2: imagecodecs.delta_decode, 3: imagecodecs.floatpred_decode}
 
 def image(name: str, fn: Callable[[bytes], np.ndarray], *, dtype, samples: int) -> Codec:
     """Any imagecodecs image decoder that takes only the bytes (PNG, WebP, JPEG XL, JPEG XR, LERC)."""
-    return Codec(name, np.dtype(dtype), samples, lambda data, h, w: fn(data))
+    return Codec(name, np.dtype(dtype), samples, lambda data, h, w, out: fn(data))
 
 
 def from_tiff(compression: int, *, dtype, samples: int, photometric: int, planarconfig: int = 1,
