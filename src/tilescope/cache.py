@@ -12,7 +12,7 @@ from collections import OrderedDict
 import numpy as np
 
 _PAGE = mmap.PAGESIZE
-_FREE_MAX = 16  # recycled buffers kept: a few per decoding thread is all the steady state uses
+_FREE_MAX = 8  # recycled buffers kept: a few per decoding thread is all the steady state uses
 
 
 def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -43,7 +43,7 @@ class TileCache:
     steady-state reading allocates (and page-faults) no fresh memory per piece.
     """
 
-    def __init__(self, capacity_bytes: int = 64 << 20, *, floor_bytes: int = 8 << 20):
+    def __init__(self, capacity_bytes: int = 64 << 20, *, floor_bytes: int = 2 << 20):
         self._lock = threading.Lock()
         self._items: OrderedDict = OrderedDict()  # key -> [array, was_hit]
         self._ghosts: OrderedDict = OrderedDict()  # keys of dropped pieces -> their nbytes

@@ -118,7 +118,7 @@ class Tiles(Sequence):
             positions = [p for p in positions if mask.fraction(self._geometry(*p)[1]) >= tissue]
         self.tissue_mask = tissue_mask
         self.positions = positions
-        self.prefetch = 2 * (os.cpu_count() or 2) if prefetch is None else int(prefetch)
+        self.prefetch = (os.cpu_count() or 2) + 1 if prefetch is None else int(prefetch)
 
     def __repr__(self) -> str:
         return (f"<Tiles {len(self)} of grid {self.grid[0]}x{self.grid[1]}, tile {self.tile_size}, "
