@@ -29,16 +29,21 @@ _uid = itertools.count()
 
 @dataclass(eq=False)
 class Plane:
-    """One plane of one level: a regular grid of pieces (tiles, or strips as full-width tiles).
+    """One plane of one level: a regular grid of pieces (tiles, or strips as full-width tiles), or
+    pieces placed anywhere (mosaics).
 
-    ``size`` is the image (w, h) in level pixels, ``tile`` the (w, h) of one piece; piece
-    ``ty * nx + tx`` covers ``[tx*tw, (tx+1)*tw) x [ty*th, (ty+1)*th)`` clipped to the image.
+    ``size`` is the image (w, h) in level pixels, ``tile`` the (w, h) of one piece; in a grid,
+    piece ``ty * nx + tx`` covers ``[tx*tw, (tx+1)*tw) x [ty*th, (ty+1)*th)`` clipped to the image.
+    With ``rects`` ((n, 4) ints: x, y, w, h in level pixels, in drawing order), piece ``i`` covers
+    ``rects[i]``; places may overlap (a later piece is drawn over an earlier one) or leave gaps
+    (background), and ``tile`` is only the typical piece size.
     """
 
     pieces: Pieces
     codec: Codec
     size: tuple[int, int]
     tile: tuple[int, int]
+    rects: np.ndarray | None = None
     uid: int = field(default_factory=lambda: next(_uid))
     _reduced: dict = field(default_factory=dict, repr=False)
 
@@ -51,7 +56,7 @@ class Plane:
         pieces divide evenly; the same pieces, with their own cache entries."""
         if k not in self._reduced:
             (w, h), (tw, th) = self.size, self.tile
-            codec = self.codec.scaled(k) if tw % k == 0 and th % k == 0 else None
+            codec = self.codec.scaled(k) if tw % k == 0 and th % k == 0 and self.rects is None else None
             self._reduced[k] = codec and Plane(self.pieces, codec, (-(-w // k), -(-h // k)),
                                                (tw // k, th // k))
         return self._reduced[k]
@@ -137,7 +142,7 @@ class Reader:
         if pieces.missing_ok and pieces.is_missing(index):
             return None, False
         data = pieces.fetch(self.source, index)
-        tw, th = plane.tile
+        tw, th = plane.tile if plane.rects is None else plane.rects[index, 2:]
         codec = plane.codec
         out = self.cache.buffer((th, tw, codec.samples), codec.dtype) if codec.writes_out else None
         try:
@@ -169,47 +174,70 @@ class Reader:
         if out is None:
             out = np.empty((h, w, len(channels)), dtype)
         tasks = []
+        ordered = []  # placed pieces that overlap each other: pasted in drawing order
         filled = False
         for p, (samples, ocs) in groups.items():
             plane = planes[p]
             pw, ph = plane.size
-            tw, th = plane.tile
-            nx, _ = plane.grid
-            if not filled and not (x >= 0 and y >= 0 and x + w <= pw and y + h <= ph):
+            placed = plane.rects is not None
+            if not filled and (placed or not (x >= 0 and y >= 0 and x + w <= pw and y + h <= ph)):
                 out[...] = background  # what no piece covers
                 filled = True
             ix0, iy0, ix1, iy1 = max(x, 0), max(y, 0), min(x + w, pw), min(y + h, ph)
             if ix1 <= ix0 or iy1 <= iy0:
                 continue
             sel = _selector(samples, ocs, plane.codec.samples, len(channels))
+            if placed:
+                r = plane.rects
+                x0, y0, x1, y1 = r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]
+                hit = np.flatnonzero((x0 < ix1) & (x1 > ix0) & (y0 < iy1) & (y1 > iy0))
+                mine = [(plane, int(i), int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i]), sel) for i in hit]
+                (ordered if _overlap(r[hit]) else tasks).extend(mine)
+                continue
+            tw, th = plane.tile
+            nx, _ = plane.grid
             for ty in range(iy0 // th, (iy1 - 1) // th + 1):
                 for tx in range(ix0 // tw, (ix1 - 1) // tw + 1):
-                    tasks.append((plane, ty * nx + tx, tx, ty, sel))
+                    tasks.append((plane, ty * nx + tx, tx * tw, ty * th, min((tx + 1) * tw, pw),
+                                  min((ty + 1) * th, ph), sel))
 
         def run(batch):
-            for plane, index, tx, ty, sel in batch:
-                self._paste(out, rect, plane, index, tx, ty, sel, background)
+            for task in batch:
+                self._paste(out, rect, *task, background)
 
-        self._parallel(tasks, run, self.options.threads if threads is None else threads)
+        threads = self.options.threads if threads is None else threads
+        self._parallel(tasks, run, threads)
+        if ordered:  # decode on the pool, then paste one by one so overlaps resolve in order
+            pieces = {}
+
+            def decode(batch):
+                for plane, index, *_ in batch:
+                    pieces[plane.uid, index] = self._piece(plane, index)
+            self._parallel(ordered, decode, threads)
+            for task in ordered:
+                self._paste(out, rect, *task, background, pieces[task[0].uid, task[1]])
         return out
 
-    def _paste(self, out, rect, plane: Plane, index, tx, ty, sel, background) -> None:
+    def _paste(self, out, rect, plane: Plane, index, x0, y0, x1, y1, sel, background, piece=None) -> None:
+        """Paste piece ``index``, whose place is [x0, x1) x [y0, y1) in level pixels (clipped to the
+        plane), into ``out`` holding ``rect``."""
         x, y, w, h = rect
-        tw, th = plane.tile
-        pw, ph = plane.size
-        x0, y0 = tx * tw, ty * th
-        ix0, iy0 = max(x, x0), max(y, y0)
-        ix1, iy1 = min(x + w, x0 + tw, pw), min(y + h, y0 + th, ph)
-        dst = out[iy0 - y:iy1 - y, ix0 - x:ix1 - x]
-        a, own = self._piece(plane, index)
+        a, own = self._piece(plane, index) if piece is None else piece
         src_sel, dst_sel = sel
+        if a is not None and plane.rects is not None:  # a mosaic piece's stored size rules
+            x1, y1 = min(x1, x0 + a.shape[1]), min(y1, y0 + a.shape[0])
+        ix0, iy0 = max(x, x0), max(y, y0)
+        ix1, iy1 = min(x + w, x1), min(y + h, y1)
+        if ix1 <= ix0 or iy1 <= iy0:
+            return
+        dst = out[iy0 - y:iy1 - y, ix0 - x:ix1 - x]
         if a is None:  # a sparse format's missing piece
             dst[..., dst_sel] = background
             return
         if a.shape[0] < iy1 - y0 or a.shape[1] < ix1 - x0:
             raise CorruptDataError(
                 f"{self.path}: {plane.pieces.label}: piece {index} decoded to {a.shape[1]}x{a.shape[0]} "
-                f"pixels, smaller than its {min(tw, pw - x0)}x{min(th, ph - y0)} place in the image")
+                f"pixels, smaller than its {x1 - x0}x{y1 - y0} place in the image")
         dst[..., dst_sel] = a[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0, src_sel]
         if own:  # not cached: its buffer decodes the next piece
             self.cache.give_back(a)
@@ -296,6 +324,18 @@ class Reader:
                                   background, threads)
             resample(src, (bx0 - ix0, sy0 - iy0, bx1 - ix0, sy1 - iy0), out[r0:r1],
                      self.options.threads if threads is None else threads)
+
+
+def _overlap(rects: np.ndarray) -> bool:
+    """Whether any two of these (x, y, w, h) rects overlap."""
+    if len(rects) < 2:
+        return False
+    x0, y0 = rects[:, 0], rects[:, 1]
+    x1, y1 = x0 + rects[:, 2], y0 + rects[:, 3]
+    m = (x0[:, None] < x1[None]) & (x1[:, None] > x0[None])
+    m &= (y0[:, None] < y1[None]) & (y1[:, None] > y0[None])
+    np.fill_diagonal(m, False)
+    return bool(m.any())
 
 
 def _selector(samples: list[int], ocs: list[int], nsamples: int, nout: int):
