@@ -12,8 +12,8 @@ import tifffile
 from ..errors import CorruptDataError, InvalidRequestError
 from ..source import FileSource
 
-# detection order: vendor dialects of TIFF first, the generic TIFF reader last
-DRIVERS = ("svs", "ome", "tiff")
+# detection order: vendor dialects of TIFF and other formats first, the generic TIFF reader last
+DRIVERS = ("svs", "ome", "czi", "tiff")
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 

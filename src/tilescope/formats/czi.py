@@ -1,0 +1,309 @@
+"""Zeiss CZI (ZISRAW): subblocks placed anywhere, indexed by a directory of dimension entries.
+
+A CZI file is a chain of segments (a 16-byte ID, allocated and used sizes, then the body). The file
+header points at the subblock directory, the XML metadata and the attachment directory. Each
+directory entry gives a subblock's pixel type, compression, file position and its dimensions: X and
+Y (start in the file's global pixels, logical size, stored size), and indices C, Z, T, S (scene),
+M (mosaic tile), ... A subblock whose stored size is smaller than its logical size belongs to a
+pyramid layer (zoom = stored / logical).
+
+This driver only describes: one Scene per S index (its rect is the bounding box of its subblocks),
+one level per pyramid zoom, one placed-piece plane per (level, C, Z, T) with the subblocks in
+drawing order (by M index, a later tile over an earlier one); the engine does the rest, touching
+only the subblocks that intersect a request. Pixels: Gray8/16/32Float, Bgr24/48, Bgra32 (BGR turned
+to RGB); compression: none, JPEG, JPEG XR, zstd0 and zstd1 (with its hi-lo byte packing), all
+decoded by imagecodecs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import struct
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+
+import imagecodecs
+import numpy as np
+
+from ..codecs import Codec
+from ..engine import Layout, Plane
+from ..errors import CorruptDataError, UnsupportedFormatError
+from ..model import Scene, Slide, make_levels
+from ..source import Pieces
+
+NAME = "CZI"
+MAGIC = b"ZISRAWFILE"
+
+# pixel type -> (dtype, samples, stored as BGR(A))
+_PIXEL_TYPES = {0: ("Gray8", np.uint8, 1), 1: ("Gray16", np.uint16, 1), 2: ("Gray32Float", np.float32, 1),
+                3: ("Bgr24", np.uint8, 3), 4: ("Bgr48", np.uint16, 3), 8: ("Bgr96Float", np.float32, 3),
+                9: ("Bgra32", np.uint8, 4), 12: ("Gray32", np.uint32, 1), 13: ("Gray64", np.float64, 1)}
+_COMPRESSIONS = {0: "none", 1: "jpeg", 2: "lzw", 4: "jpegxr", 5: "zstd0", 6: "zstd1"}
+_ENTRY = struct.Struct("<2siqiiB5xi")  # DV schema, pixel type, file position, part, compression, pyramid
+_DIM = struct.Struct("<4siifi")  # dimension, start, size, start coordinate, stored size
+
+
+def detect(probe) -> bool:
+    return probe.head[:10] == MAGIC
+
+
+def _segment(source, pos: int, want: bytes, what: str, extra: int = 0) -> tuple[int, bytes]:
+    """Check the segment at ``pos`` has ID ``want``; its used size and the first ``extra`` bytes
+    of its body."""
+    if pos <= 0 or pos + 32 + extra > source.size:
+        raise CorruptDataError(f"{source.path}: CZI {what} position {pos} is outside the file")
+    head = source.pread(pos, 32 + extra)
+    sid, _alloc, used = struct.unpack_from("<16sqq", head)
+    if sid.rstrip(b"\0") != want:
+        raise CorruptDataError(f"{source.path}: CZI {what} at {pos} is a {sid.rstrip(bytes(1))!r} segment, "
+                               f"not {want.decode()}")
+    return used, head[32:]
+
+
+class Subblocks(Pieces):
+    """Subblock segments: the pixel data's place is read from each segment's own header when the
+    piece is fetched, so opening a file reads the directory only."""
+
+    def __init__(self, positions, ndims, label: str):
+        super().__init__(positions, np.ones(len(positions), np.int64), label)
+        self.ndims = np.asarray(ndims, np.int64)
+
+    def fetch(self, source, index: int) -> bytes:
+        pos = int(self.offsets[index])
+        used, head = _segment(source, pos, b"ZISRAWSUBBLOCK", f"{self.label} subblock {index}", 16)
+        meta, _att, size = struct.unpack("<iiq", head)
+        start = pos + 32 + max(256, 16 + _ENTRY.size + _DIM.size * int(self.ndims[index])) + meta
+        if meta < 0 or size < 0 or start + size > pos + 32 + used or start + size > source.size:
+            raise CorruptDataError(f"{source.path}: {self.label}: subblock {index} at {pos} claims "
+                                   f"{size} bytes of data past its segment or the file's end")
+        return source.pread(start, size)
+
+
+def _zstd1(data: bytes) -> tuple[bytes, bool]:
+    """CZI's zstd1: a small header (its own size first; chunk 1 = hi-lo byte packing flag)."""
+    n = data[0]
+    hilo = n >= 3 and data[1] == 1 and bool(data[2] & 1)
+    return imagecodecs.zstd_decode(data[n:]), hilo
+
+
+def _codec(pixel_type: int, compression: int, where: str) -> Codec:
+    if pixel_type not in _PIXEL_TYPES:
+        raise UnsupportedFormatError(f"{where}: CZI pixel type {pixel_type} is not supported")
+    if compression not in _COMPRESSIONS or compression == 2:
+        raise UnsupportedFormatError(f"{where}: CZI compression {compression} is not supported")
+    name, dtype, samples = _PIXEL_TYPES[pixel_type]
+    dtype = np.dtype(dtype)
+    bgr = samples >= 3
+
+    def pixels(raw: bytes, h: int, w: int, hilo: bool = False) -> np.ndarray:
+        if hilo and dtype.itemsize == 2:  # low bytes of every sample first, then the high bytes
+            b = np.frombuffer(raw, np.uint8)
+            half = b.size // 2
+            a = np.empty(half, dtype)
+            a.view(np.uint8).reshape(half, 2)[:, 0] = b[:half]
+            a.view(np.uint8).reshape(half, 2)[:, 1] = b[half:]
+        else:
+            a = np.frombuffer(raw, dtype.newbyteorder("<"))
+        if a.size != h * w * samples:
+            raise ValueError(f"{a.size} samples for a {w}x{h}x{samples} {name} subblock")
+        return a.reshape(h, w, samples)
+
+    def decode(data, h, w, out):
+        if compression == 0:
+            a = pixels(data, h, w)
+        elif compression in (5, 6):
+            raw, hilo = _zstd1(data) if compression == 6 else (imagecodecs.zstd_decode(data), False)
+            a = pixels(raw, h, w, hilo)
+        elif compression == 1:
+            return imagecodecs.jpeg8_decode(data)  # JPEG gives RGB itself
+        else:
+            a = imagecodecs.jpegxr_decode(data)
+            a = a.reshape(*a.shape[:2], -1)
+        if bgr:  # BGR(A) -> RGB(A)
+            a = a[..., [2, 1, 0, 3][:samples]]
+        return a
+
+    return Codec(f"czi-{_COMPRESSIONS[compression]}", dtype, samples, decode)
+
+
+class _Entry:
+    __slots__ = ("compression", "h", "idx", "ndims", "pixel_type", "pos", "sh", "sw", "w", "x", "y")
+
+
+def _directory(source, pos: int) -> list[_Entry]:
+    used, _ = _segment(source, pos, b"ZISRAWDIRECTORY", "subblock directory")
+    body = source.pread(pos + 32, used) if used > 0 else b""
+    if len(body) < 128:
+        raise CorruptDataError(f"{source.path}: CZI subblock directory at {pos} is truncated")
+    count = struct.unpack_from("<i", body)[0]
+    entries, off = [], 128
+    for i in range(max(0, count)):
+        if off + _ENTRY.size > len(body):
+            raise CorruptDataError(f"{source.path}: CZI directory is truncated at entry {i} of {count}")
+        schema, ptype, fpos, _part, comp, _pyr, nd = _ENTRY.unpack_from(body, off)
+        off += _ENTRY.size
+        if schema != b"DV" or not 0 <= nd <= 64 or off + nd * _DIM.size > len(body):
+            raise CorruptDataError(f"{source.path}: CZI directory entry {i} is malformed")
+        e = _Entry()
+        e.pixel_type, e.pos, e.compression, e.ndims, e.idx = ptype, fpos, comp, nd, {}
+        x = y = None
+        for _ in range(nd):
+            dim, start, size, _coord, stored = _DIM.unpack_from(body, off)
+            off += _DIM.size
+            d = dim.rstrip(b"\0").decode("ascii", "replace")
+            if d == "X":
+                x = (start, size, stored)
+            elif d == "Y":
+                y = (start, size, stored)
+            else:
+                e.idx[d] = start
+        if x is None or y is None or min(x[1], x[2], y[1], y[2]) <= 0:
+            raise CorruptDataError(f"{source.path}: CZI directory entry {i} has no valid X/Y extent")
+        e.x, e.w, e.sw = x
+        e.y, e.h, e.sh = y
+        entries.append(e)
+    return entries
+
+
+def _metadata(source, pos: int) -> str:
+    if pos <= 0:
+        return ""
+    size = struct.unpack("<i", _segment(source, pos, b"ZISRAWMETADATA", "metadata", 4)[1])[0]
+    if size < 0 or pos + 32 + 256 + size > source.size:
+        raise CorruptDataError(f"{source.path}: CZI metadata at {pos} claims {size} bytes past the end")
+    return source.pread(pos + 32 + 256, size).decode("utf-8", "replace")
+
+
+def _micrometres(root) -> dict[str, float]:
+    """Scaling/Items/Distance values. Zeiss writes metres (2.2e-07); some writers (pylibCZIrw)
+    write micrometres: values below 1e-3 are taken as metres."""
+    out = {}
+    for d in root.iterfind("Metadata/Scaling/Items/Distance"):
+        with contextlib.suppress(TypeError, ValueError):
+            v = float(d.findtext("Value"))
+            if math.isfinite(v) and v > 0:
+                out[d.get("Id")] = v * 1e6 if v < 1e-3 else v
+    return out
+
+
+def open(probe, options) -> Slide:
+    source = probe.source
+    head = source.pread(0, 112)
+    if len(head) < 112:
+        raise CorruptDataError(f"{source.path}: CZI file header is truncated")
+    dir_pos, meta_pos = struct.unpack_from("<qq", head, 32 + 52)
+    entries = _directory(source, dir_pos)
+    xml = _metadata(source, meta_pos)
+    try:
+        root = ET.fromstring(xml) if xml else None
+    except ET.ParseError as e:
+        raise CorruptDataError(f"{source.path}: CZI metadata XML is malformed: {e}") from None
+    if not entries:
+        raise CorruptDataError(f"{source.path}: CZI file has no subblocks")
+    slide = Slide(source, NAME, options, raw_metadata=xml, vendor="zeiss",
+                  properties=_properties(root))
+    by_scene: dict[int, list[_Entry]] = defaultdict(list)
+    for e in entries:
+        by_scene[e.idx.get("S", 0)].append(e)
+    names = [el.get("Name") for el in root.iterfind("Metadata/Information/Image/Dimensions/S/Scenes/Scene")] \
+        if root is not None else []
+    scenes = [_scene(slide, source, root, s, es, names[s] if s < len(names) and names[s] else f"Scene #{s}")
+              for s, es in sorted(by_scene.items())]
+    slide._set_contents(scenes, {})
+    return slide
+
+
+def _properties(root) -> dict:
+    if root is None:
+        return {}
+    props = {}
+    for key, path in (("czi.application", "Metadata/Information/Application/Name"),
+                      ("czi.application-version", "Metadata/Information/Application/Version"),
+                      ("czi.title", "Metadata/Information/Document/Title")):
+        v = root.findtext(path)
+        if v:
+            props[key] = v
+    return props
+
+
+def _levels(entries: list[_Entry]) -> list[tuple[float, list[_Entry]]]:
+    """Subblocks grouped by pyramid zoom: (logical / stored size, entries), finest first."""
+    groups: list[tuple[float, list[_Entry]]] = []
+    for e in sorted(entries, key=lambda e: e.w / e.sw):
+        r = e.w / e.sw
+        if groups and abs(math.log(r / groups[-1][0])) < 0.1:
+            groups[-1][1].append(e)
+        else:
+            groups.append((r, [e]))
+    return [(float(np.median([e.w / e.sw for e in es])), es) for _, es in groups]
+
+
+def _scene(slide, source, root, s: int, entries: list[_Entry], name: str) -> Scene:
+    where = f"{source.path}: CZI scene {name!r}"
+    base = [e for e in entries if e.sw == e.w and e.sh == e.h] or entries
+    x0, y0 = min(e.x for e in base), min(e.y for e in base)
+    w0, h0 = max(e.x + e.w for e in base) - x0, max(e.y + e.h for e in base) - y0
+    cs = sorted({e.idx.get("C", 0) for e in entries})
+    zs = sorted({e.idx.get("Z", 0) for e in entries})
+    ts = sorted({e.idx.get("T", 0) for e in entries})
+    ptypes = {c: {e.pixel_type for e in entries if e.idx.get("C", 0) == c} for c in cs}
+    if any(len(p) != 1 for p in ptypes.values()):
+        raise UnsupportedFormatError(f"{where}: a channel mixes pixel types {sorted(ptypes.values())}")
+    samples = {_PIXEL_TYPES.get(next(iter(p)), (None, None, 1))[2] for p in ptypes.values()}
+    if len(samples) != 1:
+        raise UnsupportedFormatError(f"{where}: channels mix grey and colour pixel types")
+    spp = samples.pop()
+    specs = []
+    for li, (zoom, es) in enumerate(_levels(entries)):
+        lw, lh = max(1, math.ceil(w0 / zoom)), max(1, math.ceil(h0 / zoom))
+        cells: dict[tuple[int, int, int], list[_Entry]] = defaultdict(list)
+        for e in es:
+            cells[e.idx.get("C", 0), e.idx.get("Z", 0), e.idx.get("T", 0)].append(e)
+        planes: dict[tuple[int, int], list[Plane]] = {}
+        tile = (es[0].sw, es[0].sh)
+        for zi, z in enumerate(zs):
+            for ti, t in enumerate(ts):
+                row = []
+                for c in cs:
+                    cell = sorted(cells.get((c, z, t), []), key=lambda e: e.idx.get("M", 0))
+                    label = f"scene {name!r} level {li} c={c} z={z} t={t}"
+                    comps = {e.compression for e in cell} or {0}
+                    if len(comps) > 1:
+                        raise UnsupportedFormatError(f"{where}: {label} mixes compressions {sorted(comps)}")
+                    codec = _codec(next(iter(ptypes[c])), comps.pop(), f"{where}: {label}")
+                    rects = np.array([(round((e.x - x0) / zoom), round((e.y - y0) / zoom), e.sw, e.sh)
+                                      for e in cell], np.int64).reshape(-1, 4)
+                    row.append(Plane(Subblocks([e.pos for e in cell], [e.ndims for e in cell], label),
+                                     codec, (lw, lh), tile, rects))
+                planes[(zi, ti)] = row
+        cmap = tuple((ci, si) for ci in range(len(cs)) for si in range(spp))
+        specs.append(((lw, lh), tile, Layout({k: tuple(v) for k, v in planes.items()}, cmap)))
+    dtypes = [np.dtype(_PIXEL_TYPES[next(iter(ptypes[c]))][1]) for c in cs]
+    um = _micrometres(root) if root is not None else {}
+    mpp = (um["X"], um["Y"]) if "X" in um and "Y" in um else None
+    return Scene(slide, name=name, levels=make_levels(specs), channel_names=_channel_names(root, cs, spp),
+                 dtype=np.result_type(*dtypes), mpp=mpp, magnification=_magnification(root),
+                 compression=_COMPRESSIONS.get(entries[0].compression, "?"), rect=(x0, y0, w0, h0),
+                 num_z_slices=len(zs), num_t_frames=len(ts), z_resolution=um.get("Z"),
+                 brightfield=spp >= 3)
+
+
+def _channel_names(root, cs: list[int], spp: int) -> list[str]:
+    if spp >= 3:
+        rgb = ["R", "G", "B", "A"][:spp]
+        return rgb if len(cs) == 1 else [f"C{c}:{n}" for c in cs for n in rgb]
+    path = "Metadata/Information/Image/Dimensions/Channels/Channel"
+    els = list(root.iterfind(path)) if root is not None else []
+    return [(els[c].get("Name") if c < len(els) else None) or f"C{c}" for c in cs]
+
+
+def _magnification(root) -> float | None:
+    if root is None:
+        return None
+    for obj in root.iterfind("Metadata/Information/Instrument/Objectives/Objective"):
+        with contextlib.suppress(TypeError, ValueError):
+            v = float(obj.findtext("NominalMagnification"))
+            if math.isfinite(v) and v > 0:
+                return v
+    return None

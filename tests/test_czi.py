@@ -1,0 +1,159 @@
+"""Zeiss CZI: files written by pylibCZIrw (Zeiss's own writer), read back against pylibCZIrw."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import tilescope
+
+pyczi = pytest.importorskip("pylibCZIrw.czi")
+
+TILE = (300, 400)  # h, w of one mosaic tile; placed every 380 x 280 px, so neighbours overlap
+ZSTD1 = "zstd1:ExplicitLevel=1;PreProcess=HiLoByteUnpack"
+
+
+def _fluo(rng, h, w, dtype=np.uint16, peak=4000):
+    """Blobs on a dark field, with noise: compresses like fluorescence, not like white noise."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = rng.normal(100, 20, (h, w))
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(10, 60)
+        a += peak * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    return np.clip(a, 0, np.iinfo(dtype).max).astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def czi_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("czi")
+    rng = np.random.default_rng(7)
+    files = {}
+    # 2 channels x 3 z uint16, 3x2 overlapping mosaic, zstd1 with hi-lo packing; scaling; names
+    p = files["mosaic"] = str(d / "mosaic.czi")
+    with pyczi.create_czi(p, exist_ok=True, compression_options=ZSTD1) as w:
+        for c in range(2):
+            for z in range(3):
+                for ty in range(2):
+                    for tx in range(3):
+                        w.write(data=_fluo(rng, *TILE)[..., None], plane={"C": c, "Z": z, "T": 0},
+                                location=(tx * 380, ty * 280))
+        w.write_metadata(document_name="mosaic", channel_names={0: "DAPI", 1: "GFP"},
+                         scale_x=0.325, scale_y=0.325, scale_z=1.5)
+    # two scenes of RGB (Bgr24) tiles with 2 time points, uncompressed
+    p = files["scenes"] = str(d / "scenes.czi")
+    with pyczi.create_czi(p, exist_ok=True) as w:
+        for s, (ox, oy) in enumerate([(100, 50), (3000, 2000)]):
+            for t in range(2):
+                for tx in range(2):
+                    w.write(data=rng.integers(0, 256, (256, 320, 3), dtype=np.uint8), plane={"T": t},
+                            location=(ox + tx * 320, oy), scene=s)
+        w.write_metadata(document_name="scenes", scale_x=0.5, scale_y=0.5)
+    # Gray8, zstd0, with a gap between tiles (background) and 3 time points
+    p = files["gaps"] = str(d / "gaps.czi")
+    with pyczi.create_czi(p, exist_ok=True, compression_options="zstd0:ExplicitLevel=2") as w:
+        for t in range(3):
+            for tx in range(2):
+                w.write(data=_fluo(rng, 200, 250, np.uint8, 200)[..., None], plane={"T": t},
+                        location=(tx * 300, 0))
+        w.write_metadata(document_name="gaps")
+    return files
+
+
+def _ref(path, **kw):
+    with pyczi.open_czi(path) as d:
+        return d.read(**kw)
+
+
+def test_mosaic_channels_z_equal_pylibczirw(czi_files):
+    p = czi_files["mosaic"]
+    with tilescope.open(p) as s:
+        assert s.driver == "CZI" and tilescope.detect(p) == "CZI"
+        sc = s.scenes[0]
+        assert sc.size == (380 * 2 + 400, 280 + 300) and sc.rect == (0, 0, *sc.size)
+        assert sc.channel_names == ("DAPI", "GFP") and sc.dtype == np.uint16
+        assert sc.num_z_slices == 3 and sc.num_t_frames == 1
+        assert sc.mpp == (0.325, 0.325) and sc.z_resolution == 1.5
+        assert "pylibCZIrw" in s.raw_metadata
+        w, h = sc.size
+        for c in range(2):
+            for z in range(3):
+                ref = _ref(p, plane={"C": c, "Z": z, "T": 0}, roi=(0, 0, w, h))
+                np.testing.assert_array_equal(sc.read(channels=[c], z=z), ref)
+        # a region across the overlaps, and a z range with both channels
+        roi = (350, 250, 200, 90)
+        got = sc.read(roi, z=(0, 3))
+        assert got.shape == (3, 90, 200, 2)
+        for z in range(3):
+            for c in range(2):
+                np.testing.assert_array_equal(got[z, ..., c], _ref(p, plane={"C": c, "Z": z}, roi=roi)[..., 0])
+
+
+def test_scenes_rgb_time_equal_pylibczirw(czi_files):
+    p = czi_files["scenes"]
+    with tilescope.open(p) as s:
+        assert [sc.name for sc in s.scenes] == ["Scene #0", "Scene #1"]
+        assert [sc.rect for sc in s.scenes] == [(100, 50, 640, 256), (3000, 2000, 640, 256)]
+        for i, sc in enumerate(s.scenes):
+            assert sc.channel_names == ("R", "G", "B") and sc.num_t_frames == 2
+            assert sc.background == 255  # brightfield
+            x, y, w, h = sc.rect
+            for t in range(2):
+                ref = _ref(p, plane={"T": t}, roi=(x, y, w, h), scene=i)
+                np.testing.assert_array_equal(sc.read(t=t), ref[..., ::-1])  # pylibCZIrw gives BGR
+
+
+def test_gaps_are_background_and_zstd0(czi_files):
+    p = czi_files["gaps"]
+    with tilescope.open(p) as s:
+        sc = s.scenes[0]
+        assert sc.size == (550, 200) and sc.dtype == np.uint8 and sc.num_t_frames == 3
+        for t in range(3):
+            ref = _ref(p, plane={"T": t}, roi=(0, 0, 550, 200))
+            np.testing.assert_array_equal(sc.read(t=t), ref)  # the gap is 0 in both
+        assert (sc.read((255, 0, 40, 200)) == 0).all()
+
+
+def test_downscaled_reads_without_pyramid(czi_files):
+    # no pyramid subblocks: scaled reads come from level 0 through the banded box filter
+    with tilescope.open(czi_files["mosaic"], band_bytes=1 << 16) as s:
+        sc = s.scenes[0]
+        assert len(sc.levels) == 1
+        full = sc.read(channels=[1], z=2).astype(np.float64)
+        small = sc.read(size=(290, 145), channels=[1], z=2)
+        ref = full.reshape(145, 4, 290, 4, 1).mean(axis=(1, 3))
+        assert np.abs(small - ref).max() <= 1
+
+
+def test_threads_give_the_same_pixels(czi_files):
+    with tilescope.open(czi_files["mosaic"], threads=1, cache=tilescope.TileCache(0)) as s:
+        want = s.scenes[0].read(z=1)
+    with tilescope.open(czi_files["mosaic"]) as s:
+        np.testing.assert_array_equal(s.scenes[0].read(z=1), want)
+
+
+def test_corrupt_czi(czi_files, tmp_path):
+    with open(czi_files["gaps"], "rb") as f:
+        data = f.read()
+    cut = tmp_path / "cut.czi"
+    cut.write_bytes(data[: len(data) // 2])  # the directory is at the end: gone
+    with pytest.raises(tilescope.CorruptDataError, match=r"cut\.czi"):
+        tilescope.open(str(cut))
+    bad = tmp_path / "bad.czi"
+    b = bytearray(data)
+    b[84:92] = (len(data) + 10).to_bytes(8, "little")  # directory position past the end
+    bad.write_bytes(bytes(b))
+    with pytest.raises(tilescope.CorruptDataError, match="outside the file"):
+        tilescope.open(str(bad))
+    assert os.path.exists(cut)
+    # a subblock whose zstd data is garbage: the read names the file, the plane and the piece
+    with tilescope.open(czi_files["gaps"]) as s:
+        pos = int(s.scenes[0].levels[0].layout.planes[(0, 0)][0].pieces.offsets[1])
+    b = bytearray(data)
+    used = int.from_bytes(b[pos + 24:pos + 32], "little")
+    b[pos + 32 + 256:pos + 32 + used] = b"\xff" * (used - 256)  # metadata and data
+    junk = tmp_path / "junk.czi"
+    junk.write_bytes(bytes(b))
+    with tilescope.open(str(junk)) as s, pytest.raises(tilescope.CorruptDataError, match=r"junk\.czi.*piece 1"):
+        s.scenes[0].read()
