@@ -11,6 +11,7 @@ libjpeg-turbo again, through simplejpeg.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,6 +60,49 @@ class Codec:
     def scaled(self, k: int) -> Codec | None:
         return None if self._scaled is None else self._scaled(k)
 
+    def reduced(self, k: int) -> Codec:
+        """Pieces at 1/k per axis: the DCT-scaled decode where there is one, else the full decode
+        followed by k x k block means (edges padded by repetition)."""
+        scaled = self.scaled(k)
+        if scaled is not None:
+            return scaled
+
+        def dec(data, h, w, out):  # h, w: the piece's full size, decoded into per-thread scratch
+            full = np.frombuffer(scratch(h * w * self.samples * self.dtype.itemsize, "full"), self.dtype)
+            return block_mean(self.decode(data, h, w, full.reshape(h, w, self.samples)), k)
+        return Codec(f"{self.name}/{k}", self.dtype, self.samples, dec)
+
+
+_local = threading.local()
+
+
+def scratch(nbytes: int, slot: str) -> memoryview:
+    """A per-thread reusable buffer of ``nbytes`` for intermediates nobody keeps (decompressed
+    bytes, a full-size decode about to be reduced): fresh multi-MB allocations page-fault on every
+    piece, reused ones do not. Nested users take different ``slot`` names."""
+    bufs = _local.__dict__
+    buf = bufs.get(slot)
+    if buf is None or len(buf) < nbytes:
+        buf = bufs[slot] = bytearray(max(nbytes, 2 * len(buf) if buf is not None else 0))
+    return memoryview(buf)[:nbytes]
+
+
+def block_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """(h, w, c) -> (ceil(h/k), ceil(w/k), c) means of k x k blocks, rounded for integer types."""
+    h, w, c = a.shape
+    ph, pw = -h % k, -w % k
+    if ph or pw:
+        a = np.pad(a, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    hk, wk = (h + ph) // k, (w + pw) // k
+    small_int = np.issubdtype(a.dtype, np.integer) and a.dtype.itemsize <= 2
+    acc = (np.uint32 if a.dtype.kind == "u" else np.int32) if small_int else np.float64
+    # rows first: whole-row additions vectorise; the k-wide horizontal sums then act on 1/k of it
+    rows = a.reshape(hk, k, wk * k * c).sum(axis=1, dtype=acc)
+    total = rows.reshape(hk, wk, k, c).sum(axis=2)
+    if small_int:
+        return ((total + k * k // 2) // (k * k)).astype(a.dtype)
+    return (total / (k * k)).astype(a.dtype)
+
 
 def jpeg(tables: bytes | None = None, *, colorspace=None, outcolorspace=None, samples: int = 3,
          bits: int = 8) -> Codec:
@@ -88,8 +132,11 @@ def jpeg(tables: bytes | None = None, *, colorspace=None, outcolorspace=None, sa
     return Codec("jpeg", np.dtype(np.uint8), samples, dec, True, scaled)
 
 
-def _jpeg_scaled(head: bytes, colorspace: str, samples: int, k: int) -> Codec:
-    """8-bit JPEG decoded at 1/k in the DCT domain (libjpeg-turbo's scaled IDCT)."""
+def _jpeg_scaled(head: bytes, colorspace: str, samples: int, k: int) -> Codec | None:
+    """8-bit JPEG decoded at 1/k in the DCT domain (libjpeg-turbo's scaled IDCT: k = 2, 4, 8)."""
+    if k not in (2, 4, 8):
+        return None
+
     def dec(data, h, w, out):
         if head:  # an abbreviated stream: splice the shared tables in after its SOI
             data = head + data[2:]

@@ -44,6 +44,7 @@ class Plane:
     size: tuple[int, int]
     tile: tuple[int, int]
     rects: np.ndarray | None = None
+    piece_sizes: np.ndarray | None = None  # (n, 2) w, h each piece decodes from, if not its rect's
     uid: int = field(default_factory=lambda: next(_uid))
     _reduced: dict = field(default_factory=dict, repr=False)
 
@@ -56,9 +57,17 @@ class Plane:
         pieces divide evenly; the same pieces, with their own cache entries."""
         if k not in self._reduced:
             (w, h), (tw, th) = self.size, self.tile
-            codec = self.codec.scaled(k) if tw % k == 0 and th % k == 0 and self.rects is None else None
-            self._reduced[k] = codec and Plane(self.pieces, codec, (-(-w // k), -(-h // k)),
-                                               (tw // k, th // k))
+            size, tile = (-(-w // k), -(-h // k)), (max(1, tw // k), max(1, th // k))
+            if self.rects is not None:
+                # a mosaic has no stored pyramid to fall back on: any codec reduces its pieces
+                # (block means after decoding), placed at their origin // k
+                r = self.rects
+                rects = np.stack([r[:, 0] // k, r[:, 1] // k, -(-r[:, 2] // k), -(-r[:, 3] // k)], axis=1)
+                full = self.piece_sizes if self.piece_sizes is not None else r[:, 2:]
+                self._reduced[k] = Plane(self.pieces, self.codec.reduced(k), size, tile, rects, full)
+            else:
+                codec = self.codec.scaled(k) if tw % k == 0 and th % k == 0 else None
+                self._reduced[k] = codec and Plane(self.pieces, codec, size, tile)
         return self._reduced[k]
 
 
@@ -100,7 +109,7 @@ class Options:
 
 
 DEFAULT_CACHE = TileCache(64 << 20)
-_REDUCTIONS = (2, 4, 8)
+_REDUCTIONS = (2, 4, 8, 16, 32)  # DCT scaling stops at 8; block means (mosaics) go on
 
 
 class LazyPool:
@@ -142,11 +151,15 @@ class Reader:
         if pieces.missing_ok and pieces.is_missing(index):
             return None, False
         data = pieces.fetch(self.source, index)
-        tw, th = plane.tile if plane.rects is None else plane.rects[index, 2:]
+        if plane.rects is None:
+            tw, th = dw, dh = plane.tile
+        else:
+            tw, th = (int(v) for v in plane.rects[index, 2:])
+            dw, dh = (int(v) for v in plane.piece_sizes[index]) if plane.piece_sizes is not None else (tw, th)
         codec = plane.codec
         out = self.cache.buffer((th, tw, codec.samples), codec.dtype) if codec.writes_out else None
         try:
-            a = codec.decode(data, th, tw, out)
+            a = codec.decode(data, dh, dw, out)
         except TilescopeError:
             raise
         except Exception as e:  # every codec's own error type becomes ours, naming the piece

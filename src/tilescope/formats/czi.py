@@ -26,7 +26,7 @@ from collections import defaultdict
 import imagecodecs
 import numpy as np
 
-from ..codecs import Codec
+from ..codecs import Codec, scratch
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
@@ -80,11 +80,11 @@ class Subblocks(Pieces):
         return source.pread(start, size)
 
 
-def _zstd1(data: bytes) -> tuple[bytes, bool]:
+def _zstd1(data: bytes) -> tuple[memoryview, bool]:
     """CZI's zstd1: a small header (its own size first; chunk 1 = hi-lo byte packing flag)."""
     n = data[0]
     hilo = n >= 3 and data[1] == 1 and bool(data[2] & 1)
-    return imagecodecs.zstd_decode(data[n:]), hilo
+    return memoryview(data)[n:], hilo
 
 
 def _codec(pixel_type: int, compression: int, where: str) -> Codec:
@@ -95,36 +95,49 @@ def _codec(pixel_type: int, compression: int, where: str) -> Codec:
     name, dtype, samples = _PIXEL_TYPES[pixel_type]
     dtype = np.dtype(dtype)
     bgr = samples >= 3
+    order = [2, 1, 0, 3][:samples]
 
-    def pixels(raw: bytes, h: int, w: int, hilo: bool = False) -> np.ndarray:
-        if hilo and dtype.itemsize == 2:  # low bytes of every sample first, then the high bytes
-            b = np.frombuffer(raw, np.uint8)
-            half = b.size // 2
-            a = np.empty(half, dtype)
-            a.view(np.uint8).reshape(half, 2)[:, 0] = b[:half]
-            a.view(np.uint8).reshape(half, 2)[:, 1] = b[half:]
-        else:
-            a = np.frombuffer(raw, dtype.newbyteorder("<"))
-        if a.size != h * w * samples:
-            raise ValueError(f"{a.size} samples for a {w}x{h}x{samples} {name} subblock")
-        return a.reshape(h, w, samples)
+    def unpacked(h: int, w: int, out) -> np.ndarray:
+        if out is None or out.shape != (h, w, samples) or out.dtype != dtype:
+            out = np.empty((h, w, samples), dtype)
+        return out
 
     def decode(data, h, w, out):
-        if compression == 0:
-            a = pixels(data, h, w)
-        elif compression in (5, 6):
-            raw, hilo = _zstd1(data) if compression == 6 else (imagecodecs.zstd_decode(data), False)
-            a = pixels(raw, h, w, hilo)
-        elif compression == 1:
+        nbytes = h * w * samples * dtype.itemsize
+        if compression == 1:
             return imagecodecs.jpeg8_decode(data)  # JPEG gives RGB itself
-        else:
+        if compression == 4:
             a = imagecodecs.jpegxr_decode(data)
             a = a.reshape(*a.shape[:2], -1)
-        if bgr:  # BGR(A) -> RGB(A)
-            a = a[..., [2, 1, 0, 3][:samples]]
+            return a[..., order] if bgr else a
+        hilo = False
+        target = None
+        if compression == 0:
+            raw = data
+        else:  # zstd straight into the output (or, for hi-lo packing, a per-thread scratch)
+            zdata, hilo = _zstd1(data) if compression == 6 else (data, False)
+            hilo = hilo and dtype.itemsize == 2
+            target = None if hilo or bgr else unpacked(h, w, out)
+            into = scratch(nbytes, "zstd") if target is None else target.reshape(-1).view(np.uint8)
+            raw = imagecodecs.zstd_decode(zdata, out=into)
+        if len(raw) != nbytes:
+            raise ValueError(f"{len(raw)} bytes for a {w}x{h}x{samples} {name} subblock")
+        if target is not None:
+            return target  # zstd wrote the pixels in place
+        src = np.frombuffer(raw, np.uint8 if hilo else dtype.newbyteorder("<"))
+        a = unpacked(h, w, out)
+        if hilo:  # low bytes of every sample first, then the high bytes
+            flat = a.reshape(-1)
+            half = src.size // 2
+            np.left_shift(src[half:], 8, out=flat, dtype=dtype)
+            flat |= src[:half]
+            if bgr:
+                a[:] = a[..., order]
+        else:
+            a[:] = src.reshape(h, w, samples)[..., order] if bgr else src.reshape(h, w, samples)
         return a
 
-    return Codec(f"czi-{_COMPRESSIONS[compression]}", dtype, samples, decode)
+    return Codec(f"czi-{_COMPRESSIONS[compression]}", dtype, samples, decode, writes_out=True)
 
 
 class _Entry:
