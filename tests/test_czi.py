@@ -157,3 +157,61 @@ def test_corrupt_czi(czi_files, tmp_path):
     junk.write_bytes(bytes(b))
     with tilescope.open(str(junk)) as s, pytest.raises(tilescope.CorruptDataError, match=r"junk\.czi.*piece 1"):
         s.scenes[0].read()
+
+
+def _entries(b: bytes):
+    """(offset of each directory entry, offset of its copy in the subblock segment), file order."""
+    import struct
+
+    dir_pos = struct.unpack_from("<q", b, 84)[0]
+    count = struct.unpack_from("<i", b, dir_pos + 32)[0]
+    off, out = dir_pos + 32 + 128, []
+    for _ in range(count):
+        fpos = struct.unpack_from("<q", b, off + 6)[0]
+        nd = struct.unpack_from("<i", b, off + 28)[0]
+        out.append((off, fpos + 32 + 16, nd))
+        off += 32 + 20 * nd
+    return out
+
+
+def _as_pyramid(b: bytearray, entry: int, nd: int, zoom: int) -> None:
+    """Make one directory entry describe a pyramid subblock: logical X/Y size = zoom x stored."""
+    import struct
+
+    b[entry + 24] = 2  # PyramidType: multi-subblock
+    for i in range(nd):
+        d = entry + 32 + 20 * i
+        if b[d:d + 1] in (b"X", b"Y"):
+            stored = struct.unpack_from("<i", b, d + 16)[0]
+            struct.pack_into("<i", b, d + 8, stored * zoom)
+
+
+def test_pyramid_subblocks_serve_reads_at_scale(tmp_path):
+    # pylibCZIrw writes no pyramid layers; this one is made from its output by turning the last
+    # four subblocks (written at half size) into a 1/2 pyramid layer in the directory, then read
+    # with libCZI (pylibCZIrw at zoom 0.5) as the reference
+    rng = np.random.default_rng(3)
+    p = tmp_path / "pyr.czi"
+    full = _fluo(rng, 512, 512)
+    with pyczi.create_czi(str(p), exist_ok=True) as w:
+        for ty in range(2):
+            for tx in range(2):
+                w.write(data=full[ty * 256:(ty + 1) * 256, tx * 256:(tx + 1) * 256, None],
+                        location=(tx * 256, ty * 256))
+        half = full.reshape(256, 2, 256, 2).mean(axis=(1, 3)).astype(np.uint16) + 1000  # marked
+        for ty in range(2):
+            for tx in range(2):
+                w.write(data=half[ty * 128:(ty + 1) * 128, tx * 128:(tx + 1) * 128, None],
+                        location=(tx * 256, ty * 256))
+    b = bytearray(p.read_bytes())
+    for entry, copy, nd in _entries(bytes(b))[4:]:
+        _as_pyramid(b, entry, nd, 2)
+        _as_pyramid(b, copy, nd, 2)  # and its copy in the subblock segment
+    p.write_bytes(bytes(b))
+    with tilescope.open(str(p)) as s:
+        sc = s.scenes[0]
+        assert [lv.size for lv in sc.levels] == [(512, 512), (256, 256)]
+        np.testing.assert_array_equal(sc.read(), _ref(str(p), roi=(0, 0, 512, 512), zoom=1.0))
+        ours = sc.read(size=(256, 256))
+        np.testing.assert_array_equal(ours[..., 0], half)  # the pyramid layer, not level 0 reduced
+        np.testing.assert_array_equal(ours, _ref(str(p), roi=(0, 0, 512, 512), zoom=0.5))
