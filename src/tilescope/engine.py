@@ -100,6 +100,8 @@ class Options:
     """Engine settings; ``tilescope.options`` holds the defaults, ``open(**options)`` overrides."""
 
     max_read_bytes: int = 2 << 30  # largest array one read may return
+    # largest piece (tile, strip, a whole PNG/JPEG) decoded in one go: a decompression-bomb guard
+    max_decode_pixels: int = 1 << 28
     band_bytes: int = 64 << 20  # intermediate memory of a resampled read, per band
     threads: int = os.cpu_count() or 1  # threads one read's pieces are decoded on
     # reads at scale may decode JPEG at 1/2, 1/4 or 1/8 in the DCT domain (libjpeg's scaled IDCT,
@@ -139,6 +141,7 @@ class Reader:
         self.path = source.path
         self.options = options
         self.cache = options.cache if options.cache is not None else DEFAULT_CACHE
+        self._big: tuple | None = None  # the last piece too large for the shared cache (key, array)
 
     # -- pieces --------------------------------------------------------------------------------
     def _piece(self, plane: Plane, index: int) -> tuple[np.ndarray | None, bool]:
@@ -147,15 +150,22 @@ class Reader:
         a = self.cache.get(key)
         if a is not None:
             return a, False
+        big = self._big
+        if big is not None and big[0] == key:
+            return big[1], False
         pieces = plane.pieces
         if pieces.missing_ok and pieces.is_missing(index):
             return None, False
-        data = pieces.fetch(self.source, index)
         if plane.rects is None:
             tw, th = dw, dh = plane.tile
         else:
             tw, th = (int(v) for v in plane.rects[index, 2:])
             dw, dh = (int(v) for v in plane.piece_sizes[index]) if plane.piece_sizes is not None else (tw, th)
+        if dw * dh > self.options.max_decode_pixels:  # before reading or decoding anything
+            raise TooLargeError(
+                f"{self.path}: {pieces.label}: piece {index} is {dw}x{dh} pixels, above max_decode_pixels "
+                f"({self.options.max_decode_pixels}): refusing to decode it (a decompression bomb?)")
+        data = pieces.fetch(self.source, index)
         codec = plane.codec
         out = self.cache.buffer((th, tw, codec.samples), codec.dtype) if codec.writes_out else None
         try:
@@ -166,7 +176,12 @@ class Reader:
             raise CorruptDataError(
                 f"{self.path}: {pieces.label}: piece {index} ({plane.codec.name}, {len(data)} bytes) "
                 f"cannot be decoded: {e}") from e
-        return a, a is out and not self.cache.put(key, a)
+        if self.cache.put(key, a):
+            return a, False
+        if self.cache.capacity and a is not out:  # too large to share: this slide keeps the last one
+            self._big = (key, a)
+            return a, False
+        return a, a is out
 
     # -- one level, exact ----------------------------------------------------------------------
     def read_level(self, layout: Layout, rect: tuple[int, int, int, int], channels: list[int],
