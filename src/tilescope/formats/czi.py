@@ -231,13 +231,13 @@ def _properties(root) -> dict:
     if root is None:
         return {}
     props = {}
-    for key, path in (("czi.application", "Metadata/Information/Application/Name"),
-                      ("czi.application-version", "Metadata/Information/Application/Version"),
-                      ("czi.title", "Metadata/Information/Document/Title")):
+    for key, path in (("application", "Metadata/Information/Application/Name"),
+                      ("application-version", "Metadata/Information/Application/Version"),
+                      ("title", "Metadata/Information/Document/Title")):
         v = root.findtext(path)
         if v:
             props[key] = v
-    return props
+    return {"czi": props}
 
 
 def _levels(entries: list[_Entry]) -> list[tuple[float, list[_Entry]]]:

@@ -78,10 +78,11 @@ def open(probe, options) -> Slide:
     codec = Codec(f"pillow-{fmt.lower()}", np.dtype(dtype), len(names), decode)
     plane = Plane(WholeFile(), codec, (w, h), (w, h))
     layout = Layout.single(plane)
-    props = {"pillow.format": fmt, "pillow.mode": mode, "pillow.frames": frames}
+    props = {"format": fmt, "mode": mode, "frames": frames}
     if dpi:  # recorded, not turned into mpp: 72 or 96 dpi is a screen default, not a measurement
-        props["pillow.dpi"] = [float(v) for v in dpi[:2]]
-    slide = Slide(probe.source, NAME, options, vendor=fmt.lower(), properties=props, icc_profile=icc)
+        props["dpi"] = [float(v) for v in dpi[:2]]
+    slide = Slide(probe.source, NAME, options, vendor=fmt.lower(), properties={"pillow": props},
+                  icc_profile=icc)
     scene = Scene(slide, name="main", levels=make_levels([((w, h), (w, h), layout)]), channel_names=names,
                   dtype=dtype, compression=fmt.lower(), brightfield=len(names) >= 3)
     slide._set_contents([scene], {})

@@ -178,6 +178,9 @@ def _rgb8(a: np.ndarray) -> np.ndarray:
     return ((a.astype(np.float64) - info.min) * 255 / (info.max - info.min)).astype(np.uint8)
 
 
+_PLAIN_IMAGE_DRIVERS = {"Pillow"}
+
+
 class OpenSlide(AbstractSlide):
     """An open whole-slide image, read by tilescope (any format it reads)."""
 
@@ -189,6 +192,9 @@ class OpenSlide(AbstractSlide):
             raise OpenSlideUnsupportedFormatError(f"Unsupported or missing image file: {e}") from e
         except TilescopeError as e:
             raise OpenSlideError(str(e)) from e
+        if self._slide.driver in _PLAIN_IMAGE_DRIVERS:  # as openslide: plain images are ImageSlides
+            self._slide.close()
+            raise OpenSlideUnsupportedFormatError(f"Unsupported or missing image file: {filename}")
         self._scene = self._slide.scenes[0]
         self._error: str | None = None
         self._properties = self._build_properties()
@@ -202,7 +208,7 @@ class OpenSlide(AbstractSlide):
             name = tilescope.detect(filename)
         except TilescopeError:
             return None
-        return VENDORS.get(name, name.lower()) if name else None
+        return VENDORS.get(name, name.lower()) if name and name not in _PLAIN_IMAGE_DRIVERS else None
 
     def _check(self) -> None:
         if self._slide.closed:
