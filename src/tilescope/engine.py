@@ -20,7 +20,7 @@ from PIL import Image
 
 from .cache import TileCache
 from .codecs import Codec
-from .errors import CorruptDataError, InvalidRequestError, TilescopeError, TooLargeError
+from .errors import CorruptDataError, InvalidRequestError, SlideClosedError, TilescopeError, TooLargeError
 from .geometry import LEVEL_TOLERANCE, best_level
 from .source import FileSource, Pieces
 
@@ -142,6 +142,28 @@ class Reader:
         self.options = options
         self.cache = options.cache if options.cache is not None else DEFAULT_CACHE
         self._big: tuple | None = None  # the last piece too large for the shared cache (key, array)
+        self._files: dict[str, FileSource] = {}  # other files pieces live in, opened on first use
+        self._files_lock = threading.Lock()
+
+    def _source_of(self, pieces: Pieces) -> FileSource:
+        if pieces.file is None:
+            return self.source
+        src = self._files.get(pieces.file)
+        if src is None:
+            with self._files_lock:
+                if self.source.closed:  # closing the slide closes these: open none after it
+                    raise SlideClosedError(f"{self.path}: slide is closed")
+                src = self._files.get(pieces.file)
+                if src is None:
+                    src = self._files[pieces.file] = FileSource(pieces.file)
+        return src
+
+    def close(self) -> None:
+        with self._files_lock:
+            self.source.close()
+            files, self._files = list(self._files.values()), {}
+        for f in files:
+            f.close()
 
     # -- pieces --------------------------------------------------------------------------------
     def _piece(self, plane: Plane, index: int) -> tuple[np.ndarray | None, bool]:
@@ -165,7 +187,7 @@ class Reader:
             raise TooLargeError(
                 f"{self.path}: {pieces.label}: piece {index} is {dw}x{dh} pixels, above max_decode_pixels "
                 f"({self.options.max_decode_pixels}): refusing to decode it (a decompression bomb?)")
-        data = pieces.fetch(self.source, index)
+        data = pieces.fetch(self._source_of(pieces), index)
         codec = plane.codec
         out = self.cache.buffer((th, tw, codec.samples), codec.dtype) if codec.writes_out else None
         try:

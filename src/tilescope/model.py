@@ -378,7 +378,10 @@ class Slide:
         return self.scenes[key]
 
     def close(self) -> None:
-        self._source.close()
+        if self._reader is not None:
+            self._reader.close()
+        else:
+            self._source.close()
 
     @property
     def closed(self) -> bool:

@@ -79,16 +79,19 @@ class Pieces:
     """The encoded pieces of one plane: byte ranges in the slide's file, indexed row-major over
     the grid. They name no open file, so a parsed slide can be re-bound to a new descriptor.
 
-    ``label`` names the plane in error messages (for example ``"level 1"``).
+    ``label`` names the plane in error messages (for example ``"level 1"``). ``file`` names
+    another file the bytes are in, for formats spread over several files; the slide's reader opens
+    it on first use and closes it with the slide.
     A piece with no bytes is missing: an error, unless ``missing_ok`` (sparse formats), in which
     case the engine fills it with background.
     """
 
-    def __init__(self, offsets, counts, label: str, missing_ok: bool = False):
+    def __init__(self, offsets, counts, label: str, missing_ok: bool = False, file: str | None = None):
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.counts = np.asarray(counts, dtype=np.int64)
         self.label = label
         self.missing_ok = missing_ok
+        self.file = file  # None: the slide's own file; else another file's path (AFI channels)
 
     def __len__(self) -> int:
         return len(self.offsets)
