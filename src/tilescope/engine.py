@@ -142,20 +142,23 @@ class Reader:
         self.options = options
         self.cache = options.cache if options.cache is not None else DEFAULT_CACHE
         self._big: tuple | None = None  # the last piece too large for the shared cache (key, array)
-        self._files: dict[str, FileSource] = {}  # other files pieces live in, opened on first use
+        self._files: dict = {}  # other files (or library handles) pieces live in, opened on first use
         self._files_lock = threading.Lock()
 
-    def _source_of(self, pieces: Pieces) -> FileSource:
+    def _source_of(self, pieces: Pieces):
+        """Where ``pieces`` are read from: the slide's file, or another file (or library handle,
+        one per thread where the library needs it) opened on first use."""
         if pieces.file is None:
             return self.source
-        src = self._files.get(pieces.file)
+        key = (pieces.file, pieces, threading.get_ident()) if pieces.per_thread else pieces.file
+        src = self._files.get(key)
         if src is None:
             with self._files_lock:
                 if self.source.closed:  # closing the slide closes these: open none after it
                     raise SlideClosedError(f"{self.path}: slide is closed")
-                src = self._files.get(pieces.file)
+                src = self._files.get(key)
                 if src is None:
-                    src = self._files[pieces.file] = FileSource(pieces.file)
+                    src = self._files[key] = pieces.opener(pieces.file)
         return src
 
     def close(self) -> None:

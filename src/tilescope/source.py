@@ -93,6 +93,13 @@ class Pieces:
         self.missing_ok = missing_ok
         self.file = file  # None: the slide's own file; else another file's path (AFI channels)
 
+    # what the reader opens for ``file``, and whether one per thread (libraries whose handles are
+    # not thread-safe); ``fetch`` gets it as its ``source``
+    per_thread = False
+
+    def opener(self, path: str):
+        return FileSource(path)
+
     def __len__(self) -> int:
         return len(self.offsets)
 
