@@ -215,3 +215,51 @@ def test_pyramid_subblocks_serve_reads_at_scale(tmp_path):
         ours = sc.read(size=(256, 256))
         np.testing.assert_array_equal(ours[..., 0], half)  # the pyramid layer, not level 0 reduced
         np.testing.assert_array_equal(ours, _ref(str(p), roi=(0, 0, 512, 512), zoom=0.5))
+
+
+def _segment(sid: bytes, body: bytes) -> bytes:
+    return sid.ljust(16, b"\0") + len(body).to_bytes(8, "little") * 2 + body
+
+
+def _attach(czi: bytearray, attachments: list[tuple[str, str, bytes]]) -> bytes:
+    """Append ZISRAW attachment segments and their directory to a CZI, and point its header at it
+    (the container bytes of the ZISRAW layout; the contents come from pylibCZIrw and Pillow)."""
+    import struct
+
+    entries = []
+    for name, kind, data in attachments:
+        pos = len(czi)
+        entry = b"A1" + bytes(10) + struct.pack("<qi", pos, 0) + bytes(16) + kind.encode().ljust(8, b"\0") \
+            + name.encode().ljust(80, b"\0")
+        czi += _segment(b"ZISRAWATTACH", struct.pack("<i", len(data)) + bytes(12) + entry + bytes(112) + data)
+        entries.append(entry)
+    dir_pos = len(czi)
+    czi += _segment(b"ZISRAWATTDIR", struct.pack("<i", len(entries)) + bytes(252) + b"".join(entries))
+    struct.pack_into("<q", czi, 32 + 72, dir_pos)
+    return bytes(czi)
+
+
+def test_label_and_preview_attachments(czi_files, tmp_path):
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    label_czi = tmp_path / "label.czi"
+    with pyczi.create_czi(str(label_czi), exist_ok=True) as w:  # labels are embedded CZI files
+        w.write(data=rng.integers(0, 256, (120, 200, 3), dtype=np.uint8))
+    preview = rng.integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(preview).save(buf, "JPEG", quality=90)
+    p = tmp_path / "with-attachments.czi"
+    with open(czi_files["gaps"], "rb") as f:
+        p.write_bytes(_attach(bytearray(f.read()), [("Label", "CZI", label_czi.read_bytes()),
+                                                     ("SlidePreview", "JPG", buf.getvalue()),
+                                                     ("EventList", "CZEVL", b"\0" * 16)]))
+    with tilescope.open(str(p)) as s:
+        assert sorted(s.associated) == ["label", "macro"]
+        label = s.associated["label"]
+        np.testing.assert_array_equal(label, _ref(str(label_czi), roi=(0, 0, 200, 120))[..., ::-1])
+        np.testing.assert_array_equal(s.associated["macro"], np.asarray(Image.open(buf).convert("RGB")))
+        np.testing.assert_array_equal(s.scenes[0].read(t=1), _ref(czi_files["gaps"], plane={"T": 1},
+                                                                  roi=(0, 0, 550, 200)))

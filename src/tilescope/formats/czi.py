@@ -25,11 +25,13 @@ from collections import defaultdict
 
 import imagecodecs
 import numpy as np
+import simplejpeg
 
+from .. import codecs
 from ..codecs import Codec, scratch
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError, UnsupportedFormatError
-from ..model import Scene, Slide, make_levels
+from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import Pieces
 
 NAME = "CZI"
@@ -144,7 +146,9 @@ class _Entry:
     __slots__ = ("compression", "h", "idx", "ndims", "pixel_type", "pos", "sh", "sw", "w", "x", "y")
 
 
-def _directory(source, pos: int) -> list[_Entry]:
+def _directory(source, pos: int, base: int = 0) -> list[_Entry]:
+    """The subblock directory at ``pos``; file positions in it are relative to ``base`` (an
+    embedded CZI's start) and come back absolute."""
     used, _ = _segment(source, pos, b"ZISRAWDIRECTORY", "subblock directory")
     body = source.pread(pos + 32, used) if used > 0 else b""
     if len(body) < 128:
@@ -159,7 +163,7 @@ def _directory(source, pos: int) -> list[_Entry]:
         if schema != b"DV" or not 0 <= nd <= 64 or off + nd * _DIM.size > len(body):
             raise CorruptDataError(f"{source.path}: CZI directory entry {i} is malformed")
         e = _Entry()
-        e.pixel_type, e.pos, e.compression, e.ndims, e.idx = ptype, fpos, comp, nd, {}
+        e.pixel_type, e.pos, e.compression, e.ndims, e.idx = ptype, base + fpos, comp, nd, {}
         x = y = None
         for _ in range(nd):
             dim, start, size, _coord, stored = _DIM.unpack_from(body, off)
@@ -200,31 +204,76 @@ def _micrometres(root) -> dict[str, float]:
     return out
 
 
-def open(probe, options) -> Slide:
-    source = probe.source
-    head = source.pread(0, 112)
-    if len(head) < 112:
-        raise CorruptDataError(f"{source.path}: CZI file header is truncated")
+def _parse(source, base: int = 0):
+    """(subblock entries, XML text, parsed XML root, attachment directory position) of the CZI
+    file starting at ``base`` (0, or an embedded CZI attachment's data)."""
+    head = source.pread(base, 112)
+    if len(head) < 112 or head[:10] != MAGIC:
+        raise CorruptDataError(f"{source.path}: CZI file header at {base} is truncated or not ZISRAWFILE")
     dir_pos, meta_pos = struct.unpack_from("<qq", head, 32 + 52)
-    entries = _directory(source, dir_pos)
-    xml = _metadata(source, meta_pos)
+    att_pos = struct.unpack_from("<q", head, 32 + 72)[0]
+    entries = _directory(source, base + dir_pos, base)
+    if not entries:
+        raise CorruptDataError(f"{source.path}: CZI file at {base} has no subblocks")
+    xml = _metadata(source, base + meta_pos) if meta_pos > 0 else ""
     try:
         root = ET.fromstring(xml) if xml else None
     except ET.ParseError as e:
         raise CorruptDataError(f"{source.path}: CZI metadata XML is malformed: {e}") from None
-    if not entries:
-        raise CorruptDataError(f"{source.path}: CZI file has no subblocks")
+    return entries, xml, root, base + att_pos if att_pos > 0 else 0
+
+
+def open(probe, options) -> Slide:
+    source = probe.source
+    entries, xml, root, att_pos = _parse(source)
     slide = Slide(source, NAME, options, raw_metadata=xml, vendor="zeiss",
                   properties=_properties(root))
     by_scene: dict[int, list[_Entry]] = defaultdict(list)
     for e in entries:
         by_scene[e.idx.get("S", 0)].append(e)
-    names = [el.get("Name") for el in root.iterfind("Metadata/Information/Image/Dimensions/S/Scenes/Scene")] \
-        if root is not None else []
+    path = "Metadata/Information/Image/Dimensions/S/Scenes/Scene"
+    names = [el.get("Name") for el in root.iterfind(path)] if root is not None else []
     scenes = [_scene(slide, source, root, s, es, names[s] if s < len(names) and names[s] else f"Scene #{s}")
               for s, es in sorted(by_scene.items())]
-    slide._set_contents(scenes, {})
+    slide._set_contents(scenes, _attachments(slide, source, att_pos))
     return slide
+
+
+_ASSOCIATED = {"Label": "label", "SlidePreview": "macro", "Thumbnail": "thumbnail"}
+
+
+def _attachments(slide, source, pos: int) -> dict[str, AssociatedImage]:
+    """Label, slide preview and thumbnail attachments: embedded CZI files or JPEGs."""
+    if pos <= 0:
+        return {}
+    used, body = _segment(source, pos, b"ZISRAWATTDIR", "attachment directory", 4)
+    count = struct.unpack("<i", body)[0]
+    if count < 0 or 256 + 128 * count > used:
+        raise CorruptDataError(f"{source.path}: CZI attachment directory at {pos} is malformed")
+    table = source.pread(pos + 32 + 256, 128 * count)
+    out = {}
+    for i in range(count):
+        e = table[128 * i:128 * (i + 1)]
+        fpos = struct.unpack_from("<q", e, 12)[0]
+        kind = e[40:48].rstrip(b"\0").decode("ascii", "replace")
+        name = _ASSOCIATED.get(e[48:128].split(b"\0")[0].decode("utf-8", "replace"))
+        if name is None or name in out or kind not in ("CZI", "JPG"):
+            continue
+        _, att = _segment(source, fpos, b"ZISRAWATTACH", f"attachment {name}", 4)
+        size = struct.unpack("<i", att)[0]
+        start = fpos + 32 + 256
+        if size <= 0 or start + size > source.size:
+            raise CorruptDataError(f"{source.path}: CZI attachment {name!r} ends past the file's end")
+        if kind == "CZI":
+            entries, _, root, _ = _parse(source, start)
+            sc = _scene(slide, source, root, 0, entries, name)
+            out[name] = AssociatedImage(sc.size, sc.levels[0].layout, sc.dtype, sc.num_channels)
+        else:
+            h, w = simplejpeg.decode_jpeg_header(source.pread(start, min(size, 1 << 16)))[:2]
+            plane = Plane(Pieces([start], [size], f"attachment {name}"), codecs.jpeg(outcolorspace="RGB"),
+                          (w, h), (w, h))
+            out[name] = AssociatedImage((w, h), Layout.single(plane), np.dtype(np.uint8), 3)
+    return out
 
 
 def _properties(root) -> dict:
