@@ -39,8 +39,11 @@ def czi_files(tmp_path_factory):
                     for tx in range(3):
                         w.write(data=_fluo(rng, *TILE)[..., None], plane={"C": c, "Z": z, "T": 0},
                                 location=(tx * 380, ty * 280))
+        blue, green = (pyczi.Rgb8Color(np.uint8(0), np.uint8(g), np.uint8(b)) for g, b in ((0, 255), (255, 0)))
         w.write_metadata(document_name="mosaic", channel_names={0: "DAPI", 1: "GFP"},
-                         scale_x=0.325, scale_y=0.325, scale_z=1.5)
+                         scale_x=0.325, scale_y=0.325, scale_z=1.5,
+                         display_settings={c: pyczi.ChannelDisplaySettingsDataClass(
+                             True, pyczi.TintingMode.Color, col, 0.0, 1.0) for c, col in enumerate((blue, green))})
     # two scenes of RGB (Bgr24) tiles with 2 time points, uncompressed
     p = files["scenes"] = str(d / "scenes.czi")
     with pyczi.create_czi(p, exist_ok=True) as w:
@@ -73,6 +76,7 @@ def test_mosaic_channels_z_equal_pylibczirw(czi_files):
         sc = s.scenes[0]
         assert sc.size == (380 * 2 + 400, 280 + 300) and sc.rect == (0, 0, *sc.size)
         assert sc.channel_names == ("DAPI", "GFP") and sc.dtype == np.uint16
+        assert sc.channel_colors == ("#0000FF", "#00FF00")
         assert sc.num_z_slices == 3 and sc.num_t_frames == 1
         assert sc.mpp == (0.325, 0.325) and sc.z_resolution == 1.5
         assert "pylibCZIrw" in s.raw_metadata

@@ -59,10 +59,13 @@ class Scene:
                  dtype, mpp: tuple[float, float] | None = None, magnification: float | None = None,
                  compression: str = "", rect: tuple[int, int, int, int] | None = None,
                  num_z_slices: int = 1, num_t_frames: int = 1, z_resolution: float | None = None,
-                 t_resolution: float | None = None, brightfield: bool = False):
+                 t_resolution: float | None = None, brightfield: bool = False,
+                 channel_colors: Sequence[str | None] | None = None):
         self._slide = slide
         self.name = name
         self.channel_names = tuple(channel_names)
+        # display colours as "#RRGGBB" where the format records them (fluorescence), else None
+        self.channel_colors = tuple(channel_colors) if channel_colors else (None,) * len(self.channel_names)
         self.dtype = np.dtype(dtype)
         self.channel_dtypes = (self.dtype,) * len(self.channel_names)
         self.mpp = mpp
@@ -266,7 +269,8 @@ class Scene:
         """This scene's normalized metadata (JSON-serializable)."""
         return {
             "name": self.name, "rect": list(self.rect), "size": list(self.size),
-            "channels": list(self.channel_names), "dtype": str(self.dtype),
+            "channels": list(self.channel_names), "channel_colors": list(self.channel_colors),
+            "dtype": str(self.dtype),
             "mpp": list(self.mpp) if self.mpp else None, "magnification": self.magnification,
             "compression": self.compression, "num_z_slices": self.num_z_slices,
             "num_t_frames": self.num_t_frames, "z_resolution": self.z_resolution,

@@ -348,7 +348,8 @@ def _scene(slide, source, root, s: int, entries: list[_Entry], name: str) -> Sce
                  dtype=np.result_type(*dtypes), mpp=mpp, magnification=_magnification(root),
                  compression=_COMPRESSIONS.get(entries[0].compression, "?"), rect=(x0, y0, w0, h0),
                  num_z_slices=len(zs), num_t_frames=len(ts), z_resolution=um.get("Z"),
-                 brightfield=spp >= 3)
+                 t_resolution=_t_increment(root) if root is not None else None, brightfield=spp >= 3,
+                 channel_colors=_channel_colors(root, cs, spp))
 
 
 def _channel_names(root, cs: list[int], spp: int) -> list[str]:
@@ -358,6 +359,34 @@ def _channel_names(root, cs: list[int], spp: int) -> list[str]:
     path = "Metadata/Information/Image/Dimensions/Channels/Channel"
     els = list(root.iterfind(path)) if root is not None else []
     return [(els[c].get("Name") if c < len(els) else None) or f"C{c}" for c in cs]
+
+
+def _channel_colors(root, cs: list[int], spp: int) -> list[str | None] | None:
+    """'#RRGGBB' per channel from Information/.../Channel/Color or DisplaySetting (Zeiss writes
+    '#AARRGGBB'), matched by Channel Id, else by position."""
+    if root is None or spp != 1:
+        return None
+    found: dict[str, str] = {}
+    order: list[str] = []
+    for path in ("Metadata/Information/Image/Dimensions/Channels/Channel",
+                 "Metadata/DisplaySetting/Channels/Channel"):
+        for i, el in enumerate(root.iterfind(path)):
+            key = el.get("Id") or f"#{i}"
+            if key not in order:
+                order.append(key)
+            color = (el.findtext("Color") or "").strip()
+            if key not in found and len(color) in (7, 9) and color.startswith("#"):
+                found[key] = "#" + color[-6:].upper()
+    return [found.get(order[c]) if c < len(order) else None for c in cs]
+
+
+def _t_increment(root) -> float | None:
+    """Seconds between time points (Dimensions/T/Positions/Interval/Increment), if recorded."""
+    with contextlib.suppress(TypeError, ValueError):
+        v = float(root.findtext("Metadata/Information/Image/Dimensions/T/Positions/Interval/Increment"))
+        if math.isfinite(v) and v > 0:
+            return v
+    return None
 
 
 def _magnification(root) -> float | None:
