@@ -15,6 +15,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -180,9 +181,13 @@ class Tiles(Sequence):
         # prefetch workers (one per core) fill the machine without splitting small reads
         ex = _prefetch_executor()
         window: deque[Tile] = deque()
+        pending: deque = deque()  # decodes in flight, bounded even if tiles are never looked at
         for i in range(len(self)):
             tile = self[i]
+            while len(pending) > self.prefetch:
+                futures.wait([pending.popleft()])
             tile._future = ex.submit(self._load, tile, 1)
+            pending.append(tile._future)
             window.append(tile)
             if len(window) > self.prefetch:
                 yield window.popleft()
