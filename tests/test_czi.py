@@ -267,3 +267,30 @@ def test_label_and_preview_attachments(czi_files, tmp_path):
         np.testing.assert_array_equal(s.associated["macro"], np.asarray(Image.open(buf).convert("RGB")))
         np.testing.assert_array_equal(s.scenes[0].read(t=1), _ref(czi_files["gaps"], plane={"T": 1},
                                                                   roi=(0, 0, 550, 200)))
+
+
+@pytest.mark.parametrize("dtype,samples", [(np.float32, 1), (np.uint16, 3)])
+def test_gray32float_and_bgr48(tmp_path, dtype, samples):
+    rng = np.random.default_rng(6)
+    data = (rng.random((150, 220, samples)) * 1000).astype(dtype)
+    p = str(tmp_path / f"{np.dtype(dtype).name}x{samples}.czi")
+    with pyczi.create_czi(p, exist_ok=True) as w:
+        w.write(data=data, location=(10, 20))
+    with tilescope.open(p) as s:
+        sc = s.scenes[0]
+        assert sc.dtype == dtype and sc.num_channels == samples and sc.rect == (10, 20, 220, 150)
+        ref = _ref(p, roi=(10, 20, 220, 150))
+        np.testing.assert_array_equal(sc.read(), ref[..., ::-1] if samples == 3 else ref)
+
+
+def test_mosaic_equals_aicspylibczi(czi_files):
+    aics = pytest.importorskip("aicspylibczi")
+    p = czi_files["mosaic"]
+    czi = aics.CziFile(p)
+    bb = czi.get_mosaic_bounding_box()
+    with tilescope.open(p) as s:
+        sc = s.scenes[0]
+        assert (bb.x, bb.y, bb.w, bb.h) == sc.rect
+        for c, z in ((0, 0), (1, 2)):
+            ref = czi.read_mosaic(region=(bb.x, bb.y, bb.w, bb.h), C=c, Z=z, scale_factor=1.0)
+            np.testing.assert_array_equal(sc.read(channels=[c], z=z)[..., 0], ref.reshape(bb.h, bb.w))
