@@ -43,7 +43,7 @@ class TileCache:
     steady-state reading allocates (and page-faults) no fresh memory per piece.
     """
 
-    def __init__(self, capacity_bytes: int = 64 << 20, *, floor_bytes: int = 2 << 20):
+    def __init__(self, capacity_bytes: int = 64 << 20, *, floor_bytes: int = 1 << 20):
         self._lock = threading.Lock()
         self._items: OrderedDict = OrderedDict()  # key -> [array, was_hit]
         self._ghosts: OrderedDict = OrderedDict()  # keys of dropped pieces -> their nbytes

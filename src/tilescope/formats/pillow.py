@@ -13,7 +13,6 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image
 
 from ..codecs import Codec
 from ..engine import Layout, Plane
@@ -50,7 +49,9 @@ def detect(probe) -> bool:
     return h.startswith(_MAGIC) or (h[:4] == b"RIFF" and h[8:12] == b"WEBP")
 
 
-def _image(data, path: str) -> Image.Image:
+def _image(data, path: str):
+    from PIL import Image  # loaded when a plain image is opened, not by every tilescope import
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
