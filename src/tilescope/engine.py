@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from .cache import TileCache
 from .codecs import Codec
@@ -415,8 +416,6 @@ def resample(src: np.ndarray, box: tuple[float, float, float, float], out: np.nd
     by channel in 32-bit float, rounded back to integers. Row groups run on ``threads`` threads
     (Pillow releases the GIL).
     """
-    from PIL import Image  # here: reads that need no resampling never load Pillow (2 MB)
-
     c = src.shape[2]
     oh, ow = out.shape[:2]
     x0, y0, x1, y1 = box

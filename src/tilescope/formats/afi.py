@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import xml.etree.ElementTree as ET
 
 from ..engine import Layout
 from ..errors import CorruptDataError, SourceNotFoundError, TilescopeError
@@ -38,6 +37,8 @@ def _channel_file(afi: str, i: int, image) -> tuple[str, str]:
 
 
 def open(probe, options) -> Slide:
+    import xml.etree.ElementTree as ET  # loaded by the formats that need it
+
     from .. import open as open_file  # the package's open: detection and the parsed-slide cache
 
     src = probe.source

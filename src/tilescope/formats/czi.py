@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import math
 import struct
-import xml.etree.ElementTree as ET
 from collections import defaultdict
 
 import imagecodecs
@@ -207,6 +206,8 @@ def _micrometres(root) -> dict[str, float]:
 def _parse(source, base: int = 0):
     """(subblock entries, XML text, parsed XML root, attachment directory position) of the CZI
     file starting at ``base`` (0, or an embedded CZI attachment's data)."""
+    import xml.etree.ElementTree as ET  # loaded by the formats that need it
+
     head = source.pread(base, 112)
     if len(head) < 112 or head[:10] != MAGIC:
         raise CorruptDataError(f"{source.path}: CZI file header at {base} is truncated or not ZISRAWFILE")

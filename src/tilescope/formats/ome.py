@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import xml.etree.ElementTree as ET
 
 import numpy as np
 
@@ -64,6 +63,8 @@ def _objectives(root) -> dict[str, float]:
 
 
 def open(probe, options) -> Slide:
+    import xml.etree.ElementTree as ET  # loaded by the formats that need it
+
     tf = probe.tiff()
     xml = tf.pages.first.description
     try:
