@@ -63,6 +63,33 @@ class FileSource:
                 f"file has {self.size} bytes")
         return data
 
+    def readinto(self, offset: int, buffer) -> None:
+        """Fill the writable ``buffer`` with the bytes at ``offset``: straight from the page cache
+        into the caller's memory (an output array), no intermediate bytes object."""
+        view = memoryview(buffer).cast("B")
+        with self._cond:
+            fd = self._fd
+            if fd is None:
+                raise SlideClosedError(f"{self.path}: slide is closed")
+            self._inflight += 1
+        try:
+            done = 0
+            while done < len(view):
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n <= 0:
+                    break
+                done += n
+        except OSError as e:
+            raise CorruptDataError(f"{self.path}: cannot read {len(view)} bytes at {offset}: {e}") from e
+        finally:
+            with self._cond:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._cond.notify_all()
+        if done != len(view):
+            raise CorruptDataError(f"{self.path}: file is truncated: wanted {len(view)} bytes at offset "
+                                   f"{offset}, file has {self.size} bytes")
+
     def head(self, n: int = 4096) -> bytes:
         """Up to ``n`` bytes from the start (fewer for a short file)."""
         return self.pread(0, min(n, self.size))

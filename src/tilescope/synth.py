@@ -417,6 +417,139 @@ def write_tiff(path, width: int = 3000, height: int = 2000, *, tile: int | None 
     return path
 
 
+SCANIMAGE_MAGIC = 117637889
+
+
+def scanimage_header(channels: int, slices: int, volumes: int, frames_per_slice: int, *,
+                     zstep: float = 2.0, fps: float = 30.0) -> str:
+    """Frame-invariant ScanImage settings as MATLAB-evaluable ``SI.x.y = value`` lines."""
+    save = "[" + ";".join(str(c + 1) for c in range(channels)) + "]" if channels > 1 else "1"
+    lines = [
+        "SI.VERSION_MAJOR = 2022", "SI.VERSION_MINOR = 1", "SI.acqState = 'grab'",
+        f"SI.hChannels.channelSave = {save}",
+        "SI.hChannels.channelName = {" + " ".join(f"'Channel {c + 1}'" for c in range(max(4, channels)))
+        + "}",
+        f"SI.hStackManager.enable = {'true' if slices > 1 else 'false'}",
+        f"SI.hStackManager.numSlices = {slices}", f"SI.hStackManager.actualNumSlices = {slices}",
+        f"SI.hStackManager.framesPerSlice = {frames_per_slice}",
+        f"SI.hStackManager.stackZStepSize = {zstep}",
+        f"SI.hFastZ.enable = {'true' if volumes > 1 else 'false'}",
+        f"SI.hFastZ.numVolumes = {volumes}", f"SI.hFastZ.actualNumVolumes = {volumes}",
+        f"SI.hRoiManager.scanFrameRate = {fps}", "SI.hRoiManager.linesPerFrame = 512",
+        "SI.hScan2D.channelsInputRanges = {[-1 1] [-1 1] [-1 1] [-1 1]}",
+        "SI.hMotors.axesPosition = [0 0 -120.5]", "SI.objectiveResolution = 15",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def scanimage_roi_json() -> str:
+    import json
+
+    return json.dumps({"RoiGroups": {"imagingRoiGroup": {"ver": 1, "classname": "scanimage.mroi.RoiGroup",
+                                                          "name": "Default Imaging ROI Group",
+                                                          "rois": {"ver": 1, "name": "Default Imaging Roi",
+                                                                   "zs": 0, "scanfields": {"centerXY": [0, 0],
+                                                                                           "sizeXY": [1, 1],
+                                                                                           "pixelResolutionXY":
+                                                                                           [512, 512]}}},
+                                    "photostimRoiGroups": None, "integrationRoiGroup": None}}, indent=1)
+
+
+def scanimage_frame_description(i: int, fps: float = 30.0) -> str:
+    """ScanImage's per-frame ImageDescription for frame ``i`` (0-based)."""
+    return (f"frameNumbers = {i + 1}\nacquisitionNumbers = 1\nframeNumberAcquisition = {i + 1}\n"
+            f"frameTimestamps_sec = {i / fps:.6f}\nacqTriggerTimestamps_sec = \n"
+            f"nextFileMarkerTimestamps_sec = \nendOfAcquisition = 0\nendOfAcquisitionMode = 0\n"
+            f"dcOverVoltage = 0\nepoch = [2026 11 23 12 0 0.000]\nauxTrigger0 = []\nauxTrigger1 = []\n"
+            f"auxTrigger2 = []\nauxTrigger3 = []\nI2CData = {{{{{i * 7 % 255}, [1 2]}}}}\n")
+
+
+def write_scanimage(path, width: int = 128, height: int = 96, *, channels: int = 2, slices: int = 3,
+                    volumes: int = 2, frames_per_slice: int = 1, bigtiff: bool = True, seed: int = 0,
+                    frames: Iterator[np.ndarray] | None = None) -> str:
+    """A ScanImage stack in ScanImage's documented layout: int16 frames, one uncompressed strip
+    each, channels interleaved fastest, then frames of a slice, slices, volumes. BigTIFF files
+    carry the static block after the header (magic 117637889, version 4, the ``SI.`` lines and the
+    ROI group JSON) and the same text in every frame's Software and Artist tags; classic TIFF files
+    (older ScanImage) carry ``scanimage.SI.`` lines in every frame's ImageDescription instead.
+    ``frames`` supplies the pixels (default: noise with a moving blob, from ``seed``)."""
+    import struct
+
+    path = os.fspath(path)
+    n = channels * slices * volumes * frames_per_slice
+    header_text = scanimage_header(channels, slices, volumes, frames_per_slice)
+    roi = scanimage_roi_json()
+    si = (header_text + "\0").encode()
+    rj = (roi + "\0").encode()
+    if frames is None:
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0:height, 0:width]
+
+        def make():
+            for i in range(n):
+                cy, cx = height / 2 + 20 * np.sin(i / 5), width / 2 + 20 * np.cos(i / 7)
+                blob = 3000 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 200.0)
+                yield (rng.normal(50, 15, (height, width)) + blob + 100 * (i % channels)).astype(np.int16)
+        frames = make()
+    if bigtiff:
+        head = struct.pack("<2sHHHQ", b"II", 43, 8, 0, 0)
+        head += struct.pack("<IIII", SCANIMAGE_MAGIC, 4, len(si), len(rj)) + si + rj
+        ifd_head, entry, nxt, long_type = "<Q", "<HHQQ", "<Q", 16
+        inline = 8
+    else:
+        head = struct.pack("<2sHI", b"II", 42, 0)
+        ifd_head, entry, nxt, long_type = "<H", "<HHII", "<I", 4
+        inline = 4
+    esize, hsize, nsize = struct.calcsize(entry), struct.calcsize(ifd_head), struct.calcsize(nxt)
+    with open(path, "wb") as f:
+        f.write(head)
+        first_ptr = 8 if bigtiff else 4
+        prev_next = first_ptr
+        for i, frame in enumerate(frames):
+            frame = np.ascontiguousarray(frame, "<i2")
+            desc = scanimage_frame_description(i)
+            if not bigtiff:
+                desc += "".join(f"scanimage.{ln}\n" for ln in header_text.splitlines())
+            blobs = {270: (desc + "\0").encode()}
+            if bigtiff:
+                blobs[305], blobs[315] = si, rj
+            pos = f.tell()
+            if pos % 2:
+                f.write(b"\0")
+                pos += 1
+            tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
+                    (270, 2, len(blobs[270]), None), (273, long_type, 1, None), (277, 3, 1, 1),
+                    (278, 4, 1, height), (279, long_type, 1, frame.nbytes), (284, 3, 1, 1)]
+            if bigtiff:
+                tags += [(305, 2, len(si), None), (315, 2, len(rj), None)]
+            tags += [(339, 3, 1, 2)]
+            ifd_len = hsize + esize * len(tags) + nsize
+            cursor = pos + ifd_len
+            out_of_line = {}
+            for tag, _, count, _ in tags:
+                if tag in blobs and count > inline:
+                    out_of_line[tag] = cursor
+                    cursor += len(blobs[tag]) + (len(blobs[tag]) % 2)
+            data_pos = cursor
+            body = struct.pack(ifd_head, len(tags))
+            for tag, typ, count, value in tags:
+                if tag in blobs:
+                    value = out_of_line.get(tag) or int.from_bytes(blobs[tag].ljust(inline, b"\0"), "little")
+                elif tag == 273:
+                    value = data_pos
+                body += struct.pack(entry, tag, typ, count, value)
+            body += struct.pack(nxt, 0)
+            f.seek(prev_next)
+            f.write(struct.pack(nxt, pos))
+            f.seek(pos)
+            f.write(body)
+            for tag in out_of_line:
+                f.write(blobs[tag] + b"\0" * (len(blobs[tag]) % 2))
+            f.write(frame.tobytes())
+            prev_next = pos + hsize + esize * len(tags)
+    return path
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tilescope.synth", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
