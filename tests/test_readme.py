@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tilescope import synth
+
 README = Path(__file__).parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
@@ -19,6 +21,7 @@ def test_readme_example_runs(code, svs, ome, tmp_path, monkeypatch, capsys):
     shutil.copy(svs, tmp_path / "slide.svs")
     shutil.copy(ome, tmp_path / "cells.ome.tiff")
     Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(tmp_path / "plain.png")
+    synth.write_scanimage(tmp_path / "stack_00001.tif", 64, 48, channels=1, slices=1, volumes=1200)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
 

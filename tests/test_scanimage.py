@@ -83,3 +83,19 @@ def test_truncated_stack(stacks, tmp_path):
         sc.frames(0, 2)  # the early frames are whole
         with pytest.raises(tilescope.CorruptDataError, match=r"cut\.tif"):
             sc.frames()
+
+
+def test_cli_info_and_frames(stacks, tmp_path, capsys):
+    from tilescope.cli import main
+
+    p = stacks["volumes"]
+    assert main(["info", p]) == 0
+    out = capsys.readouterr().out
+    assert "driver: ScanImage" in out and "frames: 12" in out and "z_step_um: 2.0" in out
+    npy = str(tmp_path / "f.npy")
+    assert main(["region", p, npy, "--frames", "2,7"]) == 0
+    with SITR(p) as r:
+        np.testing.assert_array_equal(np.load(npy), r.data(beg=2, end=7))
+    tif = str(tmp_path / "planes.tiff")
+    assert main(["region", p, tif, "--z", "0,3", "--t", "1"]) == 0
+    assert tifffile.imread(tif).shape == (3, 96, 128, 2)

@@ -66,6 +66,10 @@ def _info(slide) -> str:
             f"    mpp: {mpp}   magnification: {sc.magnification or 'unknown'}   "
             f"z: {sc.num_z_slices}   t: {sc.num_t_frames}",
         ]
+        acq = getattr(sc, "acquisition", None)  # stacks: frames and key acquisition settings
+        if acq:
+            items = (f"{k}: {v}" for k, v in acq.items() if v is not None)
+            lines.append("    acquisition: " + "   ".join(items))
         for lv in sc.levels:
             lines.append(f"    level {lv.index}: {lv.size[0]} x {lv.size[1]}  "
                          f"downsample {lv.downsample:.4g}  tiles {lv.tile_size[0]} x {lv.tile_size[1]}")
@@ -96,6 +100,8 @@ def main(argv=None) -> int:
     p.add_argument("--channels", type=lambda t: _ints(t, None, "--channels"), default=None)
     p.add_argument("--z", type=_plane, default=0, help="index or start,stop")
     p.add_argument("--t", type=_plane, default=0, help="index or start,stop")
+    p.add_argument("--frames", type=lambda t: _ints(t, 2, "--frames"), default=None,
+                   help="start,stop: raw frames in file order (stacks such as ScanImage), as (n, h, w)")
     a = ap.parse_args(argv)
     try:
         with open_slide(a.path) as slide:
@@ -112,6 +118,12 @@ def main(argv=None) -> int:
                 w, h = scene.size
                 size = (a.max_size, 0) if w >= h else (0, a.max_size)
                 arr = scene.read(size=size)
+            elif a.frames is not None:
+                if not hasattr(scene, "frames"):
+                    raise TilescopeError(f"{a.path}: {slide.driver} has no raw frame sequence (--frames)")
+                arr = scene.frames(*a.frames)
+                if not a.out.lower().endswith((".tif", ".tiff", ".npy")):
+                    raise TilescopeError(f"{a.out}: frames are 3-D data: write .tiff or .npy")
             else:
                 arr = scene.read(a.rect, a.size, channels=a.channels, z=a.z, t=a.t)
                 if arr.ndim > 3 and not a.out.lower().endswith((".tif", ".tiff", ".npy")):

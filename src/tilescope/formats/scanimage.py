@@ -264,6 +264,18 @@ class ScanImageScene(Scene):
         return new
 
     @property
+    def acquisition(self) -> dict:
+        """Key acquisition settings: frames, channels saved, slices, volumes, frames per slice,
+        z step (um), frame rate (Hz), ScanImage version."""
+        si = self.scanimage
+        major, minor = _get(si, "VERSION_MAJOR"), _get(si, "VERSION_MINOR")
+        return {"frames": self.num_frames, "channels_saved": _get(si, "hChannels.channelSave"),
+                "slices": self.num_z_slices, "volumes": _get(si, "hFastZ.actualNumVolumes"),
+                "frames_per_slice": _get(si, "hStackManager.framesPerSlice"), "z_step_um": self.z_resolution,
+                "frame_rate_hz": _get(si, "hRoiManager.scanFrameRate"),
+                "version": f"{major}.{minor}" if major is not None else None}
+
+    @property
     def num_frames(self) -> int:
         return len(self._frames_info.strips)
 
