@@ -417,6 +417,93 @@ def write_tiff(path, width: int = 3000, height: int = 2000, *, tile: int | None 
     return path
 
 
+def _philips_attr(name: str, value, pmsvr: str = "IString") -> str:
+    return f'<Attribute Name="{name}" Group="0x0000" Element="0x0000" PMSVR="{pmsvr}">{value}</Attribute>'
+
+
+def philips_xml(level_sizes, spacing_mm: float, label_jpeg: bytes, macro_jpeg: bytes) -> str:
+    """A Philips ``DPUfsImport`` XML document: DICOM-keyed attributes, one WSI ``DPScannedImage``
+    with a ``PixelDataRepresentation`` per level (pixel spacing in mm, padded size), and label and
+    macro ``DPScannedImage``s holding Base64 JPEGs."""
+    import base64
+
+    def pair(v):
+        return f"&quot;{v:.9g}&quot; &quot;{v:.9g}&quot;"
+    reps = "".join(
+        '<DataObject ObjectType="PixelDataRepresentation">'
+        + _philips_attr("DICOM_PIXEL_SPACING", pair(spacing_mm * f), "IDoubleArray")
+        + _philips_attr("PIIM_PIXEL_DATA_REPRESENTATION_NUMBER", i, "IUInt32")
+        + _philips_attr("PIIM_PIXEL_DATA_REPRESENTATION_COLUMNS", w, "IUInt32")
+        + _philips_attr("PIIM_PIXEL_DATA_REPRESENTATION_ROWS", h, "IUInt32")
+        + "</DataObject>" for i, (w, h, f) in enumerate(level_sizes))
+
+    def assoc(kind, data):
+        return ('<DataObject ObjectType="DPScannedImage">' + _philips_attr("PIM_DP_IMAGE_TYPE", kind)
+                + _philips_attr("PIM_DP_IMAGE_DATA", base64.b64encode(data).decode()) + "</DataObject>")
+    wsi = ('<DataObject ObjectType="DPScannedImage">'
+           + _philips_attr("DICOM_PIXEL_SPACING", pair(spacing_mm), "IDoubleArray")
+           + _philips_attr("PIM_DP_IMAGE_TYPE", "WSI")
+           + _philips_attr("PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE", f"<Array>{reps}</Array>",
+                           "IDataObjectArray")
+           + "</DataObject>")
+    return ('<?xml version="1.0" encoding="UTF-8" ?><DataObject ObjectType="DPUfsImport">'
+            + _philips_attr("DICOM_MANUFACTURER", "PHILIPS")
+            + _philips_attr("DICOM_SOFTWARE_VERSIONS", "&quot;4.0.3&quot;", "IStringArray")
+            + _philips_attr("PIM_DP_SCANNED_IMAGES", f"<Array>{wsi}{assoc('LABELIMAGE', label_jpeg)}"
+                            f"{assoc('MACROIMAGE', macro_jpeg)}</Array>", "IDataObjectArray")
+            + "</DataObject>")
+
+
+def write_philips(path, width: int = 2000, height: int = 1500, *, tile: int = TILE,
+                  downsamples: Sequence[int] = (1, 4, 16), spacing_mm: float = 0.00025, seed: int = 0,
+                  sparse: Sequence[int] = (0, 1)) -> str:
+    """A Philips TIFF export: tiled JPEG levels whose TIFF sizes are padded to whole tiles (as
+    Philips writes them), the DPUfsImport XML with per-level pixel spacings and Base64 label and
+    macro JPEGs, Software "Philips ...", and level-0 tiles ``sparse`` left out (offset and byte
+    count 0, as Philips does outside the scanned regions)."""
+    import io
+
+    path = os.fspath(path)
+    src = Tissue(width, height, seed, tile)
+    full = np.concatenate([np.concatenate([src.tile(ty, tx) for tx in range(src.nx)], axis=1)
+                           for ty in range(src.ny)], axis=0)[:height, :width]
+
+    def jpeg(a):
+        b = io.BytesIO()
+        Image.fromarray(a).save(b, "JPEG", quality=90)
+        return b.getvalue()
+    label = make_label()
+    macro = make_macro(area_downsample(full[: height // 16 * 16, : width // 16 * 16], 16))
+    levels, sizes = [], []
+    for f in downsamples:
+        lv = area_downsample(full[: height // f * f, : width // f * f], f) if f > 1 else full
+        ph, pw = -(-lv.shape[0] // tile) * tile, -(-lv.shape[1] // tile) * tile
+        padded = np.full((ph, pw, 3), 255, np.uint8)
+        padded[: lv.shape[0], : lv.shape[1]] = lv
+        levels.append(padded)
+        sizes.append((pw, ph, f))
+    xml = philips_xml(sizes, spacing_mm, jpeg(label), jpeg(macro))
+    with tifffile.TiffWriter(path) as tw:
+        for i, lv in enumerate(levels):
+            tw.write(lv, tile=(tile, tile), photometric="rgb", compression="jpeg",
+                     compressionargs={"level": 85}, subsampling=(2, 2), subfiletype=1 if i else 0,
+                     description=xml if i == 0 else f"level={i}", software="Philips DP v1.0", metadata=None)
+        tw.write(label, photometric="rgb", compression="jpeg", rowsperstrip=32, description="Label",
+                 software="Philips DP v1.0", metadata=None)
+    if sparse:
+        with tifffile.TiffFile(path) as tf:
+            offs, cnts = tf.pages[0].tags["TileOffsets"], tf.pages[0].tags["TileByteCounts"]
+            size = 4 if offs.dtype in (4, 9) else 8
+            spots = [(offs.valueoffset, cnts.valueoffset, size)]
+        with open(path, "r+b") as f:
+            for ov, cv, size in spots:
+                for i in sparse:
+                    for at in (ov + i * size, cv + i * size):
+                        f.seek(at)
+                        f.write(bytes(size))
+    return path
+
+
 SCANIMAGE_MAGIC = 117637889
 
 

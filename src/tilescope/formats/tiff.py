@@ -40,7 +40,7 @@ def page_planes(page, probe, label: str, missing_ok: bool = False) -> tuple[Plan
         kf.compression, dtype=kf.dtype, samples=1 if separate else spp, photometric=kf.photometric,
         planarconfig=kf.planarconfig, predictor=kf.predictor, bits=kf.bitspersample,
         byteorder=kf.parent.byteorder, jpegtables=kf.jpegtables, extrasamples=kf.extrasamples,
-        jfif=kf.compression == 7 and _is_jfif(page), where=where)
+        jfif=kf.compression == 7 and _is_jfif(page, probe.source), where=where)
     offsets, counts = page.dataoffsets, page.databytecounts
     nplanes = spp if separate else 1
     n = len(offsets) // nplanes
@@ -50,12 +50,17 @@ def page_planes(page, probe, label: str, missing_ok: bool = False) -> tuple[Plan
         for i in range(nplanes))
 
 
-def _is_jfif(page) -> bool:
-    # tifffile reads the first piece's header; a broken offset just means "not JFIF"
-    try:
-        return bool(page.keyframe.is_jfif)
-    except Exception:
-        return False
+def _is_jfif(page, source) -> bool:
+    """Whether the first stored piece (sparse files may leave the first ones out) starts with a
+    JFIF APP0 segment; a broken offset just means "not JFIF"."""
+    for off, n in zip(page.dataoffsets, page.databytecounts, strict=False):
+        if off > 0 and n > 0:
+            try:
+                head = source.pread(int(off), min(int(n), 32))
+            except Exception:
+                return False
+            return head[:2] == b"\xff\xd8" and b"JFIF\0" in head
+    return False
 
 
 def page_layout(page, probe, label: str, missing_ok: bool = False) -> Layout:

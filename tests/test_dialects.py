@@ -1,0 +1,50 @@
+"""Vendor dialects of TIFF, written with tifffile to each vendor's tags and XML, read against
+openslide where openslide reads the dialect."""
+
+from __future__ import annotations
+
+import numpy as np
+import openslide
+import pytest
+
+import tilescope
+import tilescope.openslide as dropin
+from tilescope import synth
+
+
+@pytest.fixture(scope="module")
+def philips(tmp_path_factory):
+    return synth.write_philips(tmp_path_factory.mktemp("philips") / "slide.tiff", 2000, 1500)
+
+
+def test_philips_equals_openslide(philips):
+    assert tilescope.detect(philips) == "Philips"
+    with tilescope.open(philips) as s, openslide.OpenSlide(philips) as o:
+        sc = s.scenes[0]
+        assert o.properties["openslide.vendor"] == "philips"
+        assert tuple(lv.size for lv in sc.levels) == o.level_dimensions  # padding cut from levels > 0
+        assert tuple(lv.downsample for lv in sc.levels) == o.level_downsamples  # from pixel spacing
+        assert sc.mpp == (float(o.properties["openslide.mpp-x"]), float(o.properties["openslide.mpp-y"]))
+        for lv, (x, y, w, h) in [(0, (0, 0, 700, 300)), (0, (250, 200, 333, 222)), (1, (0, 0, 512, 384)),
+                                 (2, (10, 5, 100, 80))]:
+            ref = np.asarray(o.read_region((x * 4 ** lv, y * 4 ** lv), lv, (w, h)))
+            ours = sc.read_level(lv, (x, y, w, h))
+            stored = ref[..., 3] == 255  # openslide leaves left-out tiles transparent; we fill white
+            np.testing.assert_array_equal(ours[stored], ref[..., :3][stored])
+            assert (ours[~stored] == 255).all()
+        assert (sc.read((0, 0, 512, 256)) == 255).all()  # the two left-out tiles
+        for name in ("label", "macro"):  # a stripped "Label" page; the macro from the XML's Base64
+            np.testing.assert_array_equal(s.associated[name],
+                                          np.asarray(o.associated_images[name].convert("RGB")))
+        assert s.properties["philips"]["DICOM_MANUFACTURER"] == "PHILIPS"
+    with dropin.OpenSlide(philips) as d, openslide.OpenSlide(philips) as o:
+        want = {k: v for k, v in o.properties.items() if k != "openslide.quickhash-1"}
+        assert dict(d.properties) == want
+
+
+def test_philips_bad_xml(philips, tmp_path):
+    data = open(philips, "rb").read()  # noqa: SIM115
+    bad = tmp_path / "nowsi.tiff"
+    bad.write_bytes(data.replace(b">WSI<", b">XYZ<"))
+    with pytest.raises(tilescope.CorruptDataError, match="PIM_DP_IMAGE_TYPE WSI"):
+        tilescope.open(str(bad))
