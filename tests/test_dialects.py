@@ -48,3 +48,28 @@ def test_philips_bad_xml(philips, tmp_path):
     bad.write_bytes(data.replace(b">WSI<", b">XYZ<"))
     with pytest.raises(tilescope.CorruptDataError, match="PIM_DP_IMAGE_TYPE WSI"):
         tilescope.open(str(bad))
+
+
+@pytest.fixture(scope="module")
+def qptiff(tmp_path_factory):
+    return synth.write_qptiff(tmp_path_factory.mktemp("qptiff") / "slide.qptiff", 2000, 1500)
+
+
+def test_qptiff_equals_tifffile_series(qptiff):
+    import tifffile
+
+    assert tilescope.detect(qptiff) == "QPTIFF"
+    with tilescope.open(qptiff) as s, tifffile.TiffFile(qptiff) as tf:
+        sc = s.scenes[0]
+        assert tf.is_qpi and sc.channel_names == ("DAPI", "Opal 520", "Opal 570", "Opal 690")
+        assert sc.channel_colors == ("#0000FF", "#00FF00", "#FFFF00", "#FF0000")
+        assert sc.mpp == pytest.approx((0.4972, 0.4972)) and sc.magnification == 20 and sc.background == 0
+        base = tf.series[0]
+        assert [lv.size for lv in sc.levels] == [(lv.shape[2], lv.shape[1]) for lv in base.levels]
+        for i, lv in enumerate(base.levels):
+            np.testing.assert_array_equal(sc.read_level(i), np.moveaxis(lv.asarray(), 0, -1))
+        # one channel, from level 1, by name
+        np.testing.assert_array_equal(sc.read(size=(1000, 750), channels=["Opal 570"])[..., 0],
+                                      base.levels[1].asarray()[2])
+        for name, series in (("thumbnail", 1), ("macro", 2), ("label", 3)):
+            np.testing.assert_array_equal(s.associated[name], tf.series[series].asarray())

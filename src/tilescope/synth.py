@@ -504,6 +504,54 @@ def write_philips(path, width: int = 2000, height: int = 1500, *, tile: int = TI
     return path
 
 
+QPI_NAMES = ("DAPI", "Opal 520", "Opal 570", "Opal 690", "Autofluorescence")
+QPI_COLORS = ("0,0,255", "0,255,0", "255,255,0", "255,0,0", "128,128,128")
+
+
+def qpi_description(image_type: str, name: str = "", color: str = "", objective: str = "20x") -> str:
+    """A PerkinElmer/Akoya per-page ``PerkinElmer-QPI-ImageDescription`` XML."""
+    chan = f"<Name>{name}</Name><Color>{color}</Color>" if name else ""
+    return ('<?xml version="1.0" encoding="utf-8"?><PerkinElmer-QPI-ImageDescription>'
+            "<DescriptionVersion>2</DescriptionVersion>"
+            "<AcquisitionSoftware>PerkinElmer-QPI</AcquisitionSoftware>"
+            f"<ImageType>{image_type}</ImageType><Identifier>synthetic</Identifier>"
+            f"<SlideID>SYNTH-1</SlideID>{chan}<Objective>{objective}</Objective>"
+            "</PerkinElmer-QPI-ImageDescription>")
+
+
+def write_qptiff(path, width: int = 2000, height: int = 1500, *, channels: int = 4, tile: int = 512,
+                 min_size: int = 400, mpp: float = 0.4972, seed: int = 0) -> str:
+    """A PerkinElmer/Akoya QPTIFF in its page order: one tiled page per channel at full resolution,
+    a thumbnail, then per halving one page per channel, an overview and a label; every page with
+    its QPI XML (ImageType, channel Name and Color), resolution in pixels per centimetre."""
+    path = os.fspath(path)
+    data = fluorescence(width, height, channels, dtype=np.uint8, seed=seed)[0, :, 0]
+    res = (1e4 / mpp, 1e4 / mpp)
+    kw = dict(software="PerkinElmer-QPI", metadata=None, resolutionunit="CENTIMETER")
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        def channel_pages(a, image_type, scale):
+            for c in range(channels):
+                tw.write(a[c], tile=(tile, tile), compression="zlib", photometric="minisblack",
+                         description=qpi_description(image_type, QPI_NAMES[c % 5], QPI_COLORS[c % 5]),
+                         resolution=(res[0] / scale, res[1] / scale), subfiletype=int(scale > 1), **kw)
+        channel_pages(data, "FullResolution", 1)
+        rgb = np.stack([data[min(c, channels - 1)] for c in (3, 1, 0)], axis=-1)
+        thumb = rgb[::8, ::8]
+        tw.write(thumb, photometric="rgb", compression="jpeg", description=qpi_description("Thumbnail"),
+                 subfiletype=1, **kw)
+        level, scale = data, 1
+        while min(level.shape[1:]) >= min_size:
+            h2, w2 = level.shape[1] // 2 * 2, level.shape[2] // 2 * 2
+            level = np.stack([area_downsample(level[c, :h2, :w2, None], 2)[..., 0] for c in range(channels)])
+            scale *= 2
+            channel_pages(level, "ReducedResolution", scale)
+        tw.write(make_macro(rgb[::4, ::4]), photometric="rgb", compression="jpeg",
+                 description=qpi_description("Overview"), subfiletype=1, **kw)
+        tw.write(make_label(), photometric="rgb", compression="lzw", description=qpi_description("Label"),
+                 subfiletype=1, **kw)
+    return path
+
+
 SCANIMAGE_MAGIC = 117637889
 
 
