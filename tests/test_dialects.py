@@ -73,3 +73,36 @@ def test_qptiff_equals_tifffile_series(qptiff):
                                       base.levels[1].asarray()[2])
         for name, series in (("thumbnail", 1), ("macro", 2), ("label", 3)):
             np.testing.assert_array_equal(s.associated[name], tf.series[series].asarray())
+
+
+@pytest.fixture(scope="module")
+def scn(tmp_path_factory):
+    return synth.write_scn(tmp_path_factory.mktemp("scn") / "slide.scn")
+
+
+def test_scn_images_are_scenes_equal_to_openslide_regions(scn):
+    assert tilescope.detect(scn) == "SCN"
+    with tilescope.open(scn) as s, openslide.OpenSlide(scn) as o:
+        assert o.properties["openslide.vendor"] == "leica"
+        assert [sc.name for sc in s.scenes] == ["region0", "region1"]
+        for i, sc in enumerate(s.scenes):
+            rect = tuple(int(o.properties[f"openslide.region[{i}].{k}"]) for k in ("x", "y", "width", "height"))
+            assert sc.rect == rect
+            assert sc.mpp == (float(o.properties["openslide.mpp-x"]), float(o.properties["openslide.mpp-y"]))
+            assert sc.magnification == float(o.properties["openslide.objective-power"])
+            x, y, w, h = rect
+            np.testing.assert_array_equal(sc.read(), np.asarray(o.read_region((x, y), 0, (w, h)).convert("RGB")))
+            np.testing.assert_array_equal(
+                sc.read_level(1), np.asarray(o.read_region((x, y), 1, (w // 4, h // 4)).convert("RGB")))
+        np.testing.assert_array_equal(s.associated["macro"],
+                                      np.asarray(o.associated_images["macro"].convert("RGB")))
+        for key in ("barcode", "objective", "aperture", "device-model", "illumination-source", "creation-date"):
+            assert s.properties["leica"][key] == o.properties[f"leica.{key}"]
+
+
+def test_scn_bad_dimension(scn, tmp_path):
+    data = open(scn, "rb").read()  # noqa: SIM115
+    bad = tmp_path / "bad.scn"
+    bad.write_bytes(data.replace(b'r="1" ifd="2"', b'r="1" ifd="9"'))
+    with pytest.raises(tilescope.CorruptDataError, match=r"region0.*ifd=\"9\""):
+        tilescope.open(str(bad))

@@ -552,6 +552,66 @@ def write_qptiff(path, width: int = 2000, height: int = 1500, *, channels: int =
     return path
 
 
+SCN_NS = "http://www.leica-microsystems.com/scn/2010/10/01"
+
+
+def write_scn(path, *, regions: Sequence[tuple[int, int, int, int]] = ((400, 300, 1500, 1100),
+                                                                     (2600, 900, 1200, 900)),
+              slide_px: tuple[int, int] = (4400, 2400), nm_per_px: int = 500, macro_nm_per_px: int = 8000,
+              tile: int = 256, downsamples: Sequence[int] = (1, 4), seed: int = 0) -> str:
+    """A Leica SCN (BigTIFF): an XML ``collection`` (size in nm) of a brightfield macro image
+    covering the collection and main images placed at ``regions`` ((x, y, w, h) in main-image pixels
+    of ``nm_per_px``), each with pyramid ``dimension``s pointing at their TIFF directories; the macro
+    comes first (IFD 0, tiled), the XML is its ImageDescription."""
+    import base64
+
+    path = os.fspath(path)
+    cw, ch = slide_px[0] * nm_per_px, slide_px[1] * nm_per_px
+    src = Tissue(slide_px[0], slide_px[1], seed, tile)
+    full = np.concatenate([np.concatenate([src.tile(ty, tx) for tx in range(src.nx)], axis=1)
+                           for ty in range(src.ny)], axis=0)[:slide_px[1], :slide_px[0]]
+    mf = macro_nm_per_px // nm_per_px
+    macro = area_downsample(full[: slide_px[1] // mf * mf, : slide_px[0] // mf * mf], mf)
+    pages, images, nm = [macro], [], [macro_nm_per_px]
+
+    def image_xml(name, w, h, x_nm, y_nm, vw, vh, dims):
+        dim = "".join(f'<dimension sizeX="{dw}" sizeY="{dh}" r="{r}" ifd="{ifd}"/>'
+                      for r, (dw, dh, ifd) in enumerate(dims))
+        return (f'<image name="{name}" uuid="urn:uuid:{name}">'
+                f"<creationDate>2026-11-23T12:00:00.00Z</creationDate>"
+                '<device model="Leica SCN400;Leica SCN" '
+                'version="1.5.1.10804 2012/05/10 13:29:07;1.5.1.10864"/>'
+                f'<pixels sizeX="{w}" sizeY="{h}">{dim}</pixels>'
+                f'<view sizeX="{vw}" sizeY="{vh}" offsetX="{x_nm}" offsetY="{y_nm}" spacingZ="0"/>'
+                f"<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings>"
+                f"<illuminationSettings><numericalAperture>0.4</numericalAperture>"
+                f"<illuminationSource>brightfield</illuminationSource></illuminationSettings></scanSettings>"
+                f"</image>")
+    mh, mw = macro.shape[:2]
+    images.append(image_xml("macro", mw, mh, 0, 0, cw, ch, [(mw, mh, 0)]))
+    for k, (x, y, w, h) in enumerate(regions):
+        dims = []
+        for f in downsamples:
+            a = full[y:y + h, x:x + w]
+            a = area_downsample(a[: h // f * f, : w // f * f], f) if f > 1 else a
+            dims.append((a.shape[1], a.shape[0], len(pages)))
+            pages.append(a)
+            nm.append(nm_per_px * f)
+        images.append(image_xml(f"region{k}", w, h, x * nm_per_px, y * nm_per_px, w * nm_per_px,
+                                h * nm_per_px, dims))
+    barcode = base64.b64encode(b"SYNTH-SCN-1").decode()
+    xml = (f'<?xml version="1.0" encoding="utf-8"?><scn xmlns="{SCN_NS}"><collection name="synthetic" '
+           f'uuid="urn:uuid:collection" sizeX="{cw}" sizeY="{ch}"><barcode>{barcode}</barcode>'
+           + "".join(images) + "</collection></scn>")
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for i, (a, n) in enumerate(zip(pages, nm, strict=True)):
+            tw.write(a, tile=(tile, tile), photometric="rgb", compression="jpeg",
+                     compressionargs={"level": 85}, subsampling=(2, 2),
+                     description=xml if i == 0 else None, resolution=(1e7 / n, 1e7 / n),
+                     resolutionunit="CENTIMETER", metadata=None, software=False)
+    return path
+
+
 SCANIMAGE_MAGIC = 117637889
 
 
