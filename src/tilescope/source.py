@@ -7,6 +7,7 @@ the byte ranges of its encoded pieces in one source.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -41,22 +42,29 @@ class FileSource:
     def closed(self) -> bool:
         return self._fd is None
 
-    def pread(self, offset: int, count: int) -> bytes:
-        # close() waits for reads in flight, so a descriptor number is never reused under a read
+    @contextlib.contextmanager
+    def _using_fd(self):
+        """The descriptor, counted as in use: close() waits for reads in flight, so a descriptor
+        number is never reused under a read."""
         with self._cond:
             fd = self._fd
             if fd is None:
                 raise SlideClosedError(f"{self.path}: slide is closed")
             self._inflight += 1
         try:
-            data = os.pread(fd, count, offset)
-        except OSError as e:
-            raise CorruptDataError(f"{self.path}: cannot read {count} bytes at {offset}: {e}") from e
+            yield fd
         finally:
             with self._cond:
                 self._inflight -= 1
                 if not self._inflight:
                     self._cond.notify_all()
+
+    def pread(self, offset: int, count: int) -> bytes:
+        with self._using_fd() as fd:
+            try:
+                data = os.pread(fd, count, offset)
+            except OSError as e:
+                raise CorruptDataError(f"{self.path}: cannot read {count} bytes at {offset}: {e}") from e
         if len(data) != count:
             raise CorruptDataError(
                 f"{self.path}: file is truncated: wanted {count} bytes at offset {offset}, "
@@ -67,25 +75,16 @@ class FileSource:
         """Fill the writable ``buffer`` with the bytes at ``offset``: straight from the page cache
         into the caller's memory (an output array), no intermediate bytes object."""
         view = memoryview(buffer).cast("B")
-        with self._cond:
-            fd = self._fd
-            if fd is None:
-                raise SlideClosedError(f"{self.path}: slide is closed")
-            self._inflight += 1
-        try:
-            done = 0
-            while done < len(view):
-                n = os.preadv(fd, [view[done:]], offset + done)
-                if n <= 0:
-                    break
-                done += n
-        except OSError as e:
-            raise CorruptDataError(f"{self.path}: cannot read {len(view)} bytes at {offset}: {e}") from e
-        finally:
-            with self._cond:
-                self._inflight -= 1
-                if not self._inflight:
-                    self._cond.notify_all()
+        done = 0
+        with self._using_fd() as fd:
+            try:
+                while done < len(view):
+                    n = os.preadv(fd, [view[done:]], offset + done)
+                    if n <= 0:
+                        break
+                    done += n
+            except OSError as e:
+                raise CorruptDataError(f"{self.path}: cannot read {len(view)} bytes at {offset}: {e}") from e
         if done != len(view):
             raise CorruptDataError(f"{self.path}: file is truncated: wanted {len(view)} bytes at offset "
                                    f"{offset}, file has {self.size} bytes")

@@ -54,6 +54,17 @@ class Probe:
             self._tiff = None
 
 
+def parse_xml(text: str | bytes, where: str, what: str):
+    """The root element of a format's XML (loaded on first use: only XML formats pay for it);
+    CorruptDataError naming the file and the document when it is malformed."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as e:
+        raise CorruptDataError(f"{where}: {what} is malformed: {e}") from None
+
+
 def modules() -> list[ModuleType]:
     return _MODULES
 

@@ -17,6 +17,7 @@ import os
 from ..engine import Layout
 from ..errors import CorruptDataError, SourceNotFoundError, TilescopeError
 from ..model import Scene, Slide, make_levels
+from . import parse_xml
 
 NAME = "AFI"
 _MAX_XML = 1 << 20
@@ -37,18 +38,13 @@ def _channel_file(afi: str, i: int, image) -> tuple[str, str]:
 
 
 def open(probe, options) -> Slide:
-    import xml.etree.ElementTree as ET  # loaded by the formats that need it
-
     from .. import open as open_file  # the package's open: detection and the parsed-slide cache
 
     src = probe.source
     if src.size > _MAX_XML:
         raise CorruptDataError(f"{src.path}: {src.size} bytes is too large for an AFI XML file")
     xml = src.pread(0, src.size).decode("utf-8", "replace")
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as e:
-        raise CorruptDataError(f"{src.path}: AFI XML is malformed: {e}") from None
+    root = parse_xml(xml, src.path, "AFI XML")
     if root.tag != "ImageList":
         raise CorruptDataError(f"{src.path}: AFI root element is <{root.tag}>, not <ImageList>")
     images = root.findall("Image")

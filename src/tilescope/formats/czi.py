@@ -32,6 +32,7 @@ from ..engine import Layout, Plane
 from ..errors import CorruptDataError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import Pieces
+from . import parse_xml
 
 NAME = "CZI"
 MAGIC = b"ZISRAWFILE"
@@ -206,8 +207,6 @@ def _micrometres(root) -> dict[str, float]:
 def _parse(source, base: int = 0):
     """(subblock entries, XML text, parsed XML root, attachment directory position) of the CZI
     file starting at ``base`` (0, or an embedded CZI attachment's data)."""
-    import xml.etree.ElementTree as ET  # loaded by the formats that need it
-
     head = source.pread(base, 112)
     if len(head) < 112 or head[:10] != MAGIC:
         raise CorruptDataError(f"{source.path}: CZI file header at {base} is truncated or not ZISRAWFILE")
@@ -217,10 +216,7 @@ def _parse(source, base: int = 0):
     if not entries:
         raise CorruptDataError(f"{source.path}: CZI file at {base} has no subblocks")
     xml = _metadata(source, base + meta_pos) if meta_pos > 0 else ""
-    try:
-        root = ET.fromstring(xml) if xml else None
-    except ET.ParseError as e:
-        raise CorruptDataError(f"{source.path}: CZI metadata XML is malformed: {e}") from None
+    root = parse_xml(xml, source.path, "CZI metadata XML") if xml else None
     return entries, xml, root, base + att_pos if att_pos > 0 else 0
 
 

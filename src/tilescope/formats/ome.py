@@ -15,7 +15,7 @@ import numpy as np
 from ..engine import Layout
 from ..errors import CorruptDataError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
-from . import tiff
+from . import parse_xml, tiff
 
 NAME = "OME"
 
@@ -63,14 +63,9 @@ def _objectives(root) -> dict[str, float]:
 
 
 def open(probe, options) -> Slide:
-    import xml.etree.ElementTree as ET  # loaded by the formats that need it
-
     tf = probe.tiff()
     xml = tf.pages.first.description
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as e:
-        raise CorruptDataError(f"{probe.path}: OME-XML is malformed: {e}") from None
+    root = parse_xml(xml, probe.path, "OME-XML")
     images = _children(root, "Image")
     series = [s for s in tf.series if s.kind.lower() == "ome"]
     if not images or len(series) != len(images):

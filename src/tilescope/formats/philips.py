@@ -22,7 +22,7 @@ from ..engine import Layout, Plane
 from ..errors import CorruptDataError
 from ..model import AssociatedImage, Level, Scene, Slide
 from ..source import Pieces
-from . import tiff
+from . import parse_xml, tiff
 
 NAME = "Philips"
 
@@ -70,14 +70,9 @@ class _Bytes(Pieces):
 
 
 def open(probe, options) -> Slide:
-    import xml.etree.ElementTree as ET  # loaded by the formats that need it
-
     tf = probe.tiff()
     first = tf.pages.first
-    try:
-        root = ET.fromstring(first.description)
-    except ET.ParseError as e:
-        raise CorruptDataError(f"{probe.path}: Philips XML is malformed: {e}") from None
+    root = parse_xml(first.description, probe.path, "Philips XML")
     props: dict[str, str] = {}
     images: list = []
     _attributes(root, "", props, images)

@@ -19,7 +19,7 @@ import contextlib
 from ..engine import Layout
 from ..errors import CorruptDataError
 from ..model import Scene, Slide, make_levels
-from . import tiff
+from . import parse_xml, tiff
 
 NAME = "SCN"
 _NAMESPACES = ("http://www.leica-microsystems.com/scn/2010/10/01",
@@ -41,14 +41,9 @@ def _int(el, attr: str, where: str) -> int:
 
 
 def open(probe, options) -> Slide:
-    import xml.etree.ElementTree as ET  # loaded by the formats that need it
-
     tf = probe.tiff()
     first = tf.pages.first
-    try:
-        root = ET.fromstring(first.description)
-    except ET.ParseError as e:
-        raise CorruptDataError(f"{probe.path}: Leica SCN XML is malformed: {e}") from None
+    root = parse_xml(first.description, probe.path, "Leica SCN XML")
     ns = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
     where = f"{probe.path}: Leica SCN XML"
     coll = root.find(f"{ns}collection")
