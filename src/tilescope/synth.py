@@ -612,6 +612,110 @@ def write_scn(path, *, regions: Sequence[tuple[int, int, int, int]] = ((400, 300
     return path
 
 
+def _jpeg_restart(a: np.ndarray, quality: int, subsampling: int, row_mcus: bool) -> tuple[bytes, list[int]]:
+    """A baseline JPEG (Pillow / libjpeg) with restart markers, and the byte offset of each restart
+    interval's entropy-coded data from the JPEG's start (NDPI's McuStarts). The interval is the
+    largest divisor of the MCUs per row up to 16, or the whole row with ``row_mcus``."""
+    import io
+
+    mcu = 8 if subsampling == 0 else 16
+    per_row = -(-a.shape[1] // mcu)
+    mcus = per_row if row_mcus else max(d for d in range(1, 17) if per_row % d == 0)
+    b = io.BytesIO()
+    Image.fromarray(a).save(b, "JPEG", quality=quality, restart_marker_blocks=mcus, subsampling=subsampling)
+    data = b.getvalue()
+    pos = 2
+    while True:  # walk the segments to the start of scan
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        pos += 2 + length
+        if marker == 0xDA:
+            break
+    starts = [pos]
+    k = data.find(b"\xff", pos)
+    while k != -1 and k + 1 < len(data):
+        if 0xD0 <= data[k + 1] <= 0xD7:
+            starts.append(k + 2)
+        k = data.find(b"\xff", k + 2)
+    return data, starts
+
+
+def write_ndpi(path, width: int = 3840, height: int = 2880, *, downsamples: Sequence[int] = (1, 4, 16),
+               focal_planes: Sequence[int] = (0,), lens: float = 20.0, mpp: float = 0.4536, seed: int = 0,
+               quality: int = 85, subsampling: int = 0, mcu_starts: bool = True) -> str:
+    """A Hamamatsu NDPI: classic TIFF with NDPI's 64-bit IFD links (8-byte first and next IFD
+    offsets, a high-bits word per entry after each IFD), one page per level and focal plane holding
+    the whole level as one JPEG strip with restart markers (McuStarts: where each restart interval
+    starts), SourceLens (the objective; -1 for the macro), the focal plane number (65424), X/Y
+    offsets from the slide centre, a property map, and a macro page. ``subsampling`` is Pillow's
+    (0 = 4:4:4, 1 = 4:2:2): openslide decodes each restart interval on its own, which needs
+    chroma not subsampled vertically. ``mcu_starts=False`` leaves the McuStarts tag out (readers
+    must find the restart markers themselves)."""
+    import struct
+
+    path = os.fspath(path)
+    src = Tissue(width, height, seed, TILE)
+    full = np.concatenate([np.concatenate([src.tile(ty, tx) for tx in range(src.nx)], axis=1)
+                           for ty in range(src.ny)], axis=0)[:height, :width]
+    pages = []
+    for z in focal_planes:
+        base = np.clip(full.astype(np.int16) - 8 * abs(z), 0, 255).astype(np.uint8) if z else full
+        for f in downsamples:
+            lv = area_downsample(base[: height // f * f, : width // f * f], f) if f > 1 else base
+            jpeg, starts = _jpeg_restart(lv, quality, subsampling, row_mcus=False)
+            pages.append((lv.shape[1], lv.shape[0], jpeg, starts if mcu_starts else [], lens, z, mpp * f))
+    macro = make_macro(area_downsample(full[: height // 16 * 16, : width // 16 * 16], 16))
+    jpeg, starts = _jpeg_restart(macro, 90, 0, row_mcus=True)
+    pages.append((macro.shape[1], macro.shape[0], jpeg, [], -1.0, 0, mpp * 16))
+    props = b"Objective.Lens.Magnificant=20.0\r\nNDP.S/N=SYNTH001\r\nProduct=NanoZoomer\r\n\0"
+
+    with open(path, "wb") as f:
+        f.write(b"II*\0" + bytes(8))  # NDPI: the first-IFD offset is 8 bytes too
+        link = 4
+        for w, h, jpeg, starts, src_lens, plane, px in pages:
+            if f.tell() % 2:
+                f.write(b"\0")
+            rational = struct.pack("<2I", round(1e4 / px * 1000), 1000)
+            make, model, ref = b"Hamamatsu\0", b"C13220\0", b"SYNTH-NDPI-1\0"
+            blobs = {258: struct.pack("<3H", 8, 8, 8), 271: make, 272: model, 282: rational, 283: rational,
+                     65427: ref, 65449: props}
+            if starts:
+                blobs[65426] = struct.pack(f"<{len(starts)}I", *starts)
+            tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, None), (259, 3, 1, 7), (262, 3, 1, 2),
+                    (271, 2, len(make), None), (272, 2, len(model), None), (273, 4, 1, None), (277, 3, 1, 3),
+                    (278, 4, 1, h), (279, 4, 1, len(jpeg)), (282, 5, 1, None), (283, 5, 1, None),
+                    (296, 3, 1, 3), (65420, 4, 1, 1),
+                    (65421, 11, 1, struct.unpack("<I", struct.pack("<f", src_lens))[0]),
+                    (65422, 9, 1, 1500000), (65423, 9, 1, (-2500000) & 0xFFFFFFFF),
+                    (65424, 9, 1, plane & 0xFFFFFFFF)]
+            if starts:
+                tags.append((65426, 4, len(starts), None))
+            tags += [(65427, 2, len(ref), None), (65449, 2, len(props), None)]
+            pos = f.tell()
+            cursor = pos + 2 + 12 * len(tags) + 8 + 4 * len(tags)
+            where = {}
+            for tag, _, _, _ in tags:
+                if tag in blobs and len(blobs[tag]) > 4:
+                    where[tag] = cursor
+                    cursor += len(blobs[tag]) + len(blobs[tag]) % 2
+            body = struct.pack("<H", len(tags))
+            for tag, typ, count, value in tags:
+                if tag == 273:
+                    value = cursor
+                elif tag in blobs:
+                    value = where.get(tag) or int.from_bytes(blobs[tag].ljust(4, b"\0"), "little")
+                body += struct.pack("<HHII", tag, typ, count, value)
+            body += bytes(8) + bytes(4 * len(tags))  # next IFD (linked below), high bits (all 0)
+            f.seek(link)
+            f.write(struct.pack("<I", pos))
+            f.seek(pos)
+            f.write(body)
+            for tag in where:
+                f.write(blobs[tag] + b"\0" * (len(blobs[tag]) % 2))
+            f.write(jpeg)
+            link = pos + 2 + 12 * len(tags)
+    return path
+
+
 SCANIMAGE_MAGIC = 117637889
 
 
