@@ -164,3 +164,37 @@ def test_ndpi_focal_planes_and_pieces(ndpi):
         finally:
             plane.pieces.fetch = orig
         assert 1 <= len(calls) <= 8
+
+
+@pytest.fixture(scope="module")
+def bif(tmp_path_factory):
+    return synth.write_bif(tmp_path_factory.mktemp("bif") / "slide.bif")
+
+
+def test_ventana_overlapping_tiles_equal_openslide(bif):
+    assert tilescope.detect(bif) == "Ventana"
+    with tilescope.open(bif) as s, openslide.OpenSlide(bif) as o:
+        sc = s.scenes[0]
+        assert o.properties["openslide.vendor"] == "ventana"
+        # 6 x 4 camera tiles of 256 overlapping by 16 / 12: 5 x 240 + 256 by 3 x 244 + 256, no seams
+        assert tuple(lv.size for lv in sc.levels) == o.level_dimensions == ((1456, 988), (728, 494))
+        assert tuple(lv.downsample for lv in sc.levels) == o.level_downsamples
+        assert sc.mpp == (0.25, 0.25) and sc.magnification == 40
+        for li in range(2):
+            w, h = o.level_dimensions[li]
+            np.testing.assert_array_equal(sc.read_level(li), np.asarray(o.read_region((0, 0), li, (w, h)))[..., :3])
+        x, y, w, h = 230, 230, 300, 200  # across the overlaps of four camera tiles
+        np.testing.assert_array_equal(sc.read((x, y, w, h)),
+                                      np.asarray(o.read_region((x, y), 0, (w, h)).convert("RGB")))
+        for name in ("macro", "thumbnail"):
+            np.testing.assert_array_equal(s.associated[name],
+                                          np.asarray(o.associated_images[name].convert("RGB")))
+        assert s.properties["ventana"]["ScannerModel"] == o.properties["ventana.ScannerModel"]
+
+
+def test_ventana_bad_joint(bif, tmp_path):
+    data = open(bif, "rb").read()  # noqa: SIM115
+    bad = tmp_path / "bad.bif"
+    bad.write_bytes(data.replace(b'Direction="UP"', b'Direction="XX"', 1))
+    with pytest.raises(tilescope.CorruptDataError, match=r"TileJointInfo.*'XX'"):
+        tilescope.open(str(bad))

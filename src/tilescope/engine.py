@@ -36,7 +36,8 @@ class Plane:
     piece ``ty * nx + tx`` covers ``[tx*tw, (tx+1)*tw) x [ty*th, (ty+1)*th)`` clipped to the image.
     With ``rects`` ((n, 4) ints: x, y, w, h in level pixels, in drawing order), piece ``i`` covers
     ``rects[i]``; places may overlap (a later piece is drawn over an earlier one) or leave gaps
-    (background), and ``tile`` is only the typical piece size.
+    (background), and ``tile`` is only the typical piece size. ``crops`` places a part of a
+    decoded piece (Ventana's lower levels hold several camera tiles per TIFF tile).
     """
 
     pieces: Pieces
@@ -45,6 +46,7 @@ class Plane:
     tile: tuple[int, int]
     rects: np.ndarray | None = None
     piece_sizes: np.ndarray | None = None  # (n, 2) w, h each piece decodes from, if not its rect's
+    crops: np.ndarray | None = None  # (n, 2) x, y in the decoded piece where its rect's pixels start
     uid: int = field(default_factory=lambda: next(_uid))
     _reduced: dict = field(default_factory=dict, repr=False)
 
@@ -64,7 +66,8 @@ class Plane:
                 r = self.rects
                 rects = np.stack([r[:, 0] // k, r[:, 1] // k, -(-r[:, 2] // k), -(-r[:, 3] // k)], axis=1)
                 full = self.piece_sizes if self.piece_sizes is not None else r[:, 2:]
-                self._reduced[k] = Plane(self.pieces, self.codec.reduced(k), size, tile, rects, full)
+                crops = self.crops // k if self.crops is not None else None
+                self._reduced[k] = Plane(self.pieces, self.codec.reduced(k), size, tile, rects, full, crops)
             else:
                 codec = self.codec.scaled(k) if tw % k == 0 and th % k == 0 else None
                 self._reduced[k] = codec and Plane(self.pieces, codec, size, tile)
@@ -278,6 +281,9 @@ class Reader:
         a, own = self._piece(plane, index) if piece is None else piece
         src_sel, dst_sel = sel
         if a is not None and plane.rects is not None:  # a mosaic piece's stored size rules
+            if plane.crops is not None:
+                cx, cy = plane.crops[index]
+                a, own = a[cy:, cx:], False
             x1, y1 = min(x1, x0 + a.shape[1]), min(y1, y0 + a.shape[0])
         ix0, iy0 = max(x, x0), max(y, y0)
         ix1, iy1 = min(x + w, x1), min(y + h, y1)

@@ -716,6 +716,73 @@ def write_ndpi(path, width: int = 3840, height: int = 2880, *, downsamples: Sequ
     return path
 
 
+def _bif_tile_number(col: int, row: int, cols: int, rows: int) -> int:
+    """Ventana's 1-based tile number of grid (col, row): rows counted from the bottom, every
+    second one (from the bottom) right to left."""
+    r = rows - 1 - row
+    c = cols - 1 - col if r % 2 else col
+    return r * cols + c + 1
+
+
+def write_bif(path, *, cols: int = 6, rows: int = 4, tile: int = 256, overlap: tuple[int, int] = (16, 12),
+              magnification: float = 40.0, mpp: float = 0.25, seed: int = 0, quality: int = 90) -> str:
+    """A Ventana BIF (BigTIFF): one scanned area of ``cols`` x ``rows`` camera tiles that overlap
+    their neighbours by ``overlap`` pixels, stored as a plain TIFF tile grid (level 0) with the
+    stitching in the level-0 XMP (EncodeInfo: AoiOrigin, ImageInfo, a TileJointInfo per joint with
+    Ventana's bottom-up serpentine tile numbering); level 1 holds 2x2 level-0 tiles per TIFF tile at
+    half size, as Ventana's do; an iScan XMP on the first page (Magnification, ScanRes), a "Label
+    Image" and a "Thumbnail". The camera tiles are cut from one image, so overlaps agree."""
+    path = os.fspath(path)
+    ox, oy = overlap
+    ax, ay = tile - ox, tile - oy
+    width, height = ax * (cols - 1) + tile, ay * (rows - 1) + tile
+    src = Tissue(width, height, seed, TILE)
+    full = np.concatenate([np.concatenate([src.tile(ty, tx) for tx in range(src.nx)], axis=1)
+                           for ty in range(src.ny)], axis=0)[:height, :width]
+    cams = [[full[r * ay:r * ay + tile, c * ax:c * ax + tile] for c in range(cols)] for r in range(rows)]
+    level0 = np.concatenate([np.concatenate(row, axis=1) for row in cams], axis=0)
+    half = tile // 2
+    l1c, l1r = -(-cols // 2), -(-rows // 2)
+    level1 = np.full((l1r * tile, l1c * tile, 3), 255, np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            level1[r * half:(r + 1) * half, c * half:(c + 1) * half] = area_downsample(cams[r][c], 2)
+    joints = []
+    for r in range(rows):
+        for c in range(cols):
+            if c + 1 < cols:
+                joints.append((_bif_tile_number(c, r, cols, rows), _bif_tile_number(c + 1, r, cols, rows),
+                               "RIGHT", ox, 0))
+            if r > 0:
+                joints.append((_bif_tile_number(c, r, cols, rows), _bif_tile_number(c, r - 1, cols, rows),
+                               "UP", 0, oy))
+    joint_xml = "".join(f'<TileJointInfo FlagJoined="1" Confidence="100" Direction="{d}" Tile1="{t1}" '
+                        f'Tile2="{t2}" OverlapX="{x}" OverlapY="{y}"/>' for t1, t2, d, x, y in joints)
+    grid = f'NumRows="{rows}" NumCols="{cols}" Pos-X="0" Pos-Y="0"'
+    encode = ('<?xml version="1.0" encoding="utf-8"?><EncodeInfo Ver="2"><SlideInfo>'
+              f'<AoiInfo XIMAGESIZE="{tile}" YIMAGESIZE="{tile}" {grid}/></SlideInfo><SlideStitchInfo>'
+              f'<ImageInfo AOIScanned="1" AOIIndex="0" Width="{tile}" Height="{tile}" {grid}>{joint_xml}'
+              '</ImageInfo></SlideStitchInfo><AoiOrigin><AOI0 OriginX="0" OriginY="0"/></AoiOrigin>'
+              "</EncodeInfo>")
+    iscan = ('<?xml version="1.0" encoding="utf-8"?><Metadata><iScan BuildVersion="3.3.1.1" '
+             f'Magnification="{magnification:g}" ScanRes="{mpp}" UnitNumber="SYNTH-BIF" '
+             'ScannerModel="VENTANA DP 200" SlideAnnotation="synthetic"/></Metadata>')
+    label = make_label()
+    thumb = np.asarray(Image.fromarray(level0[::8, ::8]))
+    common = dict(metadata=None, software=False)
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        tw.write(label, photometric="rgb", compression="jpeg", rowsperstrip=64, description="Label Image",
+                 extratags=[(700, 1, len(iscan), iscan.encode(), True)], **common)
+        tw.write(thumb, photometric="rgb", compression="jpeg", rowsperstrip=64, description="Thumbnail",
+                 **common)
+        jpeg = dict(tile=(tile, tile), photometric="rgb", compression="jpeg",
+                    compressionargs={"level": quality})
+        tw.write(level0, description=f"level=0 mag={magnification:g} quality={quality}", **jpeg,
+                 extratags=[(700, 1, len(encode), encode.encode(), True)], **common)
+        tw.write(level1, description=f"level=1 mag={magnification / 2:g} quality={quality}", **jpeg, **common)
+    return path
+
+
 SCANIMAGE_MAGIC = 117637889
 
 
