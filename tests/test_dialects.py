@@ -198,3 +198,16 @@ def test_ventana_bad_joint(bif, tmp_path):
     bad.write_bytes(data.replace(b'Direction="UP"', b'Direction="XX"', 1))
     with pytest.raises(tilescope.CorruptDataError, match=r"TileJointInfo.*'XX'"):
         tilescope.open(str(bad))
+
+
+def test_ndpi_beyond_4gb(tmp_path):
+    # a sparse file whose level-0 JPEG starts past 5 GiB: offsets in NDPI's high-bits words
+    small = synth.write_ndpi(tmp_path / "small.ndpi", 1024, 768, downsamples=(1, 4))
+    big = synth.write_ndpi(tmp_path / "big.ndpi", 1024, 768, downsamples=(1, 4), gap=5 << 30)
+    with tilescope.open(small) as s1, tilescope.open(big) as s2, openslide.OpenSlide(big) as o:
+        plane = s2.scenes[0].levels[0].layout.planes[(0, 0)][0]
+        assert int(plane.pieces.offsets[0]) > 5 << 30
+        for li in range(2):
+            np.testing.assert_array_equal(s2.scenes[0].read_level(li), s1.scenes[0].read_level(li))
+        np.testing.assert_array_equal(s2.scenes[0].read(),
+                                      np.asarray(o.read_region((0, 0), 0, (1024, 768)).convert("RGB")))

@@ -641,7 +641,7 @@ def _jpeg_restart(a: np.ndarray, quality: int, subsampling: int, row_mcus: bool)
 
 def write_ndpi(path, width: int = 3840, height: int = 2880, *, downsamples: Sequence[int] = (1, 4, 16),
                focal_planes: Sequence[int] = (0,), lens: float = 20.0, mpp: float = 0.4536, seed: int = 0,
-               quality: int = 85, subsampling: int = 0, mcu_starts: bool = True) -> str:
+               quality: int = 85, subsampling: int = 0, mcu_starts: bool = True, gap: int = 0) -> str:
     """A Hamamatsu NDPI: classic TIFF with NDPI's 64-bit IFD links (8-byte first and next IFD
     offsets, a high-bits word per entry after each IFD), one page per level and focal plane holding
     the whole level as one JPEG strip with restart markers (McuStarts: where each restart interval
@@ -649,7 +649,8 @@ def write_ndpi(path, width: int = 3840, height: int = 2880, *, downsamples: Sequ
     offsets from the slide centre, a property map, and a macro page. ``subsampling`` is Pillow's
     (0 = 4:4:4, 1 = 4:2:2): openslide decodes each restart interval on its own, which needs
     chroma not subsampled vertically. ``mcu_starts=False`` leaves the McuStarts tag out (readers
-    must find the restart markers themselves)."""
+    must find the restart markers themselves). ``gap`` leaves a hole of that many bytes before the
+    first level's JPEG (a sparse file): offsets beyond 4 GB, in NDPI's high-bits words."""
     import struct
 
     path = os.fspath(path)
@@ -670,7 +671,7 @@ def write_ndpi(path, width: int = 3840, height: int = 2880, *, downsamples: Sequ
 
     with open(path, "wb") as f:
         f.write(b"II*\0" + bytes(8))  # NDPI: the first-IFD offset is 8 bytes too
-        link = 4
+        link, first = 4, True
         for w, h, jpeg, starts, src_lens, plane, px in pages:
             if f.tell() % 2:
                 f.write(b"\0")
@@ -697,20 +698,24 @@ def write_ndpi(path, width: int = 3840, height: int = 2880, *, downsamples: Sequ
                 if tag in blobs and len(blobs[tag]) > 4:
                     where[tag] = cursor
                     cursor += len(blobs[tag]) + len(blobs[tag]) % 2
-            body = struct.pack("<H", len(tags))
+            data_pos = cursor + (gap if first else 0)
+            first = False
+            body, high = struct.pack("<H", len(tags)), b""
             for tag, typ, count, value in tags:
                 if tag == 273:
-                    value = cursor
+                    value = data_pos
                 elif tag in blobs:
                     value = where.get(tag) or int.from_bytes(blobs[tag].ljust(4, b"\0"), "little")
-                body += struct.pack("<HHII", tag, typ, count, value)
-            body += bytes(8) + bytes(4 * len(tags))  # next IFD (linked below), high bits (all 0)
+                body += struct.pack("<HHII", tag, typ, count, value & 0xFFFFFFFF)
+                high += struct.pack("<I", value >> 32)  # NDPI: the high 32 bits of every entry's value
+            body += bytes(8) + high  # next IFD (linked below), then the high words
             f.seek(link)
-            f.write(struct.pack("<I", pos))
+            f.write(struct.pack("<Q", pos))  # NDPI's IFD links are 64-bit
             f.seek(pos)
             f.write(body)
             for tag in where:
                 f.write(blobs[tag] + b"\0" * (len(blobs[tag]) % 2))
+            f.seek(data_pos)
             f.write(jpeg)
             link = pos + 2 + 12 * len(tags)
     return path
