@@ -59,8 +59,26 @@ def _probe_driver(source: FileSource):
     return probe
 
 
+def _in_folder(source):
+    """A folder stands for the first file in it (by name) that a driver recognizes: formats whose
+    slides span several files (DICOM) gather the rest themselves."""
+    if not os.path.isdir(source):
+        return source
+    for name in sorted(os.listdir(source)):
+        path = os.path.join(source, name)
+        if os.path.isfile(path) and detect(path):
+            return path
+    raise UnsupportedFormatError(f"{os.fspath(source)}: a folder with no file tilescope reads")
+
+
 def detect(source: str | os.PathLike) -> str | None:
-    """The name of the driver that would open ``source``, or None if no driver recognizes it."""
+    """The name of the driver that would open ``source`` (a file, or a folder: see :func:`open`),
+    or None if no driver recognizes it."""
+    if os.path.isdir(source):
+        try:
+            source = _in_folder(source)
+        except UnsupportedFormatError:
+            return None
     src = FileSource(source)
     try:
         probe = formats.Probe(src)
@@ -83,6 +101,7 @@ def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> S
     ``max_read_bytes``, ``band_bytes``, ``threads``, ``cache`` (a :class:`TileCache`; by default
     one process-wide cache of 64 MiB is shared).
     """
+    source = _in_folder(source)
     fields = {f.name for f in dataclasses.fields(Options)}
     unknown = set(overrides) - fields
     if unknown:

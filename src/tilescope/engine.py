@@ -148,12 +148,13 @@ class Reader:
         self._files: dict = {}  # other files (or library handles) pieces live in, opened on first use
         self._files_lock = threading.Lock()
 
-    def _source_of(self, pieces: Pieces):
-        """Where ``pieces`` are read from: the slide's file, or another file (or library handle,
-        one per thread where the library needs it) opened on first use."""
-        if pieces.file is None:
+    def _source_of(self, pieces: Pieces, index: int = 0):
+        """Where piece ``index`` is read from: the slide's file, or another file (or library
+        handle, one per thread where the library needs it) opened on first use."""
+        file = pieces.files[index] if pieces.files is not None else pieces.file
+        if file is None:
             return self.source
-        key = (pieces.file, pieces, threading.get_ident()) if pieces.per_thread else pieces.file
+        key = (file, pieces, threading.get_ident()) if pieces.per_thread else file
         src = self._files.get(key)
         if src is None:
             with self._files_lock:
@@ -161,7 +162,7 @@ class Reader:
                     raise SlideClosedError(f"{self.path}: slide is closed")
                 src = self._files.get(key)
                 if src is None:
-                    src = self._files[key] = pieces.opener(pieces.file)
+                    src = self._files[key] = pieces.opener(file)
         return src
 
     def close(self) -> None:
@@ -193,7 +194,7 @@ class Reader:
             raise TooLargeError(
                 f"{self.path}: {pieces.label}: piece {index} is {dw}x{dh} pixels, above max_decode_pixels "
                 f"({self.options.max_decode_pixels}): refusing to decode it (a decompression bomb?)")
-        data = pieces.fetch(self._source_of(pieces), index)
+        data = pieces.fetch(self._source_of(pieces, index), index)
         codec = plane.codec
         out = self.cache.buffer((th, tw, codec.samples), codec.dtype) if codec.writes_out else None
         try:

@@ -118,6 +118,7 @@ class Pieces:
         self.label = label
         self.missing_ok = missing_ok
         self.file = file  # None: the slide's own file; else another file's path (AFI channels)
+        self.files: list[str] | None = None  # per piece, when a plane's pieces span several files
 
     # what the reader opens for ``file``, and whether one per thread (libraries whose handles are
     # not thread-safe); ``fetch`` gets it as its ``source``

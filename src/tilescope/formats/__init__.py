@@ -13,8 +13,8 @@ from ..errors import CorruptDataError, InvalidRequestError
 from ..source import FileSource
 
 # detection order: vendor dialects of TIFF and other formats first, the generic TIFF reader last
-DRIVERS = ("svs", "ome", "ndpi", "philips", "qptiff", "scn", "ventana", "scanimage", "czi", "afi", "tiff",
-           "pillow", "gdal")
+DRIVERS = ("svs", "ome", "ndpi", "philips", "qptiff", "scn", "ventana", "scanimage", "czi", "afi", "dicom",
+           "tiff", "pillow", "gdal")
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 

@@ -1,0 +1,237 @@
+"""DICOM whole-slide images (VL Whole Slide Microscopy Image) from local files.
+
+Opening a .dcm file (or a folder: its first DICOM file) gathers the instances of the same slide
+from that folder: same Frame of Reference UID and Container Identifier. VOLUME instances form the
+pyramid (instances of one size are one level: concatenations), LABEL, OVERVIEW and THUMBNAIL are the
+associated images ``label``, ``macro`` and ``thumbnail``. Frames are pieces read from their own
+files (the engine opens them on first use): TILED_FULL frames in the standard's order (columns,
+rows, focal planes, optical paths), TILED_SPARSE frames placed by their per-frame plane positions
+(absent tiles read as background). Encapsulated pixel data is walked once over a memory map to find
+each frame's fragment; native pixel data is addressed directly. Transfer syntaxes: JPEG baseline,
+JPEG 2000, JPEG-LS, explicit and implicit VR little endian. Needs the ``[dicom]`` extra (pydicom).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import mmap
+import os
+import struct
+from collections import defaultdict
+
+import numpy as np
+
+from .. import codecs
+from ..engine import Layout, Plane
+from ..errors import CorruptDataError, UnsupportedFormatError
+from ..model import AssociatedImage, Scene, Slide, make_levels
+from ..source import Pieces
+
+NAME = "DICOM"
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+_JPEG = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
+_J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+_JPEGLS = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+
+
+def is_dicom_file(path: str) -> bool:
+    try:
+        with builtins.open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def first_dicom_file(folder: str) -> str | None:
+    for name in sorted(os.listdir(folder)):
+        p = os.path.join(folder, name)
+        if os.path.isfile(p) and is_dicom_file(p):
+            return p
+    return None
+
+
+def detect(probe) -> bool:
+    return probe.source.head(132)[128:132] == b"DICM"
+
+
+class _Instance:
+    def __init__(self, path: str, ds):
+        self.path, self.ds = path, ds
+        self.flavor = str(ds.ImageType[2]).upper() if len(ds.get("ImageType", [])) > 2 else ""
+        self.size = (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
+                     int(ds.get("TotalPixelMatrixRows", ds.Rows)))
+        self.tile = (int(ds.Columns), int(ds.Rows))
+        self.frames = int(ds.get("NumberOfFrames", 1))
+        self.syntax = str(ds.file_meta.TransferSyntaxUID)
+
+
+def _read(path: str):
+    try:
+        import pydicom
+    except ImportError:
+        raise UnsupportedFormatError(f"{path}: reading DICOM needs the [dicom] extra (pydicom)") from None
+    try:
+        return pydicom.dcmread(path, defer_size=1024)
+    except Exception as e:
+        raise CorruptDataError(f"{path}: not a readable DICOM file: {e}") from None
+
+
+def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, length) of every frame of an instance's pixel data."""
+    raw = inst.ds.get_item(0x7FE00010, keep_deferred=True)
+    if raw is None:
+        raise CorruptDataError(f"{inst.path}: no Pixel Data")
+    start = raw.value_tell
+    if inst.syntax in _NATIVE:
+        ds = inst.ds
+        nbytes = ds.Rows * ds.Columns * ds.SamplesPerPixel * (ds.BitsAllocated // 8)
+        return start + np.arange(inst.frames, dtype=np.int64) * nbytes, np.full(inst.frames, nbytes, np.int64)
+    with builtins.open(inst.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        pos, items = start, []
+        while pos + 8 <= len(mm):
+            group, elem, length = struct.unpack_from("<HHI", mm, pos)
+            if (group, elem) == (0xFFFE, 0xE0DD):
+                break
+            if (group, elem) != (0xFFFE, 0xE000) or pos + 8 + length > len(mm):
+                raise CorruptDataError(f"{inst.path}: encapsulated pixel data is broken at byte {pos}")
+            items.append((pos + 8, length))
+            pos += 8 + length
+    fragments = items[1:]  # the first item is the Basic Offset Table
+    if len(fragments) != inst.frames:
+        raise UnsupportedFormatError(f"{inst.path}: {len(fragments)} fragments for {inst.frames} frames "
+                                     f"(frames split over several fragments are not supported)")
+    arr = np.asarray(fragments, np.int64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def _codec(inst: _Instance):
+    ds, where = inst.ds, inst.path
+    spp = int(ds.SamplesPerPixel)
+    if inst.syntax in _JPEG:
+        photometric = str(ds.PhotometricInterpretation)
+        if spp == 3:  # the DICOM attribute rules over markers inside the JPEG (as openslide reads it)
+            return codecs.jpeg(colorspace="RGB" if photometric == "RGB" else "YCbCr", outcolorspace="RGB")
+        return codecs.jpeg(samples=1)
+    if inst.syntax in _J2K:
+        return codecs.jpeg2000(samples=spp, dtype=np.uint8 if ds.BitsAllocated == 8 else np.uint16)
+    dtype = np.dtype(np.uint8 if ds.BitsAllocated == 8 else np.uint16)
+    if inst.syntax in _JPEGLS:
+        import imagecodecs
+
+        return codecs.image("jpegls", imagecodecs.jpegls_decode, dtype=dtype, samples=spp)
+    if inst.syntax in _NATIVE:
+        return codecs.raw(dtype=dtype, samples=spp)
+    raise UnsupportedFormatError(f"{where}: transfer syntax {inst.syntax} is not supported")
+
+
+def _positions(inst: _Instance) -> list[tuple[int, int, int, int]]:
+    """(tile column, tile row, focal plane index, optical path index) of every frame."""
+    ds = inst.ds
+    cols = -(-inst.size[0] // inst.tile[0])
+    rows = -(-inst.size[1] // inst.tile[1])
+    if str(ds.get("DimensionOrganizationType", "TILED_FULL")).upper() == "TILED_FULL":
+        nz = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
+        return [(i % cols, (i // cols) % rows, (i // (cols * rows)) % nz, i // (cols * rows * nz))
+                for i in range(inst.frames)]
+    out = []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != inst.frames:
+        raise CorruptDataError(f"{inst.path}: TILED_SPARSE with {len(per_frame)} per-frame groups for "
+                               f"{inst.frames} frames")
+    for item in per_frame:
+        pos = item.PlanePositionSlideSequence[0]
+        col = (int(pos.ColumnPositionInTotalImagePixelMatrix) - 1) // inst.tile[0]
+        row = (int(pos.RowPositionInTotalImagePixelMatrix) - 1) // inst.tile[1]
+        out.append((col, row, 0, 0))
+    return out
+
+
+def open(probe, options) -> Slide:
+    path = probe.path
+    first = _read(path)
+    if str(first.get("SOPClassUID", "")) != WSI_SOP_CLASS:
+        raise UnsupportedFormatError(f"{path}: a DICOM {first.get('SOPClassUID', '?')} instance, not a "
+                                     f"VL Whole Slide Microscopy Image")
+    key = (first.get("FrameOfReferenceUID"), first.get("ContainerIdentifier"))
+    folder = os.path.dirname(os.path.abspath(path))
+    instances = []
+    for name in sorted(os.listdir(folder)):
+        p = os.path.join(folder, name)
+        if not (os.path.isfile(p) and is_dicom_file(p)):
+            continue
+        ds = first if os.path.samefile(p, path) else _read(p)
+        if str(ds.get("SOPClassUID", "")) == WSI_SOP_CLASS and \
+                (ds.get("FrameOfReferenceUID"), ds.get("ContainerIdentifier")) == key:
+            instances.append(_Instance(p, ds))
+    volumes: dict[tuple[int, int], list[_Instance]] = defaultdict(list)
+    for inst in instances:
+        if inst.flavor == "VOLUME":
+            volumes[inst.size].append(inst)
+    if not volumes:
+        raise CorruptDataError(f"{path}: no VOLUME instance of this slide in {folder}")
+    sizes = sorted(volumes, key=lambda s: -s[0])
+    base = volumes[sizes[0]][0].ds
+    specs = []
+    for li, size in enumerate(sizes):
+        insts = sorted(volumes[size], key=lambda i: int(i.ds.get("ConcatenationFrameOffsetNumber", 0)))
+        specs.append(_level(insts, li, options))
+    spp = int(base.SamplesPerPixel)
+    mpp = None
+    try:
+        sp = base.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        mpp = (float(sp[1]) * 1000, float(sp[0]) * 1000)
+    except (AttributeError, IndexError, KeyError, TypeError):
+        pass
+    associated = {}
+    for flavor, name in (("LABEL", "label"), ("OVERVIEW", "macro"), ("THUMBNAIL", "thumbnail")):
+        inst = next((i for i in instances if i.flavor == flavor), None)
+        if inst is not None:
+            size, _, layout = _level([inst], 0, options, name)
+            associated[name] = AssociatedImage(size, layout, np.dtype(np.uint8), spp)
+    paths = [os.path.basename(i.path) for i in instances]
+    props = {"SOPClassUID": WSI_SOP_CLASS, "FrameOfReferenceUID": str(key[0]),
+             "ContainerIdentifier": str(key[1]), "StudyInstanceUID": str(base.get("StudyInstanceUID", "")),
+             "SeriesInstanceUID": str(base.get("SeriesInstanceUID", "")),
+             "Manufacturer": str(base.get("Manufacturer", "")), "instances": paths}
+    slide = Slide(probe.source, NAME, options, raw_metadata=str(base), vendor="dicom",
+                  properties={"dicom": props}, icc_profile=_icc(base))
+    objective = None
+    with contextlib.suppress(AttributeError, IndexError, TypeError, ValueError):
+        objective = float(base.OpticalPathSequence[0].ObjectiveLensPower)
+    names = ["R", "G", "B"] if spp == 3 else ["Y"]
+    scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=np.uint8, mpp=mpp,
+                  magnification=objective, compression=str(base.file_meta.TransferSyntaxUID),
+                  brightfield=spp == 3)
+    slide._set_contents([scene], associated)
+    return slide
+
+
+def _icc(ds) -> bytes | None:
+    try:
+        return bytes(ds.OpticalPathSequence[0].ICCProfile)
+    except (AttributeError, IndexError, TypeError):
+        return bytes(ds.ICCProfile) if "ICCProfile" in ds else None
+
+
+def _level(insts: list[_Instance], li: int, options, label: str | None = None):
+    """(size, tile, layout) of one level from its instances (concatenated frames)."""
+    inst0 = insts[0]
+    (w, h), (tw, th) = inst0.size, inst0.tile
+    cols, rows = -(-w // tw), -(-h // th)
+    offsets = np.zeros(cols * rows, np.int64)
+    counts = np.zeros(cols * rows, np.int64)
+    files: list[str | None] = [None] * (cols * rows)
+    for inst in insts:  # concatenations: one level's frames over several instances
+        offs, lens = _frame_ranges(inst)
+        for (col, row, z, op), o, n in zip(_positions(inst), offs, lens, strict=True):
+            if z == 0 and op == 0 and 0 <= col < cols and 0 <= row < rows:
+                i = row * cols + col
+                offsets[i], counts[i], files[i] = o, n, inst.path
+    pieces = Pieces(offsets, counts, label or f"level {li}", missing_ok=True, file=inst0.path)
+    pieces.files = [f or inst0.path for f in files]
+    plane = Plane(pieces, _codec(inst0), (w, h), (tw, th))
+    return (w, h), (tw, th), Layout.single(plane)

@@ -1,0 +1,91 @@
+"""DICOM WSI files converted from the project's SVS by wsidicomizer, read against openslide,
+wsidicom and our own read of the source SVS (the conversion keeps the JPEG tiles)."""
+
+from __future__ import annotations
+
+import ctypes.util
+import glob
+import os
+
+import numpy as np
+import openslide
+import pytest
+
+import tilescope
+from tilescope import synth
+
+pydicom = pytest.importorskip("pydicom")
+wsidicom = pytest.importorskip("wsidicom")
+
+
+def _turbojpeg() -> None:
+    """wsidicomizer (opentile) loads libturbojpeg by path: point it at the system's."""
+    if "TURBOJPEG" in os.environ:
+        return
+    found = ctypes.util.find_library("turbojpeg") or next(iter(glob.glob("/usr/lib/*/libturbojpeg.so*")),
+                                                             None)
+    if found:
+        os.environ["TURBOJPEG"] = found if os.path.isabs(found) else os.path.join("/usr/lib", found)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    _turbojpeg()
+    from wsidicomizer import WsiDicomizer
+
+    d = tmp_path_factory.mktemp("dicom")
+    svs = synth.write_svs(d / "source.svs", 1100, 900, downsamples=(1, 4), seed=5)
+    out = d / "dcm"
+    WsiDicomizer.convert(svs, str(out), include_label=True, include_overview=True)
+    return svs, str(out)
+
+
+def _volume_file(folder: str, width: int) -> str:
+    for name in sorted(os.listdir(folder)):
+        ds = pydicom.dcmread(os.path.join(folder, name), stop_before_pixels=True)
+        if ds.ImageType[2] == "VOLUME" and ds.TotalPixelMatrixColumns == width:
+            return os.path.join(folder, name)
+    raise AssertionError("no such level")
+
+
+def test_folder_and_file_open_the_same_slide(converted):
+    _, folder = converted
+    one = _volume_file(folder, 275)  # any instance of the slide finds the others
+    for source in (folder, one):
+        assert tilescope.detect(source) == "DICOM"
+        with tilescope.open(source) as s:
+            sc = s.scenes[0]
+            assert s.driver == "DICOM" and [lv.size for lv in sc.levels] == [(1100, 900), (275, 225)]
+            assert sorted(s.associated) == ["label", "macro", "thumbnail"]
+
+
+def test_pixels_equal_the_source_and_openslide(converted):
+    svs, folder = converted
+    with tilescope.open(folder) as s, tilescope.open(svs) as src:
+        sc = s.scenes[0]
+        for li in range(2):  # the JPEG tiles are the SVS's, unchanged
+            np.testing.assert_array_equal(sc.read_level(li), src.scenes[0].read_level(li))
+        with openslide.OpenSlide(_volume_file(folder, 1100)) as o:
+            assert o.properties["openslide.vendor"] == "dicom"
+            for rect in ((0, 0, 1100, 900), (333, 222, 300, 200)):
+                np.testing.assert_array_equal(
+                    sc.read(rect), np.asarray(o.read_region(rect[:2], 0, rect[2:]).convert("RGB")))
+            np.testing.assert_array_equal(sc.read_level(1), np.asarray(o.read_region((0, 0), 1, (275, 225))
+                                                                      .convert("RGB")))
+
+
+def test_metadata_and_associated_equal_wsidicom(converted):
+    _, folder = converted
+    with tilescope.open(folder) as s, wsidicom.WsiDicom.open(folder) as w:
+        sc = s.scenes[0]
+        assert [lv.size for lv in sc.levels] == [(lv.size.width, lv.size.height) for lv in w.levels]
+        mpp = w.levels.base_level.mpp
+        assert sc.mpp == pytest.approx((mpp.width, mpp.height))
+        np.testing.assert_array_equal(s.associated["label"], np.asarray(w.read_label()))
+        np.testing.assert_array_equal(s.associated["macro"], np.asarray(w.read_overview()))
+        # wsidicomizer copies the SVS tiles with an Adobe marker saying RGB, while the instances say
+        # YBR_FULL_422: like openslide we follow the DICOM attribute (and equal the source SVS);
+        # wsidicom follows the marker. Both read the same frames from the same places:
+        ours = tilescope.open(folder, driver="DICOM").scenes[0]
+        tile = w.levels.base_level.tile_size
+        assert ours.levels[0].tile_size == (tile.width, tile.height)
