@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import glob
 import os
 
 import numpy as np
@@ -81,3 +83,25 @@ def svs_exact(fixtures_dir):
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     return _make(fixtures_dir, "exact.svs", synth.write_svs, 2048, 1536, downsamples=(1, 4, 16), seed=7,
                  icc_profile=icc)
+
+
+def _turbojpeg() -> None:
+    """wsidicomizer (opentile) loads libturbojpeg by path: point it at the system's."""
+    if "TURBOJPEG" in os.environ:
+        return
+    paths = sorted(glob.glob("/usr/lib/*/libturbojpeg.so*") + glob.glob("/usr/lib/libturbojpeg.so*"))
+    found = paths[0] if paths else ctypes.util.find_library("turbojpeg")
+    if found:
+        os.environ["TURBOJPEG"] = found
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    _turbojpeg()
+    from wsidicomizer import WsiDicomizer
+
+    d = tmp_path_factory.mktemp("dicom")
+    svs = synth.write_svs(d / "source.svs", 1100, 900, downsamples=(1, 4), seed=5)
+    out = d / "dcm"
+    WsiDicomizer.convert(svs, str(out), include_label=True, include_overview=True)
+    return svs, str(out)

@@ -3,8 +3,6 @@ wsidicom and our own read of the source SVS (the conversion keeps the JPEG tiles
 
 from __future__ import annotations
 
-import ctypes.util
-import glob
 import os
 
 import numpy as np
@@ -12,32 +10,9 @@ import openslide
 import pytest
 
 import tilescope
-from tilescope import synth
 
 pydicom = pytest.importorskip("pydicom")
 wsidicom = pytest.importorskip("wsidicom")
-
-
-def _turbojpeg() -> None:
-    """wsidicomizer (opentile) loads libturbojpeg by path: point it at the system's."""
-    if "TURBOJPEG" in os.environ:
-        return
-    found = ctypes.util.find_library("turbojpeg") or next(iter(glob.glob("/usr/lib/*/libturbojpeg.so*")),
-                                                             None)
-    if found:
-        os.environ["TURBOJPEG"] = found if os.path.isabs(found) else os.path.join("/usr/lib", found)
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    _turbojpeg()
-    from wsidicomizer import WsiDicomizer
-
-    d = tmp_path_factory.mktemp("dicom")
-    svs = synth.write_svs(d / "source.svs", 1100, 900, downsamples=(1, 4), seed=5)
-    out = d / "dcm"
-    WsiDicomizer.convert(svs, str(out), include_label=True, include_overview=True)
-    return svs, str(out)
 
 
 def _volume_file(folder: str, width: int) -> str:

@@ -20,6 +20,7 @@ from .engine import DEFAULT_CACHE, Options
 from .errors import (
     CorruptDataError,
     InvalidRequestError,
+    RemoteError,
     SlideClosedError,
     SourceNotFoundError,
     TilescopeError,
@@ -31,9 +32,23 @@ from .source import FileSource
 
 __version__ = "0.1.0"
 __all__ = [
-    "CorruptDataError", "InvalidRequestError", "Level", "Options", "Scene", "Slide", "SlideClosedError",
-    "SourceNotFoundError", "TileCache", "TilescopeError", "TooLargeError", "UnsupportedFormatError",
-    "detect", "drivers", "open", "options",
+    "CorruptDataError",
+    "InvalidRequestError",
+    "Level",
+    "Options",
+    "RemoteError",
+    "Scene",
+    "Slide",
+    "SlideClosedError",
+    "SourceNotFoundError",
+    "TileCache",
+    "TilescopeError",
+    "TooLargeError",
+    "UnsupportedFormatError",
+    "detect",
+    "drivers",
+    "open",
+    "options",
 ]
 
 #: Process-wide defaults for every ``open()``; each field can be overridden per slide.
@@ -57,6 +72,14 @@ def _probe_driver(source: FileSource):
         probe.close()
         raise UnsupportedFormatError(f"{source.path}: file is empty")
     return probe
+
+
+def _checked(overrides: dict) -> dict:
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(Options)}
+    if unknown:
+        raise InvalidRequestError(f"unknown option(s) {sorted(unknown)}; known: "
+                                  f"{sorted(f.name for f in dataclasses.fields(Options))}")
+    return overrides
 
 
 def _in_folder(source):
@@ -101,6 +124,12 @@ def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> S
     ``max_read_bytes``, ``band_bytes``, ``threads``, ``cache`` (a :class:`TileCache`; by default
     one process-wide cache of 64 MiB is shared).
     """
+    if isinstance(source, str) and source.startswith("dicomweb+"):
+        from .formats import dicomweb
+
+        web = {k: overrides.pop(k) for k in ("study", "series", "headers", "verify", "timeout", "retries",
+                                              "batch") if k in overrides}
+        return dicomweb.open_url(source, dataclasses.replace(options, **_checked(overrides)), **web)
     source = _in_folder(source)
     fields = {f.name for f in dataclasses.fields(Options)}
     unknown = set(overrides) - fields

@@ -29,3 +29,7 @@ class SlideClosedError(TilescopeError):
 
 class SourceNotFoundError(TilescopeError, FileNotFoundError):
     """The path does not exist."""
+
+
+class RemoteError(TilescopeError, OSError):
+    """A server could not be reached or refused a request (DICOMweb): names the server and object."""

@@ -59,14 +59,14 @@ def detect(probe) -> bool:
 
 
 class _Instance:
-    def __init__(self, path: str, ds):
+    def __init__(self, path: str, ds, syntax: str | None = None):
         self.path, self.ds = path, ds
         self.flavor = str(ds.ImageType[2]).upper() if len(ds.get("ImageType", [])) > 2 else ""
         self.size = (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
                      int(ds.get("TotalPixelMatrixRows", ds.Rows)))
         self.tile = (int(ds.Columns), int(ds.Rows))
         self.frames = int(ds.get("NumberOfFrames", 1))
-        self.syntax = str(ds.file_meta.TransferSyntaxUID)
+        self.syntax = syntax or str(ds.file_meta.TransferSyntaxUID)
 
 
 def _read(path: str):

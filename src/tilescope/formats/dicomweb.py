@@ -1,0 +1,236 @@
+"""DICOM whole-slide images from a DICOMweb server (QIDO-RS to find, WADO-RS to read).
+
+``tilescope.open("dicomweb+http://host:port/dicom-web", study=..., series=...)`` reads the
+series metadata (``/series/{uid}/metadata``: complete, unlike QIDO-RS instance searches on some
+servers), builds the same model as local DICOM files (VOLUME levels, TILED_FULL / TILED_SPARSE
+frames, label / overview / thumbnail), and fetches frames in their stored encoding
+(``transfer-syntax=*``: no transcoding on the server) — a piece's request also brings the next
+frames of the same instance (``batch``), so a region costs a few requests, not one per tile.
+Frames are decoded on the engine's thread pool; each thread has its own HTTP session. Headers
+(authentication) and TLS verification are passed through to dicomweb-client; failures become
+``RemoteError`` / ``SourceNotFoundError`` naming the server and the object. Needs the ``[dicom]``
+extra (pydicom, dicomweb-client).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import warnings
+from collections import OrderedDict, defaultdict
+
+import numpy as np
+
+from ..engine import Layout, Plane
+from ..errors import CorruptDataError, RemoteError, SourceNotFoundError, UnsupportedFormatError
+from ..model import AssociatedImage, Scene, Slide, make_levels
+from ..source import Pieces
+from . import dicom
+
+NAME = "DICOMweb"
+SCHEME = "dicomweb+"
+_OCTETS = (("application/octet-stream", "*"),)
+
+
+class UrlSource:
+    """Stands where a slide's file would: the server's URL, and whether the slide is closed."""
+
+    size = 0
+    identity = None
+
+    def __init__(self, url: str):
+        self.path = url
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class _Client:
+    """A DICOMweb client with the request options, and errors turned into ours."""
+
+    def __init__(self, url: str, headers: dict | None, verify, timeout: float, retries: int):
+        from dicomweb_client.api import DICOMwebClient
+
+        self.url, self.timeout, self.retries = url, timeout, retries
+        self.api = DICOMwebClient(url, headers=headers or None)
+        self.api.set_http_retry_params(retry=False)  # retries and back-off are ours (``retries``)
+        session = self.api._session
+        session.verify = verify
+        session.request = functools.partial(session.request, timeout=timeout)  # every request's limit
+
+    def call(self, what: str, fn, *args, **kw):
+        import requests
+
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(*args, **kw)
+            except requests.HTTPError as e:
+                status = e.response.status_code if e.response is not None else None
+                if status == 404:
+                    raise SourceNotFoundError(f"{self.url}: {what}: not found (404)") from None
+                if (status is not None and status < 500) or attempt == self.retries:
+                    raise RemoteError(f"{self.url}: {what}: the server answered {status}") from None
+            except (requests.ConnectionError, requests.Timeout) as e:
+                if attempt == self.retries:
+                    raise RemoteError(f"{self.url}: {what}: {type(e).__name__}: {e}") from None
+            time.sleep(0.2 * 2 ** attempt)  # back off before retrying
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.api._session.close()
+
+
+class WebFrames(Pieces):
+    """Frames of a level on the server: (instance UID, frame number) per piece. A fetch also
+    brings up to ``batch - 1`` following frames of the same instance, kept for the next fetches."""
+
+    per_thread = True
+
+    def __init__(self, url, study, series, uids, numbers, label, client_args, batch: int = 32):
+        present = np.asarray([n > 0 for n in numbers], np.int64)
+        super().__init__(present, present, label, missing_ok=True, file=url)
+        self.study, self.series, self.uids = study, series, uids
+        self.numbers = np.asarray(numbers, np.int64)
+        self.client_args, self.batch = client_args, batch
+        self._kept: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def opener(self, url: str) -> _Client:
+        return _Client(url, *self.client_args)
+
+    def fetch(self, client: _Client, index: int) -> bytes:
+        key = (self.uids[index], int(self.numbers[index]))
+        with self._lock:
+            data = self._kept.pop(key, None)
+        if data is not None:
+            return data
+        uid, first = key
+        wanted = [first] + [int(n) for i, n in enumerate(self.numbers) if self.uids[i] == uid and
+                            first < n < first + self.batch]
+        wanted = sorted(set(wanted))[: self.batch]
+        what = f"study {self.study} series {self.series} instance {uid} frames {wanted[0]}-{wanted[-1]}"
+        frames = client.call(what, client.api.retrieve_instance_frames, self.study, self.series, uid,
+                             frame_numbers=wanted, media_types=_OCTETS)
+        if len(frames) != len(wanted):
+            raise CorruptDataError(f"{client.url}: instance {uid}: asked for {len(wanted)} frames, got "
+                                   f"{len(frames)}")
+        got = dict(zip(wanted, (bytes(f) for f in frames), strict=True))
+        with self._lock:
+            for n, f in got.items():
+                if n != first:
+                    self._kept[(uid, n)] = f
+            while len(self._kept) > 4 * self.batch:
+                self._kept.popitem(last=False)
+        return got[first]
+
+
+def _syntax(frame: bytes) -> str:
+    """The stored encoding of a frame, from its first bytes (WADO-RS metadata does not say)."""
+    if frame[:2] == b"\xff\xd8":
+        return "1.2.840.10008.1.2.4.80" if frame[2:4] == b"\xff\xf7" else "1.2.840.10008.1.2.4.50"
+    if frame[:4] == b"\xff\x4f\xff\x51" or frame[4:8] == b"jP  ":
+        return "1.2.840.10008.1.2.4.90"
+    return "1.2.840.10008.1.2.1"
+
+
+def open_url(url: str, options, *, study: str | None = None, series: str | None = None,
+             headers: dict | None = None, verify=True, timeout: float = 30.0, retries: int = 2,
+             batch: int = 32) -> Slide:
+    """The slide of ``series`` (of ``study``) on the DICOMweb server at ``url``
+    (``dicomweb+http(s)://host:port/path``); without ``series``, the first SM series (of
+    ``study``) the server lists."""
+    try:
+        import dicomweb_client  # noqa: F401
+        import pydicom  # noqa: F401
+    except ImportError:
+        raise UnsupportedFormatError(f"{url}: DICOMweb needs the [dicom] extra (pydicom, dicomweb-client)") \
+            from None
+    base = url[len(SCHEME):] if url.startswith(SCHEME) else url
+    args = (headers, verify, timeout, retries)
+    client = _Client(base, *args)
+    try:
+        if series is None or study is None:
+            q = {"Modality": "SM"}
+            found = client.call("QIDO-RS series search", client.api.search_for_series, study,
+                                search_filters=q)
+            if not found:
+                where = f" in study {study}" if study else ""
+                raise SourceNotFoundError(f"{base}: no slide microscopy series{where}")
+            study = study or found[0]["0020000D"]["Value"][0]
+            series = found[0]["0020000E"]["Value"][0]
+        meta = client.call(f"study {study} series {series} metadata",
+                           client.api.retrieve_series_metadata, study, series)
+        instances = _instances(meta, client, study, series)
+    finally:
+        client.close()
+    source = UrlSource(f"{base}/studies/{study}/series/{series}")
+    volumes: dict[tuple[int, int], list] = defaultdict(list)
+    for inst in instances:
+        if inst.flavor == "VOLUME":
+            volumes[inst.size].append(inst)
+    if not volumes:
+        raise CorruptDataError(f"{source.path}: no VOLUME instance in the series")
+    sizes = sorted(volumes, key=lambda s: -s[0])
+    specs = [_level(volumes[size], base, study, series, args, batch, f"level {li}")
+             for li, size in enumerate(sizes)]
+    first = volumes[sizes[0]][0].ds
+    spp = int(first.SamplesPerPixel)
+    associated = {}
+    for flavor, name in (("LABEL", "label"), ("OVERVIEW", "macro"), ("THUMBNAIL", "thumbnail")):
+        inst = next((i for i in instances if i.flavor == flavor), None)
+        if inst is not None:
+            size, _, layout = _level([inst], base, study, series, args, batch, name)
+            associated[name] = AssociatedImage(size, layout, np.dtype(np.uint8), spp)
+    mpp = None
+    try:
+        sp = first.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        mpp = (float(sp[1]) * 1000, float(sp[0]) * 1000)
+    except (AttributeError, IndexError, KeyError, TypeError):
+        pass
+    props = {"url": base, "StudyInstanceUID": study, "SeriesInstanceUID": series,
+             "instances": [i.ds.SOPInstanceUID for i in instances]}
+    slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props})
+    names = ["R", "G", "B"] if spp == 3 else ["Y"]
+    scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=np.uint8,
+                  mpp=mpp, compression=volumes[sizes[0]][0].syntax, brightfield=spp == 3)
+    slide._set_contents([scene], associated)
+    return slide
+
+
+def _instances(meta: list, client: _Client, study: str, series: str) -> list:
+    import pydicom
+
+    out = []
+    with warnings.catch_warnings():  # bulk data (ICC profiles) is not fetched here
+        warnings.simplefilter("ignore")
+        datasets = [pydicom.Dataset.from_json(m) for m in meta]
+    for ds in datasets:
+        if str(ds.get("SOPClassUID", "")) != dicom.WSI_SOP_CLASS:
+            continue
+        uid = ds.SOPInstanceUID
+        probe = client.call(f"instance {uid} frame 1", client.api.retrieve_instance_frames, study, series,
+                            uid, frame_numbers=[1], media_types=_OCTETS)
+        out.append(dicom._Instance(f"{client.url} instance {uid}", ds, _syntax(bytes(probe[0]))))
+    return out
+
+
+def _level(insts, base, study, series, args, batch, label):
+    inst0 = insts[0]
+    (w, h), (tw, th) = inst0.size, inst0.tile
+    cols, rows = -(-w // tw), -(-h // th)
+    uids: list = [None] * (cols * rows)
+    numbers = np.zeros(cols * rows, np.int64)
+    for inst in insts:  # concatenations: frame numbers are per instance
+        for k, (col, row, z, op) in enumerate(dicom._positions(inst)):
+            if z == 0 and op == 0 and 0 <= col < cols and 0 <= row < rows:
+                uids[row * cols + col] = inst.ds.SOPInstanceUID
+                numbers[row * cols + col] = k + 1
+    pieces = WebFrames(base, study, series, uids, numbers, label, args, batch)
+    plane = Plane(pieces, dicom._codec(inst0), (w, h), (tw, th))
+    return (w, h), (tw, th), Layout.single(plane)

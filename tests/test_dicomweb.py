@@ -1,0 +1,99 @@
+"""DICOMweb against a real Orthanc (Debian's orthanc + orthanc-dicomweb) started on 127.0.0.1 with
+a temporary storage, holding the wsidicomizer instances of the DICOM tests."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+import tilescope
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def orthanc(converted, tmp_path_factory):
+    binary = shutil.which("Orthanc")
+    plugin = next(iter(glob.glob("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*")
+                       + glob.glob("/usr/lib/orthanc/plugins/libOrthancDicomWeb.so*")), None)
+    if not binary or not plugin:
+        if os.environ.get("CI"):
+            pytest.fail("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+        pytest.skip("Orthanc with its DICOMweb plugin is not installed")
+    d = tmp_path_factory.mktemp("orthanc")
+    port = _free_port()
+    cfg = {"Name": "tilescope-test", "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
+           "AuthenticationEnabled": False, "StorageDirectory": str(d / "db"), "IndexDirectory": str(d / "db"),
+           "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": f"127.0.0.1:{port}"}}
+    (d / "orthanc.json").write_text(json.dumps(cfg))
+    proc = subprocess.Popen([binary, str(d / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{base}/system", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("Orthanc did not start")
+        _, folder = converted
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name), "rb") as f:
+                req = urllib.request.Request(f"{base}/instances", data=f.read(), method="POST")
+                urllib.request.urlopen(req, timeout=10).read()
+        yield f"dicomweb+{base}/dicom-web", port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_dicomweb_equals_the_files(orthanc, converted):
+    url, _ = orthanc
+    _, folder = converted
+    with tilescope.open(url) as s, tilescope.open(folder) as local:
+        sc, lc = s.scenes[0], local.scenes[0]
+        assert s.driver == "DICOMweb"
+        assert [lv.size for lv in sc.levels] == [lv.size for lv in lc.levels] and sc.mpp == lc.mpp
+        for li in range(2):
+            np.testing.assert_array_equal(sc.read_level(li), lc.read_level(li))
+        np.testing.assert_array_equal(sc.read((300, 200, 400, 300), size=(200, 150)),
+                                      lc.read((300, 200, 400, 300), size=(200, 150)))
+        for name in ("label", "macro", "thumbnail"):
+            np.testing.assert_array_equal(s.associated[name], local.associated[name])
+        study, series = s.properties["dicom"]["StudyInstanceUID"], s.properties["dicom"]["SeriesInstanceUID"]
+    with tilescope.open(url, study=study, series=series, cache=tilescope.TileCache(0)) as s:
+        pieces = s.scenes[0].levels[0].layout.planes[(0, 0)][0].pieces
+        calls = []
+        orig = pieces.opener
+
+        def counting(u):
+            client = orig(u)
+            real = client.api.retrieve_instance_frames
+            client.api.retrieve_instance_frames = lambda *a, **k: calls.append(k["frame_numbers"]) or real(*a, **k)
+            return client
+        pieces.opener = counting
+        s.scenes[0].read()  # 20 frames: fetched a batch at a time, not one request per frame
+        assert sum(len(c) for c in calls) >= 20 and len(calls) <= 4
+
+
+def test_dicomweb_errors(orthanc):
+    url, _ = orthanc
+    with pytest.raises(tilescope.SourceNotFoundError, match=r"127\.0\.0\.1.*series 9\.9"):
+        tilescope.open(url, study="1.2.3", series="9.9")
+    down = f"dicomweb+http://127.0.0.1:{_free_port()}/dicom-web"
+    with pytest.raises(tilescope.RemoteError, match=r"127\.0\.0\.1"):
+        tilescope.open(down, retries=0, timeout=2)
