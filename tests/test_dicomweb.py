@@ -97,3 +97,19 @@ def test_dicomweb_errors(orthanc):
     down = f"dicomweb+http://127.0.0.1:{_free_port()}/dicom-web"
     with pytest.raises(tilescope.RemoteError, match=r"127\.0\.0\.1"):
         tilescope.open(down, retries=0, timeout=2)
+
+
+def test_find_slides(orthanc, converted):
+    import pydicom
+
+    import tilescope.dicomweb
+
+    url, _ = orthanc
+    _, folder = converted
+    ds = pydicom.dcmread(os.path.join(folder, sorted(os.listdir(folder))[0]), stop_before_pixels=True)
+    found = tilescope.dicomweb.find_slides(url, study_instance_uid=ds.StudyInstanceUID,
+                                           container_id=ds.ContainerIdentifier)
+    assert len(found) == 1 and found[0].scenes[0].size == (1100, 900)
+    found[0].close()
+    assert tilescope.dicomweb.find_slides(url, container_id="no-such-slide") == []
+    assert tilescope.dicomweb.find_slides(url, patient_id="nobody") == []

@@ -194,6 +194,8 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
     except (AttributeError, IndexError, KeyError, TypeError):
         pass
     props = {"url": base, "StudyInstanceUID": study, "SeriesInstanceUID": series,
+             "ContainerIdentifier": str(first.get("ContainerIdentifier", "")),
+             "FrameOfReferenceUID": str(first.get("FrameOfReferenceUID", "")),
              "instances": [i.ds.SOPInstanceUID for i in instances]}
     slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props})
     names = ["R", "G", "B"] if spp == 3 else ["Y"]
@@ -234,3 +236,33 @@ def _level(insts, base, study, series, args, batch, label):
     pieces = WebFrames(base, study, series, uids, numbers, label, args, batch)
     plane = Plane(pieces, dicom._codec(inst0), (w, h), (tw, th))
     return (w, h), (tw, th), Layout.single(plane)
+
+
+def find_slides(url: str, options, *, study_instance_uid: str | None = None, patient_id: str | None = None,
+                study_id: str | None = None, container_id: str | None = None, headers: dict | None = None,
+                verify=True, timeout: float = 30.0, retries: int = 2, batch: int = 32) -> list[Slide]:
+    """Every slide-microscopy series on the server matching the filters, opened (QIDO-RS series
+    search on study, patient and study ID; the container identifier is checked in each series'
+    metadata, which QIDO-RS does not search)."""
+    base = url[len(SCHEME):] if url.startswith(SCHEME) else url
+    client = _Client(base, headers, verify, timeout, retries)
+    filters = {"Modality": "SM"}
+    if patient_id:
+        filters["PatientID"] = patient_id
+    if study_id:
+        filters["StudyID"] = study_id
+    try:
+        found = client.call("QIDO-RS series search", client.api.search_for_series, study_instance_uid,
+                            search_filters=filters)
+    finally:
+        client.close()
+    slides = []
+    for item in found:
+        study, series = item["0020000D"]["Value"][0], item["0020000E"]["Value"][0]
+        slide = open_url(url, options, study=study, series=series, headers=headers, verify=verify,
+                         timeout=timeout, retries=retries, batch=batch)
+        if container_id is None or slide.properties["dicom"].get("ContainerIdentifier") == container_id:
+            slides.append(slide)
+        else:
+            slide.close()
+    return slides
