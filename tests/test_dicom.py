@@ -64,3 +64,24 @@ def test_metadata_and_associated_equal_wsidicom(converted):
         ours = tilescope.open(folder, driver="DICOM").scenes[0]
         tile = w.levels.base_level.tile_size
         assert ours.levels[0].tile_size == (tile.width, tile.height)
+
+
+def test_slide_coordinates_equal_highdicom(converted):
+    spatial = pytest.importorskip("highdicom.spatial")
+    _, folder = converted
+    with tilescope.open(folder) as s:
+        sc = s.scenes[0]
+        o = sc.slide_origin
+        rng = np.random.default_rng(0)
+        for li, lv in enumerate(sc.levels):
+            spacing = (sc.pixel_spacing[0] * lv.scale[1], sc.pixel_spacing[1] * lv.scale[0])
+            to_ref = spatial.PixelToReferenceTransformer((o[0], o[1], 0.0), sc.image_orientation, spacing)
+            idx = rng.integers(0, min(lv.size), (20, 2))
+            ref = to_ref(idx)[:, :2]
+            np.testing.assert_allclose(sc.pixel_to_slide(idx, level=li), ref, atol=1e-9)
+            np.testing.assert_allclose(sc.slide_to_pixel(ref, level=li), idx, atol=1e-6)
+        # a region given on the glass reads the pixels it covers
+        x0, y0 = sc.pixel_to_slide([(300, 200)])[0]
+        x1, y1 = sc.pixel_to_slide([(500, 350)])[0]
+        got = sc.read_slide_region(min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0))
+        np.testing.assert_array_equal(got, sc.read((300, 200, 200, 150)))

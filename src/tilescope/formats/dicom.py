@@ -150,6 +150,53 @@ def _positions(inst: _Instance) -> list[tuple[int, int, int, int]]:
     return out
 
 
+class DicomScene(Scene):
+    """A DICOM slide's Scene, with the slide coordinate system: millimetres on the glass (Total
+    Pixel Matrix Origin, Image Orientation (Slide), Pixel Spacing) <-> pixel indices of any level."""
+
+    def _setup(self, ds) -> None:
+        try:
+            o = ds.TotalPixelMatrixOriginSequence[0]
+            self.slide_origin = (float(o.XOffsetInSlideCoordinateSystem),
+                                 float(o.YOffsetInSlideCoordinateSystem))
+            self.image_orientation = tuple(float(v) for v in ds.ImageOrientationSlide)
+            sp = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+            self.pixel_spacing = (float(sp[0]), float(sp[1]))  # mm between rows, between columns
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            self.slide_origin = self.image_orientation = self.pixel_spacing = None
+
+    def _matrix(self, level: int) -> np.ndarray:
+        if self.pixel_spacing is None:
+            raise UnsupportedFormatError(f"{self._where}: no slide coordinate system (origin, orientation, "
+                                         f"spacing) in the DICOM metadata")
+        sx, sy = self.levels[self._level_index(level)].scale
+        r, c = np.asarray(self.image_orientation[:3]), np.asarray(self.image_orientation[3:])
+        dr, dc = self.pixel_spacing
+        # x_mm = origin + column * (column spacing) * row direction + row * (row spacing) * column direction
+        return np.array([[r[0] * dc * sx, c[0] * dr * sy, self.slide_origin[0]],
+                         [r[1] * dc * sx, c[1] * dr * sy, self.slide_origin[1]], [0.0, 0.0, 1.0]])
+
+    def pixel_to_slide(self, indices, level: int = 0) -> np.ndarray:
+        """(N, 2) (column, row) pixel indices of ``level`` -> (N, 2) (x, y) slide coordinates, mm."""
+        p = np.atleast_2d(np.asarray(indices, np.float64))
+        return (self._matrix(level) @ np.c_[p, np.ones(len(p))].T).T[:, :2]
+
+    def slide_to_pixel(self, coordinates, level: int = 0) -> np.ndarray:
+        """(N, 2) (x, y) slide coordinates in mm -> (N, 2) fractional (column, row) of ``level``."""
+        p = np.atleast_2d(np.asarray(coordinates, np.float64))
+        return (np.linalg.inv(self._matrix(level)) @ np.c_[p, np.ones(len(p))].T).T[:, :2]
+
+    def read_slide_region(self, x: float, y: float, width: float, height: float, size=None,
+                          **kw) -> np.ndarray:
+        """The region of the glass [x, x + width) x [y, y + height) (mm), as level-0 pixels of the
+        smallest pixel rectangle covering it (rotated slides: the image stays in pixel orientation),
+        at ``size`` (default: its pixel size); ``kw`` as for :meth:`read`."""
+        corners = self.slide_to_pixel([(x, y), (x + width, y), (x, y + height), (x + width, y + height)])
+        x0, y0 = np.floor(corners.min(axis=0) + 1e-9).astype(int)
+        x1, y1 = np.ceil(corners.max(axis=0) - 1e-9).astype(int)
+        return self.read((int(x0), int(y0), int(x1 - x0), int(y1 - y0)), size, **kw)
+
+
 def open(probe, options) -> Slide:
     path = probe.path
     first = _read(path)
@@ -203,9 +250,10 @@ def open(probe, options) -> Slide:
     with contextlib.suppress(AttributeError, IndexError, TypeError, ValueError):
         objective = float(base.OpticalPathSequence[0].ObjectiveLensPower)
     names = ["R", "G", "B"] if spp == 3 else ["Y"]
-    scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=np.uint8, mpp=mpp,
-                  magnification=objective, compression=str(base.file_meta.TransferSyntaxUID),
-                  brightfield=spp == 3)
+    scene = DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=np.uint8,
+                       mpp=mpp, magnification=objective, compression=str(base.file_meta.TransferSyntaxUID),
+                       brightfield=spp == 3)
+    scene._setup(base)
     slide._set_contents([scene], associated)
     return slide
 

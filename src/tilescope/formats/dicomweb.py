@@ -24,7 +24,7 @@ import numpy as np
 
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError, RemoteError, SourceNotFoundError, UnsupportedFormatError
-from ..model import AssociatedImage, Scene, Slide, make_levels
+from ..model import AssociatedImage, Slide, make_levels
 from ..source import Pieces
 from . import dicom
 
@@ -199,8 +199,10 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
              "instances": [i.ds.SOPInstanceUID for i in instances]}
     slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props})
     names = ["R", "G", "B"] if spp == 3 else ["Y"]
-    scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=np.uint8,
-                  mpp=mpp, compression=volumes[sizes[0]][0].syntax, brightfield=spp == 3)
+    scene = dicom.DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names,
+                             dtype=np.uint8, mpp=mpp, compression=volumes[sizes[0]][0].syntax,
+                             brightfield=spp == 3)
+    scene._setup(first)
     slide._set_contents([scene], associated)
     return slide
 
