@@ -85,3 +85,62 @@ def test_slide_coordinates_equal_highdicom(converted):
         x1, y1 = sc.pixel_to_slide([(500, 350)])[0]
         got = sc.read_slide_region(min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0))
         np.testing.assert_array_equal(got, sc.read((300, 200, 200, 150)))
+
+
+@pytest.fixture(scope="module")
+def paths_and_planes(converted, tmp_path_factory):
+    """The converted level-1 instance rebuilt with pydicom as 2 optical paths x 2 focal planes
+    (TILED_FULL: columns, rows, focal planes, optical paths); returns the folder and the expected
+    (path, plane) -> image."""
+    import copy
+
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
+
+    _, folder = converted
+    src = _volume_file(folder, 275)
+    with tilescope.open(folder) as s:
+        base = s.scenes[0].read_level(1)
+    ds = pydicom.dcmread(src)
+    cols = -(-ds.TotalPixelMatrixColumns // ds.Columns)
+    rows = -(-ds.TotalPixelMatrixRows // ds.Rows)
+    frames, expected = [], {}
+    for op in range(2):
+        for z in range(2):
+            img = np.clip(base.astype(int) + 40 * z, 0, 255).astype(np.uint8)
+            img = img[..., ::-1].copy() if op else img
+            canvas = np.zeros((rows * ds.Rows, cols * ds.Columns, 3), np.uint8)
+            canvas[:img.shape[0], :img.shape[1]] = img
+            tiles = [canvas[r * ds.Rows:(r + 1) * ds.Rows, c * ds.Columns:(c + 1) * ds.Columns]
+                     for r in range(rows) for c in range(cols)]
+            encoded = [imagecodecs.jpeg8_encode(t, level=95) for t in tiles]
+            frames += encoded
+            decoded = np.concatenate([np.concatenate([imagecodecs.jpeg8_decode(e) for e in encoded[r * cols:(r + 1) * cols]],
+                                                     axis=1) for r in range(rows)], axis=0)
+            expected[op, z] = decoded[:img.shape[0], :img.shape[1]]
+    ds.PixelData = encapsulate(frames)
+    ds.NumberOfFrames = len(frames)
+    ds.TotalPixelMatrixFocalPlanes = 2
+    ds.NumberOfOpticalPaths = 2
+    second = copy.deepcopy(ds.OpticalPathSequence[0])
+    second.OpticalPathIdentifier = "2"
+    second.OpticalPathDescription = "second path"
+    ds.OpticalPathSequence[0].OpticalPathDescription = "first path"
+    ds.OpticalPathSequence.append(second)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    out = tmp_path_factory.mktemp("paths") / "paths"
+    out.mkdir()
+    ds.save_as(out / "volume.dcm", enforce_file_format=True)
+    return str(out), expected
+
+
+def test_optical_paths_are_channels_and_focal_planes_z(paths_and_planes):
+    folder, expected = paths_and_planes
+    with tilescope.open(folder) as s:
+        sc = s.scenes[0]
+        assert sc.num_z_slices == 2
+        assert sc.channel_names == tuple(f"{p}:{c}" for p in ("first path", "second path") for c in "RGB")
+        for (op, z), want in expected.items():
+            got = sc.read(z=z, channels=[f"{('first path', 'second path')[op]}:{c}" for c in "RGB"])
+            np.testing.assert_array_equal(got, want)

@@ -238,7 +238,7 @@ def open(probe, options) -> Slide:
         inst = next((i for i in instances if i.flavor == flavor), None)
         if inst is not None:
             size, _, layout = _level([inst], 0, options, name)
-            associated[name] = AssociatedImage(size, layout, np.dtype(np.uint8), spp)
+            associated[name] = AssociatedImage(size, layout, np.dtype(np.uint8), len(layout.channel_map))
     paths = [os.path.basename(i.path) for i in instances]
     props = {"SOPClassUID": WSI_SOP_CLASS, "FrameOfReferenceUID": str(key[0]),
              "ContainerIdentifier": str(key[1]), "StudyInstanceUID": str(base.get("StudyInstanceUID", "")),
@@ -249,10 +249,11 @@ def open(probe, options) -> Slide:
     objective = None
     with contextlib.suppress(AttributeError, IndexError, TypeError, ValueError):
         objective = float(base.OpticalPathSequence[0].ObjectiveLensPower)
-    names = ["R", "G", "B"] if spp == 3 else ["Y"]
+    names = channel_names(base, spp)
+    nz = level_shape(volumes[sizes[0]][0])[1]
     scene = DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=np.uint8,
                        mpp=mpp, magnification=objective, compression=str(base.file_meta.TransferSyntaxUID),
-                       brightfield=spp == 3)
+                       num_z_slices=nz, brightfield=spp == 3 and len(names) == 3)
     scene._setup(base)
     slide._set_contents([scene], associated)
     return slide
@@ -265,21 +266,62 @@ def _icc(ds) -> bytes | None:
         return bytes(ds.ICCProfile) if "ICCProfile" in ds else None
 
 
+def frames_by_tile(insts: list[_Instance]):
+    """(focal plane, optical path, tile index, instance, frame index) of every frame of a level's
+    instances (concatenations included), for the level's grid of tiles."""
+    inst0 = insts[0]
+    cols, rows = -(-inst0.size[0] // inst0.tile[0]), -(-inst0.size[1] // inst0.tile[1])
+    for inst in insts:
+        for k, (col, row, z, op) in enumerate(_positions(inst)):
+            if 0 <= col < cols and 0 <= row < rows:
+                yield z, op, row * cols + col, inst, k
+
+
+def level_shape(inst: _Instance) -> tuple[int, int, int]:
+    """(tiles in the grid, focal planes, optical paths) of a level."""
+    ds = inst.ds
+    cols, rows = -(-inst.size[0] // inst.tile[0]), -(-inst.size[1] // inst.tile[1])
+    nz = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
+    return cols * rows, nz, int(ds.get("NumberOfOpticalPaths", 1) or 1)
+
+
+def planes_layout(make_pieces, inst0: _Instance, nz: int, nop: int) -> Layout:
+    """A level's layout: z = focal planes, channels = optical paths x samples; ``make_pieces(z, op)``
+    gives each plane's pieces."""
+    codec = _codec(inst0)
+    (w, h), tile = inst0.size, inst0.tile
+    planes = {(z, 0): tuple(Plane(make_pieces(z, op), codec, (w, h), tile) for op in range(nop))
+              for z in range(nz)}
+    return Layout(planes, tuple((op, s) for op in range(nop) for s in range(codec.samples)))
+
+
+def channel_names(ds, spp: int) -> list[str]:
+    """R, G, B for one colour optical path; else a channel per path (and sample), named by the
+    path's description or identifier."""
+    paths = list(ds.get("OpticalPathSequence", []) or [])
+    names = [str(p.get("OpticalPathDescription") or p.get("OpticalPathIdentifier") or i)
+             for i, p in enumerate(paths)] or ["Y"]
+    if spp == 3:
+        return ["R", "G", "B"] if len(names) == 1 else [f"{n}:{c}" for n in names for c in "RGB"]
+    return names
+
+
 def _level(insts: list[_Instance], li: int, options, label: str | None = None):
     """(size, tile, layout) of one level from its instances (concatenated frames)."""
     inst0 = insts[0]
-    (w, h), (tw, th) = inst0.size, inst0.tile
-    cols, rows = -(-w // tw), -(-h // th)
-    offsets = np.zeros(cols * rows, np.int64)
-    counts = np.zeros(cols * rows, np.int64)
-    files: list[str | None] = [None] * (cols * rows)
-    for inst in insts:  # concatenations: one level's frames over several instances
-        offs, lens = _frame_ranges(inst)
-        for (col, row, z, op), o, n in zip(_positions(inst), offs, lens, strict=True):
-            if z == 0 and op == 0 and 0 <= col < cols and 0 <= row < rows:
-                i = row * cols + col
-                offsets[i], counts[i], files[i] = o, n, inst.path
-    pieces = Pieces(offsets, counts, label or f"level {li}", missing_ok=True, file=inst0.path)
-    pieces.files = [f or inst0.path for f in files]
-    plane = Plane(pieces, _codec(inst0), (w, h), (tw, th))
-    return (w, h), (tw, th), Layout.single(plane)
+    n, nz, nop = level_shape(inst0)
+    grid = {(z, op): (np.zeros(n, np.int64), np.zeros(n, np.int64), [inst0.path] * n)
+            for z in range(nz) for op in range(nop)}
+    ranges = {inst.path: _frame_ranges(inst) for inst in insts}
+    for z, op, i, inst, k in frames_by_tile(insts):
+        if (z, op) in grid:
+            offsets, counts, files = grid[z, op]
+            offsets[i], counts[i], files[i] = ranges[inst.path][0][k], ranges[inst.path][1][k], inst.path
+
+    def make_pieces(z, op):
+        offsets, counts, files = grid[z, op]
+        pieces = Pieces(offsets, counts, f"{label or f'level {li}'} z={z} path={op}", missing_ok=True,
+                        file=inst0.path)
+        pieces.files = files
+        return pieces
+    return inst0.size, inst0.tile, planes_layout(make_pieces, inst0, nz, nop)

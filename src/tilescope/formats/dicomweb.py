@@ -22,7 +22,6 @@ from collections import OrderedDict, defaultdict
 
 import numpy as np
 
-from ..engine import Layout, Plane
 from ..errors import CorruptDataError, RemoteError, SourceNotFoundError, UnsupportedFormatError
 from ..model import AssociatedImage, Slide, make_levels
 from ..source import Pieces
@@ -186,7 +185,7 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
         inst = next((i for i in instances if i.flavor == flavor), None)
         if inst is not None:
             size, _, layout = _level([inst], base, study, series, args, batch, name)
-            associated[name] = AssociatedImage(size, layout, np.dtype(np.uint8), spp)
+            associated[name] = AssociatedImage(size, layout, np.dtype(np.uint8), len(layout.channel_map))
     mpp = None
     try:
         sp = first.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
@@ -198,10 +197,11 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
              "FrameOfReferenceUID": str(first.get("FrameOfReferenceUID", "")),
              "instances": [i.ds.SOPInstanceUID for i in instances]}
     slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props})
-    names = ["R", "G", "B"] if spp == 3 else ["Y"]
+    names = dicom.channel_names(first, spp)
     scene = dicom.DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names,
                              dtype=np.uint8, mpp=mpp, compression=volumes[sizes[0]][0].syntax,
-                             brightfield=spp == 3)
+                             num_z_slices=dicom.level_shape(volumes[sizes[0]][0])[1],
+                             brightfield=spp == 3 and len(names) == 3)
     scene._setup(first)
     slide._set_contents([scene], associated)
     return slide
@@ -226,19 +226,16 @@ def _instances(meta: list, client: _Client, study: str, series: str) -> list:
 
 def _level(insts, base, study, series, args, batch, label):
     inst0 = insts[0]
-    (w, h), (tw, th) = inst0.size, inst0.tile
-    cols, rows = -(-w // tw), -(-h // th)
-    uids: list = [None] * (cols * rows)
-    numbers = np.zeros(cols * rows, np.int64)
-    for inst in insts:  # concatenations: frame numbers are per instance
-        for k, (col, row, z, op) in enumerate(dicom._positions(inst)):
-            if z == 0 and op == 0 and 0 <= col < cols and 0 <= row < rows:
-                uids[row * cols + col] = inst.ds.SOPInstanceUID
-                numbers[row * cols + col] = k + 1
-    pieces = WebFrames(base, study, series, uids, numbers, label, args, batch)
-    plane = Plane(pieces, dicom._codec(inst0), (w, h), (tw, th))
-    return (w, h), (tw, th), Layout.single(plane)
+    n, nz, nop = dicom.level_shape(inst0)
+    grid = {(z, op): ([None] * n, np.zeros(n, np.int64)) for z in range(nz) for op in range(nop)}
+    for z, op, i, inst, k in dicom.frames_by_tile(insts):  # frame numbers count per instance
+        if (z, op) in grid:
+            grid[z, op][0][i], grid[z, op][1][i] = inst.ds.SOPInstanceUID, k + 1
 
+    def make_pieces(z, op):
+        uids, numbers = grid[z, op]
+        return WebFrames(base, study, series, uids, numbers, f"{label} z={z} path={op}", args, batch)
+    return inst0.size, inst0.tile, dicom.planes_layout(make_pieces, inst0, nz, nop)
 
 def find_slides(url: str, options, *, study_instance_uid: str | None = None, patient_id: str | None = None,
                 study_id: str | None = None, container_id: str | None = None, headers: dict | None = None,
