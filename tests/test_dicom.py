@@ -144,3 +144,53 @@ def test_optical_paths_are_channels_and_focal_planes_z(paths_and_planes):
         for (op, z), want in expected.items():
             got = sc.read(z=z, channels=[f"{('first path', 'second path')[op]}:{c}" for c in "RGB"])
             np.testing.assert_array_equal(got, want)
+
+
+def _split(ds, frames: list[bytes]):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
+
+    ds.PixelData = encapsulate(frames)
+    ds.NumberOfFrames = len(frames)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return ds
+
+
+def test_concatenation_and_tiled_sparse(converted, tmp_path):
+    import copy
+
+    from pydicom.dataset import Dataset
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import generate_uid
+
+    _, folder = converted
+    with tilescope.open(folder) as s:
+        want0, want1 = s.scenes[0].read_level(0), s.scenes[0].read_level(1)
+    # level 0 split into two instances of one concatenation
+    ds = pydicom.dcmread(_volume_file(folder, 1100))
+    frames = list(generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames))
+    uid = generate_uid()
+    out = tmp_path / "parts"
+    out.mkdir()
+    for part, (lo, hi) in enumerate(((0, 7), (7, len(frames)))):
+        p = _split(copy.deepcopy(ds), frames[lo:hi])
+        p.ConcatenationUID, p.ConcatenationFrameOffsetNumber = uid, lo
+        p.InConcatenationNumber, p.InConcatenationTotalNumber = part + 1, 2
+        p.save_as(out / f"part{part}.dcm", enforce_file_format=True)
+    # level 1 as TILED_SPARSE with its second tile left out
+    ds1 = pydicom.dcmread(_volume_file(folder, 275))
+    f1 = list(generate_frames(ds1.PixelData, number_of_frames=ds1.NumberOfFrames))
+    sparse = _split(ds1, f1[:1])
+    sparse.DimensionOrganizationType = "TILED_SPARSE"
+    item, pos = Dataset(), Dataset()
+    pos.ColumnPositionInTotalImagePixelMatrix, pos.RowPositionInTotalImagePixelMatrix = 1, 1
+    pos.XOffsetInSlideCoordinateSystem = pos.YOffsetInSlideCoordinateSystem = 0
+    item.PlanePositionSlideSequence = [pos]
+    sparse.PerFrameFunctionalGroupsSequence = [item]
+    sparse.save_as(out / "sparse.dcm", enforce_file_format=True)
+    with tilescope.open(str(out)) as s:
+        sc = s.scenes[0]
+        np.testing.assert_array_equal(sc.read_level(0), want0)
+        got1 = sc.read_level(1)
+        np.testing.assert_array_equal(got1[:, :256], want1[:, :256])
+        assert (got1[:, 256:] == 255).all()  # the absent tile: background

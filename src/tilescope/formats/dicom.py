@@ -135,8 +135,9 @@ def _positions(inst: _Instance) -> list[tuple[int, int, int, int]]:
     rows = -(-inst.size[1] // inst.tile[1])
     if str(ds.get("DimensionOrganizationType", "TILED_FULL")).upper() == "TILED_FULL":
         nz = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
+        first = int(ds.get("ConcatenationFrameOffsetNumber", 0) or 0)  # a concatenation's later part
         return [(i % cols, (i // cols) % rows, (i // (cols * rows)) % nz, i // (cols * rows * nz))
-                for i in range(inst.frames)]
+                for i in range(first, first + inst.frames)]
     out = []
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     if len(per_frame) != inst.frames:
