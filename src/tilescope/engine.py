@@ -258,6 +258,15 @@ class Reader:
                     tasks.append((plane, ty * nx + tx, tx * tw, ty * th, min((tx + 1) * tw, pw),
                                   min((ty + 1) * th, ph), sel))
 
+        wanted: dict = {}
+        for task in tasks:
+            if task[0].pieces.prefetch is not None:  # network pieces: ask for them all at once
+                wanted.setdefault(task[0].uid, (task[0], []))[1].append(task[1])
+        for plane, indices in wanted.values():
+            todo = [i for i in indices if self.cache.get((plane.uid, i)) is None]
+            if todo:
+                plane.pieces.prefetch(self._source_of(plane.pieces, todo[0]), todo)
+
         def run(batch):
             for task in batch:
                 self._paste(out, rect, *task, background)

@@ -127,6 +127,10 @@ class Pieces:
     def opener(self, path: str):
         return FileSource(path)
 
+    # pieces whose fetches are cheaper together (a network round trip) define
+    # ``prefetch(source, indices)``: the engine calls it with every piece a read is about to decode
+    prefetch = None
+
     def __len__(self) -> int:
         return len(self.offsets)
 

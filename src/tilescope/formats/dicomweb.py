@@ -86,8 +86,9 @@ class _Client:
 
 
 class WebFrames(Pieces):
-    """Frames of a level on the server: (instance UID, frame number) per piece. A fetch also
-    brings up to ``batch - 1`` following frames of the same instance, kept for the next fetches."""
+    """Frames of a level on the server: (instance UID, frame number) per piece. Before a read
+    decodes, the engine hands over every piece it needs (:meth:`prefetch`): they come in a few
+    requests of up to ``batch`` frames, and wait here until decoded."""
 
     per_thread = True
 
@@ -97,36 +98,51 @@ class WebFrames(Pieces):
         self.study, self.series, self.uids = study, series, uids
         self.numbers = np.asarray(numbers, np.int64)
         self.client_args, self.batch = client_args, batch
+        self.keep = 4096  # fetched frames waiting to be decoded, at most
         self._kept: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
     def opener(self, url: str) -> _Client:
         return _Client(url, *self.client_args)
 
+    def prefetch(self, client: _Client, indices) -> None:
+        """Fetch the frames of ``indices`` (one read's pieces) in requests of up to ``batch``
+        frames per instance, and keep them for :meth:`fetch`."""
+        with self._lock:
+            todo = [i for i in indices if self.numbers[i] > 0 and (self.uids[i], int(self.numbers[i]))
+                    not in self._kept]
+        by_uid: dict = defaultdict(list)
+        for i in todo:
+            by_uid[self.uids[i]].append(int(self.numbers[i]))
+        for uid, numbers in by_uid.items():
+            numbers = sorted(set(numbers))
+            for k in range(0, len(numbers), self.batch):
+                self._get(client, uid, numbers[k:k + self.batch])
+
+    def _get(self, client: _Client, uid: str, numbers: list[int]) -> dict:
+        what = f"study {self.study} series {self.series} instance {uid} frames {numbers[0]}-{numbers[-1]}"
+        frames = client.call(what, client.api.retrieve_instance_frames, self.study, self.series, uid,
+                             frame_numbers=numbers, media_types=_OCTETS)
+        if len(frames) != len(numbers):
+            raise CorruptDataError(f"{client.url}: instance {uid}: asked for {len(numbers)} frames, got "
+                                   f"{len(frames)}")
+        got = dict(zip(numbers, (bytes(f) for f in frames), strict=True))
+        with self._lock:
+            for n, f in got.items():
+                self._kept[(uid, n)] = f
+            while len(self._kept) > self.keep:
+                self._kept.popitem(last=False)
+        return got
+
     def fetch(self, client: _Client, index: int) -> bytes:
         key = (self.uids[index], int(self.numbers[index]))
         with self._lock:
             data = self._kept.pop(key, None)
-        if data is not None:
-            return data
-        uid, first = key
-        wanted = [first] + [int(n) for i, n in enumerate(self.numbers) if self.uids[i] == uid and
-                            first < n < first + self.batch]
-        wanted = sorted(set(wanted))[: self.batch]
-        what = f"study {self.study} series {self.series} instance {uid} frames {wanted[0]}-{wanted[-1]}"
-        frames = client.call(what, client.api.retrieve_instance_frames, self.study, self.series, uid,
-                             frame_numbers=wanted, media_types=_OCTETS)
-        if len(frames) != len(wanted):
-            raise CorruptDataError(f"{client.url}: instance {uid}: asked for {len(wanted)} frames, got "
-                                   f"{len(frames)}")
-        got = dict(zip(wanted, (bytes(f) for f in frames), strict=True))
-        with self._lock:
-            for n, f in got.items():
-                if n != first:
-                    self._kept[(uid, n)] = f
-            while len(self._kept) > 4 * self.batch:
-                self._kept.popitem(last=False)
-        return got[first]
+        if data is None:
+            data = self._get(client, key[0], [key[1]])[key[1]]
+            with self._lock:
+                self._kept.pop(key, None)
+        return data
 
 
 def _syntax(frame: bytes) -> str:

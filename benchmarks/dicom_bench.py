@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""The speed issue's workloads (a)-(c) on the same slide as SVS, as DICOM files (wsidicomizer keeps
+the JPEG tiles) and over DICOMweb from a local Orthanc (Debian orthanc + orthanc-dicomweb).
+
+    python benchmarks/dicom_bench.py     # converts benchmarks/data/slide.svs once (bench.py writes it)
+
+Every (source, workload) runs in a fresh process (page cache warm, Orthanc already holding the
+instances); the mean time per call is reported with the ratio to the SVS.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def cell(source: str, workload: str) -> dict:
+    from bench import regions
+
+    import tilescope
+
+    sc = tilescope.open(source).scenes[0]
+    regs = regions(workload, *sc.size)
+    t0 = time.perf_counter()
+    for r in regs:
+        sc.read(r)
+    wall = time.perf_counter() - t0
+    mpix = sum(r[2] * r[3] for r in regs) / 1e6
+    return dict(workload=workload, ms=1000 * wall / len(regs), mp_per_s=mpix / wall)
+
+
+def orthanc(folder: str, tmp: str):
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    plugin = glob.glob("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*")[0]
+    cfg = {"HttpPort": number, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
+           "AuthenticationEnabled": False, "StorageDirectory": tmp, "IndexDirectory": tmp,
+           "Plugins": [plugin], "MaximumStorageCacheSize": 1024,
+           "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": f"127.0.0.1:{number}"}}
+    with open(os.path.join(tmp, "orthanc.json"), "w") as f:
+        json.dump(cfg, f)
+    proc = subprocess.Popen([shutil.which("Orthanc"), os.path.join(tmp, "orthanc.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{number}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{base}/system", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.1)
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            urllib.request.urlopen(urllib.request.Request(f"{base}/instances", data=f.read(), method="POST"),
+                                   timeout=600).read()
+    return proc, f"dicomweb+{base}/dicom-web"
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--cell":
+        print("RESULT " + json.dumps(cell(sys.argv[2], sys.argv[3])))
+        return 0
+    svs = os.path.join(HERE, "data", "slide.svs")
+    folder = os.path.join(HERE, "data", "dicom")
+    if not os.path.isdir(folder):
+        from wsidicomizer import WsiDicomizer
+
+        WsiDicomizer.convert(svs, folder, include_label=False, include_overview=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = orthanc(folder, tmp)
+        try:
+            rows = {}
+            for wl in ("a", "b", "c"):
+                for name, source in (("svs", svs), ("dicom", folder), ("dicomweb", url)):
+                    cmd = [sys.executable, __file__, "--cell", source, wl]
+                    p = subprocess.run(cmd, capture_output=True, text=True)
+                    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+                    r = json.loads(line[-1][7:]) if line else {"error": p.stderr[-300:]}
+                    rows[name, wl] = r
+                    print(name, wl, r, flush=True)
+            for wl in ("a", "b", "c"):
+                s, d, w = (rows[n, wl].get("ms") for n in ("svs", "dicom", "dicomweb"))
+                print(f"({wl}) svs {s:.3g} ms  dicom {d:.3g} ms ({d / s:.2f}x)  dicomweb {w:.3g} ms "
+                      f"({w / d:.2f}x of files)")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
