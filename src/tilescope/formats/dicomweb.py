@@ -5,8 +5,9 @@ series metadata (``/series/{uid}/metadata``: complete, unlike QIDO-RS instance s
 servers), builds the same model as local DICOM files (VOLUME levels, TILED_FULL / TILED_SPARSE
 frames, label / overview / thumbnail), and fetches frames in their stored encoding
 (``transfer-syntax=*``: no transcoding on the server) — a piece's request also brings the next
-frames of the same instance (``batch``), so a region costs a few requests, not one per tile.
-Frames are decoded on the engine's thread pool; each thread has its own HTTP session. Headers
+frames of the same instance (``batch``), so a region costs a few requests, not one per tile;
+``connections`` requests are in flight at once while the engine's thread pool decodes the frames
+already in. Each thread has its own HTTP session. Headers
 (authentication) and TLS verification are passed through to dicomweb-client; failures become
 ``RemoteError`` / ``SourceNotFoundError`` naming the server and the object. Needs the ``[dicom]``
 extra (pydicom, dicomweb-client).
@@ -19,6 +20,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -85,64 +87,89 @@ class _Client:
         self.api._session.close()
 
 
+class _Fetcher:
+    """A slide's frame requests: ``connections`` of them in flight at once, each thread with its
+    own HTTP session (requests' sessions are not thread-safe)."""
+
+    def __init__(self, url: str, client_args: tuple, connections: int):
+        self.url, self.client_args = url, client_args
+        self.pool = ThreadPoolExecutor(connections, thread_name_prefix="tilescope-dicomweb")
+        self._local = threading.local()
+        self._clients: list[_Client] = []
+        self._lock = threading.Lock()
+
+    def client(self) -> _Client:
+        c = getattr(self._local, "client", None)
+        if c is None:
+            c = self._local.client = _Client(self.url, *self.client_args)
+            with self._lock:
+                self._clients.append(c)
+        return c
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for c in clients:
+            c.close()
+
+
 class WebFrames(Pieces):
     """Frames of a level on the server: (instance UID, frame number) per piece. Before a read
-    decodes, the engine hands over every piece it needs (:meth:`prefetch`): they come in a few
-    requests of up to ``batch`` frames, and wait here until decoded."""
+    decodes, the engine hands over every piece it needs (:meth:`prefetch`): they are asked for in
+    requests of up to ``batch`` frames, several in flight at once, and each piece's decode waits
+    only for its own request."""
 
-    per_thread = True
-
-    def __init__(self, url, study, series, uids, numbers, label, client_args, batch: int = 32):
+    def __init__(self, url, study, series, uids, numbers, label, client_args, batch: int = 256,
+                 connections: int = 4):
         present = np.asarray([n > 0 for n in numbers], np.int64)
         super().__init__(present, present, label, missing_ok=True, file=url)
         self.study, self.series, self.uids = study, series, uids
         self.numbers = np.asarray(numbers, np.int64)
-        self.client_args, self.batch = client_args, batch
-        self.keep = 4096  # fetched frames waiting to be decoded, at most
-        self._kept: OrderedDict = OrderedDict()
+        self.client_args, self.batch, self.connections = client_args, batch, connections
+        self.keep = 4096  # frames asked for and not yet decoded, at most
+        self._kept: OrderedDict = OrderedDict()  # (uid, number) -> Future of {number: bytes}
         self._lock = threading.Lock()
 
-    def opener(self, url: str) -> _Client:
-        return _Client(url, *self.client_args)
+    def opener(self, url: str) -> _Fetcher:
+        return _Fetcher(url, self.client_args, self.connections)
 
-    def prefetch(self, client: _Client, indices) -> None:
-        """Fetch the frames of ``indices`` (one read's pieces) in requests of up to ``batch``
-        frames per instance, and keep them for :meth:`fetch`."""
-        with self._lock:
-            todo = [i for i in indices if self.numbers[i] > 0 and (self.uids[i], int(self.numbers[i]))
-                    not in self._kept]
+    def prefetch(self, fetcher: _Fetcher, indices) -> None:
+        """Ask for the frames of ``indices`` (one read's pieces, in the order they will be
+        decoded) in requests of up to ``batch`` frames of one instance each."""
         by_uid: dict = defaultdict(list)
-        for i in todo:
-            by_uid[self.uids[i]].append(int(self.numbers[i]))
-        for uid, numbers in by_uid.items():
-            numbers = sorted(set(numbers))
-            for k in range(0, len(numbers), self.batch):
-                self._get(client, uid, numbers[k:k + self.batch])
+        with self._lock:
+            for i in indices:
+                key = (self.uids[i], int(self.numbers[i]))
+                if key[1] > 0 and key not in self._kept:
+                    by_uid[key[0]].append(key[1])
+            for uid, numbers in by_uid.items():
+                numbers = sorted(set(numbers))
+                for k in range(0, len(numbers), self.batch):
+                    chunk = numbers[k:k + self.batch]
+                    future = fetcher.pool.submit(self._get, fetcher, uid, chunk)
+                    for n in chunk:
+                        self._kept[(uid, n)] = future
+            while len(self._kept) > self.keep:
+                self._kept.popitem(last=False)
 
-    def _get(self, client: _Client, uid: str, numbers: list[int]) -> dict:
+    def _get(self, fetcher: _Fetcher, uid: str, numbers: list[int]) -> dict:
+        client = fetcher.client()
         what = f"study {self.study} series {self.series} instance {uid} frames {numbers[0]}-{numbers[-1]}"
         frames = client.call(what, client.api.retrieve_instance_frames, self.study, self.series, uid,
                              frame_numbers=numbers, media_types=_OCTETS)
         if len(frames) != len(numbers):
             raise CorruptDataError(f"{client.url}: instance {uid}: asked for {len(numbers)} frames, got "
                                    f"{len(frames)}")
-        got = dict(zip(numbers, (bytes(f) for f in frames), strict=True))
-        with self._lock:
-            for n, f in got.items():
-                self._kept[(uid, n)] = f
-            while len(self._kept) > self.keep:
-                self._kept.popitem(last=False)
-        return got
+        return dict(zip(numbers, (bytes(f) for f in frames), strict=True))
 
-    def fetch(self, client: _Client, index: int) -> bytes:
+    def fetch(self, fetcher: _Fetcher, index: int) -> bytes:
         key = (self.uids[index], int(self.numbers[index]))
         with self._lock:
-            data = self._kept.pop(key, None)
-        if data is None:
-            data = self._get(client, key[0], [key[1]])[key[1]]
-            with self._lock:
-                self._kept.pop(key, None)
-        return data
+            future = self._kept.pop(key, None)
+        if future is not None:
+            return future.result()[key[1]]
+        return self._get(fetcher, key[0], [key[1]])[key[1]]
 
 
 def _syntax(frame: bytes) -> str:
@@ -156,7 +183,7 @@ def _syntax(frame: bytes) -> str:
 
 def open_url(url: str, options, *, study: str | None = None, series: str | None = None,
              headers: dict | None = None, verify=True, timeout: float = 30.0, retries: int = 2,
-             batch: int = 32) -> Slide:
+             batch: int = 256, connections: int = 4) -> Slide:
     """The slide of ``series`` (of ``study``) on the DICOMweb server at ``url``
     (``dicomweb+http(s)://host:port/path``); without ``series``, the first SM series (of
     ``study``) the server lists."""
@@ -168,6 +195,7 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
             from None
     base = url[len(SCHEME):] if url.startswith(SCHEME) else url
     args = (headers, verify, timeout, retries)
+    fetching = (args, batch, connections)
     client = _Client(base, *args)
     try:
         if series is None or study is None:
@@ -192,7 +220,7 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
     if not volumes:
         raise CorruptDataError(f"{source.path}: no VOLUME instance in the series")
     sizes = sorted(volumes, key=lambda s: -s[0])
-    specs = [_level(volumes[size], base, study, series, args, batch, f"level {li}")
+    specs = [_level(volumes[size], base, study, series, fetching, f"level {li}")
              for li, size in enumerate(sizes)]
     first = volumes[sizes[0]][0].ds
     spp = int(first.SamplesPerPixel)
@@ -200,7 +228,7 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
     for flavor, name in (("LABEL", "label"), ("OVERVIEW", "macro"), ("THUMBNAIL", "thumbnail")):
         inst = next((i for i in instances if i.flavor == flavor), None)
         if inst is not None:
-            size, _, layout = _level([inst], base, study, series, args, batch, name)
+            size, _, layout = _level([inst], base, study, series, fetching, name)
             associated[name] = AssociatedImage(size, layout, np.dtype(np.uint8), len(layout.channel_map))
     mpp = None
     try:
@@ -240,7 +268,7 @@ def _instances(meta: list, client: _Client, study: str, series: str) -> list:
     return out
 
 
-def _level(insts, base, study, series, args, batch, label):
+def _level(insts, base, study, series, fetching, label):
     inst0 = insts[0]
     n, nz, nop = dicom.level_shape(inst0)
     grid = {(z, op): ([None] * n, np.zeros(n, np.int64)) for z in range(nz) for op in range(nop)}
@@ -250,12 +278,14 @@ def _level(insts, base, study, series, args, batch, label):
 
     def make_pieces(z, op):
         uids, numbers = grid[z, op]
-        return WebFrames(base, study, series, uids, numbers, f"{label} z={z} path={op}", args, batch)
+        return WebFrames(base, study, series, uids, numbers, f"{label} z={z} path={op}", *fetching)
     return inst0.size, inst0.tile, dicom.planes_layout(make_pieces, inst0, nz, nop)
+
 
 def find_slides(url: str, options, *, study_instance_uid: str | None = None, patient_id: str | None = None,
                 study_id: str | None = None, container_id: str | None = None, headers: dict | None = None,
-                verify=True, timeout: float = 30.0, retries: int = 2, batch: int = 32) -> list[Slide]:
+                verify=True, timeout: float = 30.0, retries: int = 2, batch: int = 256,
+                connections: int = 4) -> list[Slide]:
     """Every slide-microscopy series on the server matching the filters, opened (QIDO-RS series
     search on study, patient and study ID; the container identifier is checked in each series'
     metadata, which QIDO-RS does not search)."""
@@ -275,7 +305,8 @@ def find_slides(url: str, options, *, study_instance_uid: str | None = None, pat
     for item in found:
         study, series = item["0020000D"]["Value"][0], item["0020000E"]["Value"][0]
         slide = open_url(url, options, study=study, series=series, headers=headers, verify=verify,
-                         timeout=timeout, retries=retries, batch=batch)
+                         timeout=timeout, retries=retries, batch=batch,
+                         connections=connections)
         if container_id is None or slide.properties["dicom"].get("ContainerIdentifier") == container_id:
             slides.append(slide)
         else:
