@@ -210,6 +210,16 @@ def raw(*, dtype, samples: int, decompress: Callable[[bytes], bytes] | None = No
 _UNPREDICT = {2: imagecodecs.delta_decode, 3: imagecodecs.floatpred_decode}
 
 
+def dicom_rle(*, dtype, samples: int) -> Codec:
+    """DICOM RLE Lossless: byte segments per sample, decoded as planes of samples."""
+    stored = np.dtype(dtype).newbyteorder("<")
+
+    def dec(data, h, w, out):
+        a = np.frombuffer(imagecodecs.dicomrle_decode(data, stored.str), stored)[: samples * h * w]
+        return a.reshape(samples, h, w).transpose(1, 2, 0).astype(dtype, copy=False)
+    return Codec("dicomrle", np.dtype(dtype), samples, dec)
+
+
 def image(name: str, fn: Callable[[bytes], np.ndarray], *, dtype, samples: int) -> Codec:
     """Any imagecodecs image decoder that takes only the bytes (PNG, WebP, JPEG XL, JPEG XR, LERC)."""
     return Codec(name, np.dtype(dtype), samples, lambda data, h, w, out: fn(data))

@@ -7,8 +7,9 @@ associated images ``label``, ``macro`` and ``thumbnail``. Frames are pieces read
 files (the engine opens them on first use): TILED_FULL frames in the standard's order (columns,
 rows, focal planes, optical paths), TILED_SPARSE frames placed by their per-frame plane positions
 (absent tiles read as background). Encapsulated pixel data is walked once over a memory map to find
-each frame's fragment; native pixel data is addressed directly. Transfer syntaxes: JPEG baseline,
-JPEG 2000, JPEG-LS, explicit and implicit VR little endian. Needs the ``[dicom]`` extra (pydicom).
+each frame's fragments (one per frame, or several: by the Basic Offset Table, else by codestream
+start markers); native pixel data is addressed directly. Transfer syntaxes: JPEG baseline, JPEG
+2000, JPEG-LS, RLE Lossless, explicit and implicit VR little endian. Needs the ``[dicom]`` extra (pydicom).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4
         "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
 _JPEGLS = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
 _NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+_RLE = "1.2.840.10008.1.2.5"
 
 
 def is_dicom_file(path: str) -> bool:
@@ -80,8 +82,9 @@ def _read(path: str):
         raise CorruptDataError(f"{path}: not a readable DICOM file: {e}") from None
 
 
-def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray]:
-    """(offset, length) of every frame of an instance's pixel data."""
+def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offset, length, split) of every frame of an instance's pixel data; a split frame spans
+    several fragments, and its range holds their item headers too (:class:`Frames` drops them)."""
     raw = inst.ds.get_item(0x7FE00010, keep_deferred=True)
     if raw is None:
         raise CorruptDataError(f"{inst.path}: no Pixel Data")
@@ -89,7 +92,8 @@ def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray]:
     if inst.syntax in _NATIVE:
         ds = inst.ds
         nbytes = ds.Rows * ds.Columns * ds.SamplesPerPixel * (ds.BitsAllocated // 8)
-        return start + np.arange(inst.frames, dtype=np.int64) * nbytes, np.full(inst.frames, nbytes, np.int64)
+        n = inst.frames
+        return start + np.arange(n, dtype=np.int64) * nbytes, np.full(n, nbytes, np.int64), np.zeros(n, bool)
     with builtins.open(inst.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         pos, items = start, []
         while pos + 8 <= len(mm):
@@ -98,14 +102,53 @@ def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray]:
                 break
             if (group, elem) != (0xFFFE, 0xE000) or pos + 8 + length > len(mm):
                 raise CorruptDataError(f"{inst.path}: encapsulated pixel data is broken at byte {pos}")
-            items.append((pos + 8, length))
+            items.append((pos, length))
             pos += 8 + length
-    fragments = items[1:]  # the first item is the Basic Offset Table
-    if len(fragments) != inst.frames:
-        raise UnsupportedFormatError(f"{inst.path}: {len(fragments)} fragments for {inst.frames} frames "
-                                     f"(frames split over several fragments are not supported)")
-    arr = np.asarray(fragments, np.int64).reshape(-1, 2)
-    return arr[:, 0], arr[:, 1]
+        if len(items) < 2:
+            raise CorruptDataError(f"{inst.path}: encapsulated pixel data without fragments")
+        (bot_at, bot_len), fragments = items[0], items[1:]
+        heads = [bytes(mm[p + 8:p + 12]) for p, _ in fragments]
+        table = np.frombuffer(mm[bot_at + 8:bot_at + 8 + bot_len], "<u4").astype(np.int64)
+    where = np.asarray([p for p, _ in fragments], np.int64)
+    if len(table) == inst.frames and len(where):  # Basic Offset Table: from the first fragment's item
+        if not np.isin(where[0] + table, where).all():
+            raise CorruptDataError(f"{inst.path}: the Basic Offset Table does not point at fragments")
+        first = np.searchsorted(where, where[0] + table)
+    elif len(fragments) == inst.frames:
+        first = np.arange(inst.frames)
+    elif inst.frames == 1:
+        first = np.zeros(1, np.int64)
+    else:  # no table: a frame starts at each fragment opening a JPEG / JPEG 2000 codestream
+        first = np.flatnonzero([h[:2] == b"\xff\xd8" or h[:4] == b"\xff\x4f\xff\x51" or h[4:8] == b"jP  "
+                                for h in heads])
+        if len(first) != inst.frames:
+            raise CorruptDataError(f"{inst.path}: {len(fragments)} fragments for {inst.frames} frames and no "
+                                   f"Basic Offset Table to tell where each frame starts")
+    last = np.r_[first[1:], len(fragments)] - 1
+    ends = np.asarray([p + 8 + n for p, n in fragments], np.int64)
+    split = last > first
+    offsets = np.where(split, where[first], where[first] + 8)
+    return offsets, ends[last] - offsets, split
+
+
+class Frames(Pieces):
+    """Frames of a level, possibly in several files (concatenations); a frame split over several
+    fragments is read in one range and its item headers are dropped."""
+
+    def __init__(self, offsets, counts, split, files, label: str):
+        super().__init__(offsets, counts, label, missing_ok=True, file=files[0])
+        self.files, self.split = files, split
+
+    def fetch(self, source, index: int) -> bytes:
+        data = super().fetch(source, index)
+        if not self.split[index]:
+            return data
+        parts, pos = [], 0
+        while pos + 8 <= len(data):
+            length = struct.unpack_from("<I", data, pos + 4)[0]
+            parts.append(data[pos + 8:pos + 8 + length])
+            pos += 8 + length
+        return b"".join(parts)
 
 
 def _codec(inst: _Instance):
@@ -125,6 +168,8 @@ def _codec(inst: _Instance):
         return codecs.image("jpegls", imagecodecs.jpegls_decode, dtype=dtype, samples=spp)
     if inst.syntax in _NATIVE:
         return codecs.raw(dtype=dtype, samples=spp)
+    if inst.syntax == _RLE:
+        return codecs.dicom_rle(dtype=dtype, samples=spp)
     raise UnsupportedFormatError(f"{where}: transfer syntax {inst.syntax} is not supported")
 
 
@@ -311,18 +356,15 @@ def _level(insts: list[_Instance], li: int, options, label: str | None = None):
     """(size, tile, layout) of one level from its instances (concatenated frames)."""
     inst0 = insts[0]
     n, nz, nop = level_shape(inst0)
-    grid = {(z, op): (np.zeros(n, np.int64), np.zeros(n, np.int64), [inst0.path] * n)
+    grid = {(z, op): (np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), [inst0.path] * n)
             for z in range(nz) for op in range(nop)}
     ranges = {inst.path: _frame_ranges(inst) for inst in insts}
     for z, op, i, inst, k in frames_by_tile(insts):
         if (z, op) in grid:
-            offsets, counts, files = grid[z, op]
-            offsets[i], counts[i], files[i] = ranges[inst.path][0][k], ranges[inst.path][1][k], inst.path
+            offsets, counts, split, files = grid[z, op]
+            offsets[i], counts[i], split[i] = (r[k] for r in ranges[inst.path])
+            files[i] = inst.path
 
     def make_pieces(z, op):
-        offsets, counts, files = grid[z, op]
-        pieces = Pieces(offsets, counts, f"{label or f'level {li}'} z={z} path={op}", missing_ok=True,
-                        file=inst0.path)
-        pieces.files = files
-        return pieces
+        return Frames(*grid[z, op], f"{label or f'level {li}'} z={z} path={op}")
     return inst0.size, inst0.tile, planes_layout(make_pieces, inst0, nz, nop)
