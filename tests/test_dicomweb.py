@@ -68,6 +68,7 @@ def test_dicomweb_equals_the_files(orthanc, converted, monkeypatch):
         sc, lc = s.scenes[0], local.scenes[0]
         assert s.driver == "DICOMweb"
         assert [lv.size for lv in sc.levels] == [lv.size for lv in lc.levels] and sc.mpp == lc.mpp
+        assert s.icc_profile and s.icc_profile == local.icc_profile  # bulk data, fetched as octets
         for li in range(2):
             np.testing.assert_array_equal(sc.read_level(li), lc.read_level(li))
         np.testing.assert_array_equal(sc.read((300, 200, 400, 300), size=(200, 150)),

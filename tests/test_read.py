@@ -194,3 +194,39 @@ def test_reopen_reuses_the_parse_and_notices_changes(tmp_path):
     os.utime(path, ns=(1, 1))  # even with an old mtime: size and inode differ
     with tilescope.open(path) as d:
         assert d.scenes[0].size == (900, 600) and len(d.scenes[0].levels) == 1
+
+
+def test_srgb_conversion_equals_openslide_and_imagecms(fixtures_dir):
+    """``srgb=True`` converts through the embedded ICC profile as openslide-python's documented
+    recipe does (ImageCms, the profile's default intent), for scene reads and associated images."""
+    import io
+    import os
+
+    import highdicom
+    import openslide
+    from PIL import ImageCms
+
+    from tilescope import synth
+
+    with open(os.path.join(os.path.dirname(highdicom.__file__), "_icc_profiles",
+                           "sRGB_v4_ICC_preference.icc"), "rb") as f:
+        icc = f.read()
+    path = synth.write_svs(fixtures_dir / "icc.svs", 1200, 900, downsamples=(1, 4), icc_profile=icc, seed=9)
+    o = openslide.OpenSlide(path)
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(o.color_profile.tobytes()))
+    to_srgb = ImageCms.buildTransform(profile, ImageCms.createProfile("sRGB"), "RGB", "RGB",
+                                      ImageCms.getDefaultIntent(profile))
+    rect = (100, 200, 640, 480)
+    want = np.asarray(to_srgb.apply(o.read_region(rect[:2], 0, rect[2:]).convert("RGB")))
+    with tilescope.open(path, srgb=True) as s, tilescope.open(path) as plain:
+        assert s.icc_profile == icc
+        got = s.scenes[0].read(rect)
+        np.testing.assert_array_equal(got, want)
+        assert np.abs(plain.scenes[0].read(rect).astype(int) - got).mean() > 1  # a real conversion
+        np.testing.assert_array_equal(s.associated["macro"],
+                                      np.asarray(to_srgb.apply(o.associated_images["macro"].convert("RGB"))))
+        assert s.scenes[0].read(rect, channels=["R"]).shape == (480, 640, 1)  # one channel: as stored
+    o.close()
+    bad = synth.write_svs(fixtures_dir / "bad-icc.svs", 600, 400, downsamples=(1,), icc_profile=b"not a profile")
+    with tilescope.open(bad, srgb=True) as s, pytest.raises(tilescope.CorruptDataError, match="ICC profile"):
+        s.scenes[0].read((0, 0, 10, 10))

@@ -110,6 +110,9 @@ class Options:
     # reads at scale may decode JPEG at 1/2, 1/4 or 1/8 in the DCT domain (libjpeg's scaled IDCT,
     # 2-3x cheaper) before the area resample, instead of decoding full size
     dct_scaling: bool = True
+    # RGB reads (scene R, G, B together, and associated images) converted from the slide's ICC
+    # profile to sRGB (littleCMS through Pillow, the profile's default rendering intent)
+    srgb: bool = False
     cache: TileCache | None = None  # None: the process-wide cache
 
 

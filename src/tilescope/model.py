@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -12,7 +13,7 @@ import numpy as np
 
 from . import units as _units
 from .engine import Layout, Options, Reader
-from .errors import InvalidRequestError, SlideClosedError
+from .errors import CorruptDataError, InvalidRequestError, SlideClosedError
 from .geometry import LEVEL_TOLERANCE, normalize_rect, plane_indices, resolve_size
 from .source import FileSource
 from .units import Scale
@@ -170,6 +171,8 @@ class Scene:
         planes, lead = self._planes(z, t)
         levels = [(lv.scale[0], lv.scale[1], lv.layout) for lv in self.levels]
         out = reader.read(levels, rect, out_size, chans, planes, self.dtype, self.background, threads)
+        if reader.options.srgb and self.channel_names[:3] == ("R", "G", "B") and chans == [0, 1, 2]:
+            self._slide._to_srgb(out)
         return out.reshape(*lead, *out.shape[1:])
 
     def _output_scale(self, scale, magnification, mpp, downsample) -> Scale | None:
@@ -301,8 +304,11 @@ class AssociatedImages(Mapping):
         im = self._images[name]
         self._slide._check_open()
         w, h = im.size
-        return self._slide._reader.read_level(im.layout, (0, 0, w, h), list(range(im.channels)), 0, 0,
-                                              im.dtype, 0)
+        reader = self._slide._reader
+        out = reader.read_level(im.layout, (0, 0, w, h), list(range(im.channels)), 0, 0, im.dtype, 0)
+        if reader.options.srgb and im.channels == 3:
+            self._slide._to_srgb(out)
+        return out
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._images)
@@ -330,6 +336,7 @@ class Slide:
         self.vendor = vendor
         self.properties = properties or {}
         self.icc_profile = icc_profile  # the ICC colour profile the file embeds, if any
+        self._srgb = None  # the ICC -> sRGB transform, built on first use
         self.scenes: tuple[Scene, ...] = ()
         self._associated: dict[str, AssociatedImage] = {}
 
@@ -346,6 +353,24 @@ class Slide:
         new.path = source.path if source is not None else self.path
         new.scenes = tuple(sc._bind(new) for sc in self.scenes)
         return new
+
+    def _to_srgb(self, a: np.ndarray) -> None:
+        """Convert uint8 RGB pixels (..., 3) from the slide's ICC profile to sRGB, in place."""
+        if self.icc_profile is None or a.dtype != np.uint8 or a.size == 0:
+            return
+        if self._srgb is None:
+            from PIL import ImageCms
+
+            try:
+                profile = ImageCms.ImageCmsProfile(io.BytesIO(self.icc_profile))
+                self._srgb = ImageCms.buildTransform(profile, ImageCms.createProfile("sRGB"), "RGB", "RGB",
+                                                     ImageCms.getDefaultIntent(profile))
+            except (OSError, ImageCms.PyCMSError) as e:
+                raise CorruptDataError(f"{self.path}: the ICC profile cannot be used: {e}") from None
+        from PIL import Image
+
+        flat = np.ascontiguousarray(a).reshape(-1, a.shape[-2], 3)  # stacked planes: one tall image
+        a[...] = np.asarray(self._srgb.apply(Image.fromarray(flat, "RGB"))).reshape(a.shape)
 
     def _check_open(self) -> None:
         if self._source.closed:

@@ -15,6 +15,7 @@ extra (pydicom, dicomweb-client).
 
 from __future__ import annotations
 
+import base64
 import functools
 import threading
 import time
@@ -210,6 +211,7 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
         meta = client.call(f"study {study} series {series} metadata",
                            client.api.retrieve_series_metadata, study, series)
         instances = _instances(meta, client, study, series)
+        icc = _icc(meta, client)
     finally:
         client.close()
     source = UrlSource(f"{base}/studies/{study}/series/{series}")
@@ -240,7 +242,7 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
              "ContainerIdentifier": str(first.get("ContainerIdentifier", "")),
              "FrameOfReferenceUID": str(first.get("FrameOfReferenceUID", "")),
              "instances": [i.ds.SOPInstanceUID for i in instances]}
-    slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props})
+    slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props}, icc_profile=icc)
     names = dicom.channel_names(first, spp)
     scene = dicom.DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names,
                              dtype=np.uint8, mpp=mpp, compression=volumes[sizes[0]][0].syntax,
@@ -255,7 +257,7 @@ def _instances(meta: list, client: _Client, study: str, series: str) -> list:
     import pydicom
 
     out = []
-    with warnings.catch_warnings():  # bulk data (ICC profiles) is not fetched here
+    with warnings.catch_warnings():  # bulk data is not fetched here (the ICC profile: :func:`_icc`)
         warnings.simplefilter("ignore")
         datasets = [pydicom.Dataset.from_json(m) for m in meta]
     for ds in datasets:
@@ -266,6 +268,26 @@ def _instances(meta: list, client: _Client, study: str, series: str) -> list:
                             uid, frame_numbers=[1], media_types=_OCTETS)
         out.append(dicom._Instance(f"{client.url} instance {uid}", ds, _syntax(bytes(probe[0]))))
     return out
+
+
+def _icc(meta: list, client: _Client) -> bytes | None:
+    """The slide's ICC profile (of the first whole-slide instance that has one): inline, or bulk
+    data fetched as octets (Orthanc answers 400 to a bulk data request without a media type)."""
+    for m in meta:
+        if m.get("00080016", {}).get("Value", [None])[0] != dicom.WSI_SOP_CLASS:
+            continue
+        paths = m.get("00480105", {}).get("Value") or [{}]
+        element = paths[0].get("00282000") or m.get("00282000")
+        if not element:
+            continue
+        if "InlineBinary" in element:
+            return base64.b64decode(element["InlineBinary"])
+        if "BulkDataURI" in element:
+            uri = element["BulkDataURI"]
+            data = client.call(f"ICC profile {uri}", client.api.retrieve_bulkdata, uri,
+                               media_types=("application/octet-stream",))
+            return bytes(data[0]) if data else None
+    return None
 
 
 def _level(insts, base, study, series, fetching, label):
