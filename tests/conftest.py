@@ -105,3 +105,46 @@ def converted(tmp_path_factory):
     out = d / "dcm"
     WsiDicomizer.convert(svs, str(out), include_label=True, include_overview=True)
     return svs, str(out)
+
+
+@pytest.fixture(scope="session")
+def derived(converted, tmp_path_factory):
+    """The converted slide with highdicom-written derived instances of level 0: a BINARY
+    segmentation (tumor, stroma), a FRACTIONAL one (probability) and a float parametric map.
+    Returns the folder and the derived files."""
+    import shutil
+
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    _, folder = converted
+    out = tmp_path_factory.mktemp("derived") / "slide"
+    shutil.copytree(folder, out)
+    src = next(ds for ds in (pydicom.dcmread(p) for p in sorted(out.iterdir()))
+               if ds.ImageType[2] == "VOLUME" and ds.TotalPixelMatrixColumns == 1100)
+    h, w = src.TotalPixelMatrixRows, src.TotalPixelMatrixColumns
+    yy, xx = np.mgrid[:h, :w]
+    binary = np.stack([(xx - 400) ** 2 + (yy - 300) ** 2 < 150 ** 2, (xx > 700) & (yy > 500)], -1)[None]
+
+    def describe(n, label):
+        return hd.seg.SegmentDescription(n, label, codes.SCT.Tissue, codes.SCT.Tissue,
+                                         hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    common = dict(manufacturer="tilescope", manufacturer_model_name="tests", software_versions="0",
+                  device_serial_number="1", tile_pixel_array=True)
+    seg = hd.seg.Segmentation([src], binary.astype(np.uint8), "BINARY",
+                              [describe(1, "tumor"), describe(2, "stroma")], hd.UID(), 10, hd.UID(), 1, **common)
+    frac = hd.seg.Segmentation([src], (xx / w).astype(np.float32)[None], "FRACTIONAL",
+                               [describe(1, "probability")], hd.UID(), 11, hd.UID(), 1, **common)
+    mapping = hd.pm.RealWorldValueMapping(lut_label="score", lut_explanation="a score", unit=codes.UCUM.NoUnits,
+                                          value_range=(0.0, 2.0), intercept=0, slope=1)
+    pm = hd.pm.ParametricMap([src], ((xx + yy) / (w + h)).astype(np.float32)[None], hd.UID(), 12, hd.UID(), 1,
+                             contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
+                             content_label="SCORE",
+                             voi_lut_transformations=[hd.VOILUTTransformation(window_center=1.0, window_width=2.0)],
+                             **common)
+    files = {}
+    for name, ds in (("seg", seg), ("frac", frac), ("pm", pm)):
+        files[name] = str(out / f"{name}.dcm")
+        ds.save_as(files[name])
+    return str(out), files

@@ -228,3 +228,42 @@ def test_rle_and_frames_in_several_fragments(converted, tmp_path):
         np.testing.assert_array_equal(s.scenes[0].read_level(0), want)
     with wsidicom.WsiDicom.open(str(tmp_path / "rle")) as w:  # the reference decode of the RLE frames
         np.testing.assert_array_equal(np.asarray(w.read_region((0, 0), 0, (275, 225)).convert("RGB")), want)
+
+
+def test_segmentations_and_parametric_maps_are_channels(derived):
+    hd = pytest.importorskip("highdicom")
+    folder, files = derived
+    want_seg = hd.seg.segread(files["seg"]).get_total_pixel_matrix(combine_segments=False)
+    want_frac = hd.seg.segread(files["frac"]).get_total_pixel_matrix(combine_segments=False,
+                                                                      rescale_fractional=False)[..., 0]
+    want_pm = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(files["pm"])).get_total_pixel_matrix(
+        apply_real_world_transform=False)
+    with tilescope.open(folder) as s:
+        sc = s.scenes[0]
+        assert sc.channel_names == ("R", "G", "B", "tumor", "stroma", "probability", "SCORE")
+        assert sc.read((0, 0, 64, 64)).shape == (64, 64, 3)  # by default the image channels
+        assert [c["type"] for c in sc.channel_info] == ["OPTICAL_PATH"] * 3 + ["SEGMENT"] * 3 + ["PARAMETER"]
+        assert sc.find_segments(label="tumor") == ["tumor"] and sc.find_segments(number=2) == ["stroma"]
+        assert sc.find_optical_paths() == ["R", "G", "B"] and sc.find_parameters() == ["SCORE"]
+        assert sc.find_optical_paths(identifier="no such path") == []
+        np.testing.assert_array_equal(sc.read(channels=sc.find_segments(property_type="Tissue")[:2]), want_seg)
+        frac = sc.read(channels="probability")
+        assert frac.dtype == np.uint8 and sc.channel_info[5]["max_fractional_value"] == 255
+        np.testing.assert_array_equal(frac[..., 0], want_frac)
+        pm = sc.read(channels="SCORE")
+        assert pm.dtype == np.float32 and sc.channel_info[6]["unit"]
+        np.testing.assert_array_equal(pm[..., 0], want_pm.astype(np.float32))
+        # image and derived channels together: one array in the common dtype, each channel as alone
+        rect = (500, 400, 300, 200)
+        mixed = sc.read(rect, channels=["G", "tumor", "SCORE"])
+        assert mixed.dtype == np.float32
+        np.testing.assert_array_equal(mixed[..., 0], sc.read(rect, channels="G")[..., 0])
+        np.testing.assert_array_equal(mixed[..., 1], want_seg[400:600, 500:800, 0])
+        # the layers exist at level 0 only: downscaled reads come from there, level 1 has none
+        small = sc.read(size=(275, 225), channels="tumor")
+        assert small.shape == (225, 275, 1) and set(np.unique(small)) <= {0, 1}
+        with pytest.raises(tilescope.InvalidRequestError, match="level 1"):
+            sc.read_level(1, channels="tumor")
+        # outside the scene derived layers read 0, the image white
+        edge = sc.read((1000, 800, 200, 200), channels=["R", "tumor"])
+        assert (edge[150:, 150:, 0] == 255).all() and (edge[150:, 150:, 1] == 0).all()

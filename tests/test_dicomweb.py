@@ -111,3 +111,27 @@ def test_find_slides(orthanc, converted):
     found[0].close()
     assert tilescope.dicomweb.find_slides(url, container_id="no-such-slide") == []
     assert tilescope.dicomweb.find_slides(url, patient_id="nobody") == []
+
+
+def test_derived_layers_over_dicomweb(orthanc, derived):
+    """Segmentations and a parametric map stored in their own series of the study are found
+    (QIDO-RS + series metadata) and read like the files."""
+    url, _ = orthanc
+    folder, files = derived
+    base = url[len("dicomweb+"):-len("/dicom-web")]
+    for path in files.values():
+        with open(path, "rb") as f:
+            urllib.request.urlopen(urllib.request.Request(f"{base}/instances", data=f.read(), method="POST"),
+                                   timeout=10).read()
+    with tilescope.open(folder) as local:
+        props = local.properties["dicom"]
+        with tilescope.open(url, study=props["StudyInstanceUID"], series=props["SeriesInstanceUID"]) as s:
+            sc, lc = s.scenes[0], local.scenes[0]
+            assert sc.channel_names == lc.channel_names and sc.channel_info == lc.channel_info
+            names = ["tumor", "stroma", "probability", "SCORE"]
+            np.testing.assert_array_equal(sc.read(channels=names), lc.read(channels=names))
+            np.testing.assert_array_equal(sc.read((100, 100, 700, 500), size=(350, 250), channels=["B", "SCORE"]),
+                                          lc.read((100, 100, 700, 500), size=(350, 250), channels=["B", "SCORE"]))
+        with tilescope.open(url, study=props["StudyInstanceUID"], series=props["SeriesInstanceUID"],
+                            derived_layers=False) as s:
+            assert s.scenes[0].channel_names == ("R", "G", "B")

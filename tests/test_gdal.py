@@ -48,7 +48,7 @@ def test_bands_overviews_equal_rasterio(hfa):
 
 def test_threads_and_close(hfa):
     p, full = hfa
-    s = tilescope.open(p)
+    s = tilescope.open(p, cache=tilescope.TileCache(0))  # every read reaches the handles
     rng = np.random.default_rng(0)
     rects = [(int(x), int(y), 120, 90) for x, y in zip(rng.integers(0, 780, 24), rng.integers(0, 610, 24),
                                                          strict=True)]

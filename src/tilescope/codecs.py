@@ -220,6 +220,14 @@ def dicom_rle(*, dtype, samples: int) -> Codec:
     return Codec("dicomrle", np.dtype(dtype), samples, dec)
 
 
+def bitmask() -> Codec:
+    """1-bit pixels packed least significant bit first (DICOM BINARY segmentations) as 0 / 1."""
+    def dec(data, h, w, out):
+        bits = np.unpackbits(np.frombuffer(data, np.uint8), count=h * w, bitorder="little")
+        return bits.reshape(h, w, 1)
+    return Codec("bitmask", np.dtype(np.uint8), 1, dec)
+
+
 def image(name: str, fn: Callable[[bytes], np.ndarray], *, dtype, samples: int) -> Codec:
     """Any imagecodecs image decoder that takes only the bytes (PNG, WebP, JPEG XL, JPEG XR, LERC)."""
     return Codec(name, np.dtype(dtype), samples, lambda data, h, w, out: fn(data))

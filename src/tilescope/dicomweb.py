@@ -14,6 +14,6 @@ def find_slides(url: str, *, study_instance_uid: str | None = None, patient_id: 
     """The slides (one per slide-microscopy series) on the server at ``url``
     (``http(s)://host:port/dicom-web``, with or without the ``dicomweb+`` prefix) that match every
     filter given. ``kwargs``: ``headers``, ``verify``, ``timeout``, ``retries``, ``batch``,
-    ``connections``."""
+    ``connections``, ``derived_layers``."""
     return _find_slides(url, _options, study_instance_uid=study_instance_uid, patient_id=patient_id,
                         study_id=study_id, container_id=container_id, **kwargs)

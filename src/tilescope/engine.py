@@ -77,10 +77,10 @@ class Plane:
 @dataclass(eq=False)
 class Layout:
     """Where a level's channels are: ``planes[(z, t)]`` lists planes, and channel ``c`` is sample
-    ``channel_map[c][1]`` of plane ``channel_map[c][0]`` of that list."""
+    ``channel_map[c][1]`` of plane ``channel_map[c][0]`` of that list (None: not at this level)."""
 
     planes: dict[tuple[int, int], tuple[Plane, ...]]
-    channel_map: tuple[tuple[int, int], ...]
+    channel_map: tuple[tuple[int, int] | None, ...]
 
     def reduced(self, k: int) -> Layout | None:
         """The level decoded at 1/k (see :meth:`Plane.reduced`), or None if a plane cannot be."""
@@ -91,6 +91,17 @@ class Layout:
                 return None
             planes[zt] = rs
         return Layout(planes, self.channel_map)
+
+    def select(self, channels: list[int]) -> Layout | None:
+        """A layout of just ``channels`` (in that order), or None if one is not stored at this
+        level (``channel_map`` entry None: a derived layer kept at other levels only)."""
+        if any(self.channel_map[c] is None for c in channels):
+            return None
+        used = sorted({self.channel_map[c][0] for c in channels})
+        index = {p: i for i, p in enumerate(used)}
+        planes = {zt: tuple(ps[p] for p in used) for zt, ps in self.planes.items()}
+        return Layout(planes, tuple((index[self.channel_map[c][0]], self.channel_map[c][1])
+                                    for c in channels))
 
     @classmethod
     def single(cls, plane: Plane) -> Layout:
@@ -304,7 +315,7 @@ class Reader:
             return
         dst = out[iy0 - y:iy1 - y, ix0 - x:ix1 - x]
         if a is None:  # a sparse format's missing piece
-            dst[..., dst_sel] = background
+            dst[..., dst_sel] = background if np.ndim(background) == 0 else np.asarray(background)[dst_sel]
             return
         if a.shape[0] < iy1 - y0 or a.shape[1] < ix1 - x0:
             raise CorruptDataError(

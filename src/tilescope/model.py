@@ -61,14 +61,20 @@ class Scene:
                  compression: str = "", rect: tuple[int, int, int, int] | None = None,
                  num_z_slices: int = 1, num_t_frames: int = 1, z_resolution: float | None = None,
                  t_resolution: float | None = None, brightfield: bool = False,
-                 channel_colors: Sequence[str | None] | None = None):
+                 channel_colors: Sequence[str | None] | None = None, image_channels: int | None = None,
+                 channel_dtypes: Sequence | None = None):
         self._slide = slide
         self.name = name
         self.channel_names = tuple(channel_names)
         # display colours as "#RRGGBB" where the format records them (fluorescence), else None
         self.channel_colors = tuple(channel_colors) if channel_colors else (None,) * len(self.channel_names)
         self.dtype = np.dtype(dtype)
-        self.channel_dtypes = (self.dtype,) * len(self.channel_names)
+        # the first ``image_channels`` channels are the image (read by default, in ``dtype``); the
+        # rest are derived layers a format adds (DICOM segments and parametric maps), each with its
+        # own dtype and background 0, possibly stored at some levels only
+        self.image_channels = len(self.channel_names) if image_channels is None else image_channels
+        self.channel_dtypes = tuple(np.dtype(d) for d in channel_dtypes) if channel_dtypes else \
+            (self.dtype,) * len(self.channel_names)
         self.mpp = mpp
         self.magnification = magnification
         self.compression = compression
@@ -108,7 +114,7 @@ class Scene:
 
     def _channels(self, channels) -> list[int]:
         if channels is None:
-            return list(range(self.num_channels))
+            return list(range(self.image_channels))
         if isinstance(channels, int | str):
             channels = [channels]
         out = []
@@ -169,8 +175,17 @@ class Scene:
         reader = self._reader()
         chans = self._channels(channels)
         planes, lead = self._planes(z, t)
-        levels = [(lv.scale[0], lv.scale[1], lv.layout) for lv in self.levels]
-        out = reader.read(levels, rect, out_size, chans, planes, self.dtype, self.background, threads)
+        if all(c < self.image_channels for c in chans):
+            levels = [(lv.scale[0], lv.scale[1], lv.layout) for lv in self.levels]
+            out = reader.read(levels, rect, out_size, chans, planes, self.dtype, self.background, threads)
+        else:  # derived layers: the levels that hold every channel asked for
+            levels = [(lv.scale[0], lv.scale[1], sel) for lv in self.levels
+                      if (sel := lv.layout.select(chans)) is not None]
+            if not levels:
+                raise InvalidRequestError(f"{self._where}: no level holds all of channels {chans}")
+            dtype, background = self._mixed(chans)
+            out = reader.read(levels, rect, out_size, list(range(len(chans))), planes, dtype, background,
+                              threads)
         if reader.options.srgb and self.channel_names[:3] == ("R", "G", "B") and chans == [0, 1, 2]:
             self._slide._to_srgb(out)
         return out.reshape(*lead, *out.shape[1:])
@@ -223,9 +238,21 @@ class Scene:
         rect = (x, y, w, h)
         planes, lead = self._planes(z, t)
         chans = self._channels(channels)
-        out = reader.read([(1.0, 1.0, lv.layout)], rect, rect[2:], chans, planes, self.dtype,
-                          self.background)
+        layout, dtype, background = lv.layout, self.dtype, self.background
+        if not all(c < self.image_channels for c in chans):
+            layout = lv.layout.select(chans)
+            if layout is None:
+                raise InvalidRequestError(f"{self._where}: level {level} does not hold all of channels "
+                                          f"{chans}")
+            dtype, background = self._mixed(chans)
+            chans = list(range(len(chans)))
+        out = reader.read([(1.0, 1.0, layout)], rect, rect[2:], chans, planes, dtype, background)
         return out.reshape(*lead, *out.shape[1:])
+
+    def _mixed(self, chans: list[int]) -> tuple[np.dtype, np.ndarray]:
+        """Output dtype and per-channel background of a read including derived layers."""
+        dtype = np.result_type(*(self.channel_dtypes[c] for c in chans))
+        return dtype, np.array([self.background if c < self.image_channels else 0 for c in chans], dtype)
 
     # -- access patterns (tiles.py) ------------------------------------------------------------
     def tiles(self, tile_size=256, overlap=0, *, region=None, units="px", scale=None,

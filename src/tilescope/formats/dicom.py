@@ -31,6 +31,10 @@ from ..source import Pieces
 
 NAME = "DICOM"
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
+DERIVED = (SEG_SOP_CLASS, PM_SOP_CLASS)
+_PIXELS = ((0x7FE00010, None), (0x7FE00008, np.float32), (0x7FE00009, np.float64))  # element, float type
 _JPEG = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
 _J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
         "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
@@ -61,6 +65,8 @@ def detect(probe) -> bool:
 
 
 class _Instance:
+    whole = False  # DICOMweb: the server serves no single frames of it (see dicomweb.WholeInstance)
+
     def __init__(self, path: str, ds, syntax: str | None = None):
         self.path, self.ds = path, ds
         self.flavor = str(ds.ImageType[2]).upper() if len(ds.get("ImageType", [])) > 2 else ""
@@ -69,6 +75,11 @@ class _Instance:
         self.tile = (int(ds.Columns), int(ds.Rows))
         self.frames = int(ds.get("NumberOfFrames", 1))
         self.syntax = syntax or str(ds.file_meta.TransferSyntaxUID)
+        self.sop_class = str(ds.get("SOPClassUID", ""))
+        self.pixel_tag, float_type = next(((t, f) for t, f in _PIXELS if t in ds), _PIXELS[0])
+        bits, signed = int(ds.get("BitsAllocated", 8)), int(ds.get("PixelRepresentation", 0)) == 1
+        integer = np.uint8 if bits <= 8 else f"{'i' if signed else 'u'}{bits // 8}"
+        self.dtype = np.dtype(float_type or integer)
 
 
 def _read(path: str):
@@ -85,13 +96,17 @@ def _read(path: str):
 def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(offset, length, split) of every frame of an instance's pixel data; a split frame spans
     several fragments, and its range holds their item headers too (:class:`Frames` drops them)."""
-    raw = inst.ds.get_item(0x7FE00010, keep_deferred=True)
+    raw = inst.ds.get_item(inst.pixel_tag, keep_deferred=True)
     if raw is None:
         raise CorruptDataError(f"{inst.path}: no Pixel Data")
     start = raw.value_tell
     if inst.syntax in _NATIVE:
         ds = inst.ds
-        nbytes = ds.Rows * ds.Columns * ds.SamplesPerPixel * (ds.BitsAllocated // 8)
+        nbits = ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated
+        if nbits % 8:  # 1-bit frames are packed back to back; only whole-byte frames are addressable
+            raise UnsupportedFormatError(f"{inst.path}: {ds.Columns}x{ds.Rows} frames of "
+                                         f"{ds.BitsAllocated}-bit pixels do not start on byte boundaries")
+        nbytes = nbits // 8
         n = inst.frames
         return start + np.arange(n, dtype=np.int64) * nbytes, np.full(n, nbytes, np.int64), np.zeros(n, bool)
     with builtins.open(inst.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -154,6 +169,10 @@ class Frames(Pieces):
 def _codec(inst: _Instance):
     ds, where = inst.ds, inst.path
     spp = int(ds.SamplesPerPixel)
+    if int(ds.get("BitsAllocated", 8)) == 1:  # BINARY segmentations
+        if inst.syntax not in _NATIVE:
+            raise UnsupportedFormatError(f"{where}: 1-bit frames in transfer syntax {inst.syntax}")
+        return codecs.bitmask()
     if inst.syntax in _JPEG:
         photometric = str(ds.PhotometricInterpretation)
         if spp == 3:  # the DICOM attribute rules over markers inside the JPEG (as openslide reads it)
@@ -161,7 +180,7 @@ def _codec(inst: _Instance):
         return codecs.jpeg(samples=1)
     if inst.syntax in _J2K:
         return codecs.jpeg2000(samples=spp, dtype=np.uint8 if ds.BitsAllocated == 8 else np.uint16)
-    dtype = np.dtype(np.uint8 if ds.BitsAllocated == 8 else np.uint16)
+    dtype = inst.dtype
     if inst.syntax in _JPEGLS:
         import imagecodecs
 
@@ -174,7 +193,8 @@ def _codec(inst: _Instance):
 
 
 def _positions(inst: _Instance) -> list[tuple[int, int, int, int]]:
-    """(tile column, tile row, focal plane index, optical path index) of every frame."""
+    """(tile column, tile row, focal plane index, layer) of every frame; the layer is the optical
+    path, or a segmentation's segment."""
     ds = inst.ds
     cols = -(-inst.size[0] // inst.tile[0])
     rows = -(-inst.size[1] // inst.tile[1])
@@ -192,13 +212,22 @@ def _positions(inst: _Instance) -> list[tuple[int, int, int, int]]:
         pos = item.PlanePositionSlideSequence[0]
         col = (int(pos.ColumnPositionInTotalImagePixelMatrix) - 1) // inst.tile[0]
         row = (int(pos.RowPositionInTotalImagePixelMatrix) - 1) // inst.tile[1]
-        out.append((col, row, 0, 0))
+        segment = item.get("SegmentIdentificationSequence")  # a segmentation's frames: one segment each
+        out.append((col, row, 0, int(segment[0].ReferencedSegmentNumber) - 1 if segment else 0))
     return out
 
 
 class DicomScene(Scene):
     """A DICOM slide's Scene, with the slide coordinate system: millimetres on the glass (Total
-    Pixel Matrix Origin, Image Orientation (Slide), Pixel Spacing) <-> pixel indices of any level."""
+    Pixel Matrix Origin, Image Orientation (Slide), Pixel Spacing) <-> pixel indices of any level.
+
+    Its image channels are the optical paths' samples; segments of Segmentation instances and
+    Parametric Map instances of the same frame of reference follow as derived channels (read when
+    asked for by name or index, at the levels of their size). ``channel_info`` describes each
+    channel: type OPTICAL_PATH (identifier, description, wavelength), SEGMENT (number, label,
+    property_type, segmentation_type, max_fractional_value) or PARAMETER (label, unit)."""
+
+    channel_info: tuple[dict, ...] = ()
 
     def _setup(self, ds) -> None:
         try:
@@ -232,6 +261,25 @@ class DicomScene(Scene):
         p = np.atleast_2d(np.asarray(coordinates, np.float64))
         return (np.linalg.inv(self._matrix(level)) @ np.c_[p, np.ones(len(p))].T).T[:, :2]
 
+    def find_optical_paths(self, identifier: str | None = None, description: str | None = None) -> list[str]:
+        """Names of the image channels of the optical paths matching ``identifier`` and
+        ``description`` (all paths when neither is given)."""
+        return self._find("OPTICAL_PATH", identifier=identifier, description=description)
+
+    def find_segments(self, number: int | None = None, label: str | None = None,
+                      property_type: str | None = None) -> list[str]:
+        """Names of the segment channels (from DICOM Segmentation instances of this slide's frame
+        of reference) matching segment ``number``, ``label`` and segmented ``property_type``."""
+        return self._find("SEGMENT", number=number, label=label, property_type=property_type)
+
+    def find_parameters(self, label: str | None = None) -> list[str]:
+        """Names of the parametric map channels whose content label is ``label`` (all if None)."""
+        return self._find("PARAMETER", label=label)
+
+    def _find(self, kind: str, **match) -> list[str]:
+        return [c["name"] for c in self.channel_info if c["type"] == kind
+                and all(v is None or c.get(k) == v for k, v in match.items())]
+
     def read_slide_region(self, x: float, y: float, width: float, height: float, size=None,
                           **kw) -> np.ndarray:
         """The region of the glass [x, x + width) x [y, y + height) (mm), as level-0 pixels of the
@@ -251,58 +299,168 @@ def open(probe, options) -> Slide:
                                      f"VL Whole Slide Microscopy Image")
     key = (first.get("FrameOfReferenceUID"), first.get("ContainerIdentifier"))
     folder = os.path.dirname(os.path.abspath(path))
-    instances = []
+    instances, derived = [], []
     for name in sorted(os.listdir(folder)):
         p = os.path.join(folder, name)
         if not (os.path.isfile(p) and is_dicom_file(p)):
             continue
         ds = first if os.path.samefile(p, path) else _read(p)
-        if str(ds.get("SOPClassUID", "")) == WSI_SOP_CLASS and \
-                (ds.get("FrameOfReferenceUID"), ds.get("ContainerIdentifier")) == key:
+        sop = str(ds.get("SOPClassUID", ""))
+        if sop == WSI_SOP_CLASS and (ds.get("FrameOfReferenceUID"), ds.get("ContainerIdentifier")) == key:
             instances.append(_Instance(p, ds))
+        elif sop in DERIVED and ds.get("FrameOfReferenceUID") == key[0]:
+            derived.append(_Instance(p, ds))
+    levels = volume_levels(instances, f"{path}: no VOLUME instance of this slide in {folder}")
+    base = levels[0][0].ds
+    props = {"SOPClassUID": WSI_SOP_CLASS, "FrameOfReferenceUID": str(key[0]),
+             "ContainerIdentifier": str(key[1]), "StudyInstanceUID": str(base.get("StudyInstanceUID", "")),
+             "SeriesInstanceUID": str(base.get("SeriesInstanceUID", "")),
+             "Manufacturer": str(base.get("Manufacturer", "")),
+             "instances": [os.path.basename(i.path) for i in instances + derived]}
+    slide = Slide(probe.source, NAME, options, raw_metadata=_header_text(base), vendor="dicom",
+                  properties={"dicom": props}, icc_profile=_icc(base))
+    return assemble(slide, levels, instances, derived, _level)
+
+
+def _header_text(ds) -> str:
+    """The dataset as text without its pixel data (printing that would read it all)."""
+    import pydicom
+
+    return str(pydicom.Dataset({t: ds[t] for t in list(ds.keys()) if t not in (p for p, _ in _PIXELS)}))
+
+
+def volume_levels(instances: list[_Instance], none: str) -> list[list[_Instance]]:
+    """The VOLUME instances by level, largest first (a level's concatenated parts in order)."""
     volumes: dict[tuple[int, int], list[_Instance]] = defaultdict(list)
     for inst in instances:
         if inst.flavor == "VOLUME":
             volumes[inst.size].append(inst)
     if not volumes:
-        raise CorruptDataError(f"{path}: no VOLUME instance of this slide in {folder}")
-    sizes = sorted(volumes, key=lambda s: -s[0])
-    base = volumes[sizes[0]][0].ds
-    specs = []
-    for li, size in enumerate(sizes):
-        insts = sorted(volumes[size], key=lambda i: int(i.ds.get("ConcatenationFrameOffsetNumber", 0)))
-        specs.append(_level(insts, li, options))
-    spp = int(base.SamplesPerPixel)
-    mpp = None
-    try:
-        sp = base.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-        mpp = (float(sp[1]) * 1000, float(sp[0]) * 1000)
-    except (AttributeError, IndexError, KeyError, TypeError):
-        pass
+        raise CorruptDataError(none)
+    return [sorted(volumes[size], key=lambda i: int(i.ds.get("ConcatenationFrameOffsetNumber", 0) or 0))
+            for size in sorted(volumes, key=lambda s: -s[0])]
+
+
+def assemble(slide: Slide, levels: list[list[_Instance]], instances: list[_Instance],
+             derived: list[_Instance], make_level) -> Slide:
+    """The slide's scene (levels, optical paths, focal planes, derived layers) and associated
+    images, from files or a DICOMweb series alike: ``make_level(instances, label)`` gives a level's
+    (size, tile, layout)."""
+    base = levels[0][0].ds
+    specs = [make_level(insts, f"level {li}") for li, insts in enumerate(levels)]
     associated = {}
     for flavor, name in (("LABEL", "label"), ("OVERVIEW", "macro"), ("THUMBNAIL", "thumbnail")):
         inst = next((i for i in instances if i.flavor == flavor), None)
         if inst is not None:
-            size, _, layout = _level([inst], 0, options, name)
+            size, _, layout = make_level([inst], name)
             associated[name] = AssociatedImage(size, layout, np.dtype(np.uint8), len(layout.channel_map))
-    paths = [os.path.basename(i.path) for i in instances]
-    props = {"SOPClassUID": WSI_SOP_CLASS, "FrameOfReferenceUID": str(key[0]),
-             "ContainerIdentifier": str(key[1]), "StudyInstanceUID": str(base.get("StudyInstanceUID", "")),
-             "SeriesInstanceUID": str(base.get("SeriesInstanceUID", "")),
-             "Manufacturer": str(base.get("Manufacturer", "")), "instances": paths}
-    slide = Slide(probe.source, NAME, options, raw_metadata=str(base), vendor="dicom",
-                  properties={"dicom": props}, icc_profile=_icc(base))
-    objective = None
+    spp = int(base.SamplesPerPixel)
+    mpp = objective = None
+    with contextlib.suppress(AttributeError, IndexError, KeyError, TypeError):
+        sp = base.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        mpp = (float(sp[1]) * 1000, float(sp[0]) * 1000)
     with contextlib.suppress(AttributeError, IndexError, TypeError, ValueError):
         objective = float(base.OpticalPathSequence[0].ObjectiveLensPower)
     names = channel_names(base, spp)
-    nz = level_shape(volumes[sizes[0]][0])[1]
-    scene = DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=np.uint8,
-                       mpp=mpp, magnification=objective, compression=str(base.file_meta.TransferSyntaxUID),
-                       num_z_slices=nz, brightfield=spp == 3 and len(names) == 3)
+    info = _optical_paths(base, names)
+    image_channels = len(names)
+    dtypes = [levels[0][0].dtype] * image_channels
+    specs, unplaced = _with_derived(specs, derived, make_level, names, dtypes, info)
+    scene = DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names,
+                       dtype=levels[0][0].dtype, mpp=mpp, magnification=objective,
+                       compression=levels[0][0].syntax, num_z_slices=level_shape(levels[0][0])[1],
+                       brightfield=spp == 3 and image_channels == 3, image_channels=image_channels,
+                       channel_dtypes=dtypes)
     scene._setup(base)
+    scene.channel_info = tuple(info)
+    if unplaced:
+        slide.properties["dicom"]["unplaced"] = unplaced
     slide._set_contents([scene], associated)
     return slide
+
+
+def _optical_paths(ds, names: list[str]) -> list[dict]:
+    """Each image channel's optical path: identifier, description, illumination wavelength (nm)."""
+    paths = list(ds.get("OpticalPathSequence", []) or [])
+    per = max(1, len(names) // max(1, len(paths)))
+    out = []
+    for c, name in enumerate(names):
+        p = paths[c // per] if paths else {}
+        wavelength = p.get("IlluminationWaveLength") if paths else None
+        out.append({"name": name, "type": "OPTICAL_PATH",
+                    "identifier": str(p.get("OpticalPathIdentifier", "")),
+                    "description": str(p.get("OpticalPathDescription", "")),
+                    "wavelength": float(wavelength) if wavelength is not None else None})
+    return out
+
+
+def _derived_channels(inst: _Instance) -> list[dict]:
+    """A segmentation's segments (in segment number order) or a parametric map, as channel info."""
+    ds = inst.ds
+    uid = str(ds.SOPInstanceUID)
+    if inst.sop_class == SEG_SOP_CLASS:
+        out = []
+        for seg in sorted(ds.get("SegmentSequence", []) or [], key=lambda q: int(q.SegmentNumber)):
+            kind = seg.get("SegmentedPropertyTypeCodeSequence")
+            out.append({"name": str(seg.get("SegmentLabel") or f"segment {seg.SegmentNumber}"),
+                        "type": "SEGMENT", "number": int(seg.SegmentNumber),
+                        "label": str(seg.get("SegmentLabel", "")),
+                        "description": str(seg.get("SegmentDescription", "")),
+                        "property_type": str(kind[0].CodeMeaning) if kind else "",
+                        "segmentation_type": str(ds.get("SegmentationType", "")),
+                        "max_fractional_value": int(ds.get("MaximumFractionalValue", 1) or 1),
+                        "instance": uid})
+        return out
+    unit = ""
+    with contextlib.suppress(AttributeError, IndexError, KeyError, TypeError):
+        mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+        unit = str(mapping.MeasurementUnitsCodeSequence[0].CodeMeaning)
+    label = str(ds.get("ContentLabel") or "parameter")
+    return [{"name": label, "type": "PARAMETER", "label": label,
+             "description": str(ds.get("ContentDescription", "")), "unit": unit, "instance": uid}]
+
+
+def _with_derived(specs, derived: list[_Instance], make_level, names: list[str], dtypes: list, info: list):
+    """Level specs with segmentations and parametric maps as extra channels at the level of their
+    size (absent at others); appends their names, dtypes and info. Returns (specs, instance UIDs
+    that fit no level)."""
+    extra: list[list] = [[] for _ in specs]  # per level: layouts of the derived instances there
+    order: list[tuple[int, int]] = []  # (level, index in extra[level]) per derived instance, in channel order
+    unplaced = []
+
+    def rank(i):  # segmentations, then parametric maps, by series
+        return i.sop_class != SEG_SOP_CLASS, int(i.ds.get("SeriesNumber", 0) or 0), str(i.ds.SOPInstanceUID)
+    for inst in sorted(derived, key=rank):
+        li = next((k for k, sp in enumerate(specs) if sp[0] == inst.size), None)
+        if li is None:
+            unplaced.append(str(inst.ds.SOPInstanceUID))
+            continue
+        layout = make_level([inst], f"{inst.ds.get('Modality', 'derived')} {inst.ds.SOPInstanceUID}")[2]
+        for ch in _derived_channels(inst)[:len(layout.channel_map)]:
+            name, k = ch["name"], 2
+            while ch["name"] in names:  # names stay unique: read(channels=name) finds one
+                ch["name"], k = f"{name} ({k})", k + 1
+            names.append(ch["name"])
+            dtypes.append(layout.planes[0, 0][0].codec.dtype)
+            info.append(ch)
+        order.append((li, len(extra[li])))
+        extra[li].append(layout)
+    if not order:
+        return specs, unplaced
+    out = []
+    for li, (size, tile, layout) in enumerate(specs):
+        maps, planes = list(layout.channel_map), {zt: list(ps) for zt, ps in layout.planes.items()}
+        for lj, k in order:
+            lay = extra[lj][k]
+            if lj != li:
+                maps += [None] * len(lay.channel_map)
+                continue
+            for ps in planes.values():
+                ps += lay.planes[0, 0]
+            first = len(next(iter(planes.values()))) - len(lay.planes[0, 0])
+            maps += [(first + p, s) for p, s in lay.channel_map]
+        out.append((size, tile, Layout({zt: tuple(ps) for zt, ps in planes.items()}, tuple(maps))))
+    return out, unplaced
 
 
 def _icc(ds) -> bytes | None:
@@ -324,10 +482,14 @@ def frames_by_tile(insts: list[_Instance]):
 
 
 def level_shape(inst: _Instance) -> tuple[int, int, int]:
-    """(tiles in the grid, focal planes, optical paths) of a level."""
+    """(tiles in the grid, focal planes, layers: optical paths or segments) of a level."""
     ds = inst.ds
     cols, rows = -(-inst.size[0] // inst.tile[0]), -(-inst.size[1] // inst.tile[1])
     nz = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
+    if inst.sop_class == SEG_SOP_CLASS:
+        return cols * rows, nz, len(ds.get("SegmentSequence", []) or [None])
+    if inst.sop_class == PM_SOP_CLASS:
+        return cols * rows, nz, 1
     return cols * rows, nz, int(ds.get("NumberOfOpticalPaths", 1) or 1)
 
 
@@ -352,7 +514,7 @@ def channel_names(ds, spp: int) -> list[str]:
     return names
 
 
-def _level(insts: list[_Instance], li: int, options, label: str | None = None):
+def _level(insts: list[_Instance], label: str):
     """(size, tile, layout) of one level from its instances (concatenated frames)."""
     inst0 = insts[0]
     n, nz, nop = level_shape(inst0)
@@ -366,5 +528,5 @@ def _level(insts: list[_Instance], li: int, options, label: str | None = None):
             files[i] = inst.path
 
     def make_pieces(z, op):
-        return Frames(*grid[z, op], f"{label or f'level {li}'} z={z} path={op}")
+        return Frames(*grid[z, op], f"{label} z={z} layer={op}")
     return inst0.size, inst0.tile, planes_layout(make_pieces, inst0, nz, nop)

@@ -19,14 +19,13 @@ import base64
 import functools
 import threading
 import time
-import warnings
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ..errors import CorruptDataError, RemoteError, SourceNotFoundError, UnsupportedFormatError
-from ..model import AssociatedImage, Slide, make_levels
+from ..model import Slide
 from ..source import Pieces
 from . import dicom
 
@@ -173,6 +172,26 @@ class WebFrames(Pieces):
         return self._get(fetcher, key[0], [key[1]])[key[1]]
 
 
+class WholeInstance(WebFrames):
+    """Frames of an instance whose frames the server does not serve one by one (float pixel data
+    on Orthanc 1.10): the instance is retrieved once, its pixel data kept while the slide is open."""
+
+    _pixels: bytes | None = None
+
+    def _get(self, fetcher: _Fetcher, uid: str, numbers: list[int]) -> dict:
+        with self._lock:
+            if self._pixels is None:
+                client = fetcher.client()
+                ds = client.call(f"study {self.study} series {self.series} instance {uid}",
+                                 client.api.retrieve_instance, self.study, self.series, uid)
+                element = next((ds[t] for t, _ in dicom._PIXELS if t in ds), None)
+                if element is None:
+                    raise CorruptDataError(f"{client.url}: instance {uid} has no pixel data")
+                self._pixels = bytes(element.value)
+                self._frame = len(self._pixels) // int(ds.get("NumberOfFrames", 1))
+        return {n: self._pixels[(n - 1) * self._frame:n * self._frame] for n in numbers}
+
+
 def _syntax(frame: bytes) -> str:
     """The stored encoding of a frame, from its first bytes (WADO-RS metadata does not say)."""
     if frame[:2] == b"\xff\xd8":
@@ -184,7 +203,7 @@ def _syntax(frame: bytes) -> str:
 
 def open_url(url: str, options, *, study: str | None = None, series: str | None = None,
              headers: dict | None = None, verify=True, timeout: float = 30.0, retries: int = 2,
-             batch: int = 256, connections: int = 4) -> Slide:
+             batch: int = 256, connections: int = 4, derived_layers: bool = True) -> Slide:
     """The slide of ``series`` (of ``study``) on the DICOMweb server at ``url``
     (``dicomweb+http(s)://host:port/path``); without ``series``, the first SM series (of
     ``study``) the server lists."""
@@ -210,63 +229,59 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
             series = found[0]["0020000E"]["Value"][0]
         meta = client.call(f"study {study} series {series} metadata",
                            client.api.retrieve_series_metadata, study, series)
-        instances = _instances(meta, client, study, series)
+        instances = _instances(meta, client, study, series, (dicom.WSI_SOP_CLASS,))
         icc = _icc(meta, client)
+        derived = _derived(client, study, series, instances) if derived_layers and instances else []
     finally:
         client.close()
     source = UrlSource(f"{base}/studies/{study}/series/{series}")
-    volumes: dict[tuple[int, int], list] = defaultdict(list)
-    for inst in instances:
-        if inst.flavor == "VOLUME":
-            volumes[inst.size].append(inst)
-    if not volumes:
-        raise CorruptDataError(f"{source.path}: no VOLUME instance in the series")
-    sizes = sorted(volumes, key=lambda s: -s[0])
-    specs = [_level(volumes[size], base, study, series, fetching, f"level {li}")
-             for li, size in enumerate(sizes)]
-    first = volumes[sizes[0]][0].ds
-    spp = int(first.SamplesPerPixel)
-    associated = {}
-    for flavor, name in (("LABEL", "label"), ("OVERVIEW", "macro"), ("THUMBNAIL", "thumbnail")):
-        inst = next((i for i in instances if i.flavor == flavor), None)
-        if inst is not None:
-            size, _, layout = _level([inst], base, study, series, fetching, name)
-            associated[name] = AssociatedImage(size, layout, np.dtype(np.uint8), len(layout.channel_map))
-    mpp = None
-    try:
-        sp = first.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-        mpp = (float(sp[1]) * 1000, float(sp[0]) * 1000)
-    except (AttributeError, IndexError, KeyError, TypeError):
-        pass
+    levels = dicom.volume_levels(instances, f"{source.path}: no VOLUME instance in the series")
+    first = levels[0][0].ds
     props = {"url": base, "StudyInstanceUID": study, "SeriesInstanceUID": series,
              "ContainerIdentifier": str(first.get("ContainerIdentifier", "")),
              "FrameOfReferenceUID": str(first.get("FrameOfReferenceUID", "")),
-             "instances": [i.ds.SOPInstanceUID for i in instances]}
+             "instances": [i.ds.SOPInstanceUID for i in instances + derived]}
     slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props}, icc_profile=icc)
-    names = dicom.channel_names(first, spp)
-    scene = dicom.DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names,
-                             dtype=np.uint8, mpp=mpp, compression=volumes[sizes[0]][0].syntax,
-                             num_z_slices=dicom.level_shape(volumes[sizes[0]][0])[1],
-                             brightfield=spp == 3 and len(names) == 3)
-    scene._setup(first)
-    slide._set_contents([scene], associated)
-    return slide
+    return dicom.assemble(slide, levels, instances, derived,
+                          lambda insts, label: _level(insts, base, study, fetching, label))
 
 
-def _instances(meta: list, client: _Client, study: str, series: str) -> list:
+def _no_bulk_data(tag: str, vr: str, value: str) -> bytes:
+    """Bulk data (pixels; the ICC profile: :func:`_icc`) stays on the server while the metadata is
+    parsed."""
+    return b""
+
+
+def _instances(meta: list, client: _Client, study: str, series: str, classes: tuple,
+               frame_of_reference=None) -> list:
+    """The instances of ``classes`` (and frame of reference, if given) in a series' metadata, each
+    with the transfer syntax of its stored frames (probed with its first frame)."""
     import pydicom
 
     out = []
-    with warnings.catch_warnings():  # bulk data is not fetched here (the ICC profile: :func:`_icc`)
-        warnings.simplefilter("ignore")
-        datasets = [pydicom.Dataset.from_json(m) for m in meta]
+    # pixel elements only say which one an instance has (Orthanc 1.10 even puts a float pixel
+    # value where a bulk data URI belongs): parse them as empty bulk data
+    pixels = {f"{tag:08X}" for tag, _ in dicom._PIXELS}
+    datasets = [pydicom.Dataset.from_json({k: {"vr": v.get("vr"), "BulkDataURI": ""} if k in pixels else v
+                                           for k, v in m.items()}, bulk_data_uri_handler=_no_bulk_data)
+                for m in meta]
     for ds in datasets:
-        if str(ds.get("SOPClassUID", "")) != dicom.WSI_SOP_CLASS:
+        if str(ds.get("SOPClassUID", "")) not in classes or \
+                (frame_of_reference and ds.get("FrameOfReferenceUID") != frame_of_reference):
             continue
         uid = ds.SOPInstanceUID
-        probe = client.call(f"instance {uid} frame 1", client.api.retrieve_instance_frames, study, series,
-                            uid, frame_numbers=[1], media_types=_OCTETS)
-        out.append(dicom._Instance(f"{client.url} instance {uid}", ds, _syntax(bytes(probe[0]))))
+        whole = False
+        try:
+            probe = client.call(f"instance {uid} frame 1", client.api.retrieve_instance_frames, study, series,
+                                uid, frame_numbers=[1], media_types=_OCTETS)
+            syntax = _syntax(bytes(probe[0]))
+        except RemoteError:  # Orthanc 1.10 serves no frames of float pixel data: take the instance
+            if "PixelData" in ds:
+                raise
+            syntax, whole = "1.2.840.10008.1.2.1", True
+        inst = dicom._Instance(f"{client.url} instance {uid}", ds, syntax)
+        inst.whole = whole
+        out.append(inst)
     return out
 
 
@@ -290,7 +305,24 @@ def _icc(meta: list, client: _Client) -> bytes | None:
     return None
 
 
-def _level(insts, base, study, series, fetching, label):
+def _derived(client: _Client, study: str, series: str, instances: list) -> list:
+    """Segmentations and parametric maps of the slide's frame of reference, in this or other
+    series of the study (QIDO-RS lists the series, their WADO-RS metadata says what they hold)."""
+    frame_of_reference = instances[0].ds.get("FrameOfReferenceUID")
+    found = client.call(f"QIDO-RS series of study {study}", client.api.search_for_series, study)
+    out = []
+    for item in found:
+        other = item["0020000E"]["Value"][0]
+        modality = (item.get("00080060", {}).get("Value") or [""])[0]
+        if other == series or modality not in ("SEG", "OT", "SM"):  # SEG; parametric maps are often OT
+            continue
+        meta = client.call(f"study {study} series {other} metadata", client.api.retrieve_series_metadata,
+                           study, other)
+        out += _instances(meta, client, study, other, dicom.DERIVED, frame_of_reference)
+    return out
+
+
+def _level(insts, base, study, fetching, label):
     inst0 = insts[0]
     n, nz, nop = dicom.level_shape(inst0)
     grid = {(z, op): ([None] * n, np.zeros(n, np.int64)) for z in range(nz) for op in range(nop)}
@@ -298,16 +330,20 @@ def _level(insts, base, study, series, fetching, label):
         if (z, op) in grid:
             grid[z, op][0][i], grid[z, op][1][i] = inst.ds.SOPInstanceUID, k + 1
 
+    series = str(inst0.ds.SeriesInstanceUID)
+
+    kind = WholeInstance if inst0.whole else WebFrames
+
     def make_pieces(z, op):
         uids, numbers = grid[z, op]
-        return WebFrames(base, study, series, uids, numbers, f"{label} z={z} path={op}", *fetching)
+        return kind(base, study, series, uids, numbers, f"{label} z={z} layer={op}", *fetching)
     return inst0.size, inst0.tile, dicom.planes_layout(make_pieces, inst0, nz, nop)
 
 
 def find_slides(url: str, options, *, study_instance_uid: str | None = None, patient_id: str | None = None,
                 study_id: str | None = None, container_id: str | None = None, headers: dict | None = None,
                 verify=True, timeout: float = 30.0, retries: int = 2, batch: int = 256,
-                connections: int = 4) -> list[Slide]:
+                connections: int = 4, derived_layers: bool = True) -> list[Slide]:
     """Every slide-microscopy series on the server matching the filters, opened (QIDO-RS series
     search on study, patient and study ID; the container identifier is checked in each series'
     metadata, which QIDO-RS does not search)."""
@@ -328,7 +364,7 @@ def find_slides(url: str, options, *, study_instance_uid: str | None = None, pat
         study, series = item["0020000D"]["Value"][0], item["0020000E"]["Value"][0]
         slide = open_url(url, options, study=study, series=series, headers=headers, verify=verify,
                          timeout=timeout, retries=retries, batch=batch,
-                         connections=connections)
+                         connections=connections, derived_layers=derived_layers)
         if container_id is None or slide.properties["dicom"].get("ContainerIdentifier") == container_id:
             slides.append(slide)
         else:
