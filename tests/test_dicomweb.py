@@ -3,6 +3,8 @@ a temporary storage, holding the wsidicomizer instances of the DICOM tests."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import glob
 import json
 import os
@@ -24,8 +26,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def orthanc(converted, tmp_path_factory):
+@contextlib.contextmanager
+def _orthanc(folder: str, storage, users: dict | None = None):
+    """A real Orthanc on a free 127.0.0.1 port holding the DICOM files of ``folder``; with
+    ``users``, HTTP basic authentication is required. Yields (dicomweb+ URL, base URL)."""
     binary = shutil.which("Orthanc")
     plugin = next(iter(glob.glob("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*")
                        + glob.glob("/usr/lib/orthanc/plugins/libOrthancDicomWeb.so*")), None)
@@ -33,32 +37,46 @@ def orthanc(converted, tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
         pytest.skip("Orthanc with its DICOMweb plugin is not installed")
-    d = tmp_path_factory.mktemp("orthanc")
     port = _free_port()
     cfg = {"Name": "tilescope-test", "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
-           "AuthenticationEnabled": False, "StorageDirectory": str(d / "db"), "IndexDirectory": str(d / "db"),
+           "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
+           "StorageDirectory": str(storage / "db"), "IndexDirectory": str(storage / "db"),
            "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": f"127.0.0.1:{port}"}}
-    (d / "orthanc.json").write_text(json.dumps(cfg))
-    proc = subprocess.Popen([binary, str(d / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (storage / "orthanc.json").write_text(json.dumps(cfg))
+    proc = subprocess.Popen([binary, str(storage / "orthanc.json")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
+    auth = {}
+    if users:
+        user, password = next(iter(users.items()))
+        auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
     try:
         for _ in range(100):
             try:
-                urllib.request.urlopen(f"{base}/system", timeout=1).read()
+                urllib.request.urlopen(urllib.request.Request(f"{base}/system", headers=auth), timeout=1).read()
                 break
             except OSError:
                 time.sleep(0.1)
         else:
             pytest.fail("Orthanc did not start")
-        _, folder = converted
         for name in sorted(os.listdir(folder)):
-            with open(os.path.join(folder, name), "rb") as f:
-                req = urllib.request.Request(f"{base}/instances", data=f.read(), method="POST")
-                urllib.request.urlopen(req, timeout=10).read()
-        yield f"dicomweb+{base}/dicom-web", port
+            _upload(base, os.path.join(folder, name), auth)
+        yield f"dicomweb+{base}/dicom-web", base
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _upload(base: str, path: str, headers: dict | None = None) -> None:
+    with open(path, "rb") as f:
+        req = urllib.request.Request(f"{base}/instances", data=f.read(), method="POST", headers=headers or {})
+        urllib.request.urlopen(req, timeout=10).read()
+
+
+@pytest.fixture(scope="module")
+def orthanc(converted, tmp_path_factory):
+    with _orthanc(converted[1], tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
 
 
 def test_dicomweb_equals_the_files(orthanc, converted, monkeypatch):
@@ -116,13 +134,10 @@ def test_find_slides(orthanc, converted):
 def test_derived_layers_over_dicomweb(orthanc, derived):
     """Segmentations and a parametric map stored in their own series of the study are found
     (QIDO-RS + series metadata) and read like the files."""
-    url, _ = orthanc
     folder, files = derived
-    base = url[len("dicomweb+"):-len("/dicom-web")]
+    url, base = orthanc
     for path in files.values():
-        with open(path, "rb") as f:
-            urllib.request.urlopen(urllib.request.Request(f"{base}/instances", data=f.read(), method="POST"),
-                                   timeout=10).read()
+        _upload(base, path)
     with tilescope.open(folder) as local:
         props = local.properties["dicom"]
         with tilescope.open(url, study=props["StudyInstanceUID"], series=props["SeriesInstanceUID"]) as s:
@@ -135,3 +150,38 @@ def test_derived_layers_over_dicomweb(orthanc, derived):
         with tilescope.open(url, study=props["StudyInstanceUID"], series=props["SeriesInstanceUID"],
                             derived_layers=False) as s:
             assert s.scenes[0].channel_names == ("R", "G", "B")
+
+
+def test_authentication_header_is_passed_through(converted, tmp_path):
+    """An Orthanc that requires HTTP basic authentication: refused without the header (401, a
+    RemoteError naming the server), read with it."""
+    with _orthanc(converted[1], tmp_path, users={"alice": "s3cret"}) as (url, _):
+        with pytest.raises(tilescope.RemoteError, match=r"127\.0\.0\.1.*401"):
+            tilescope.open(url)
+        token = base64.b64encode(b"alice:s3cret").decode()
+        with tilescope.open(url, headers={"Authorization": f"Basic {token}"}) as s, \
+                tilescope.open(converted[1]) as local:
+            np.testing.assert_array_equal(s.scenes[0].read((100, 100, 600, 400)),
+                                          local.scenes[0].read((100, 100, 600, 400)))
+
+
+def test_incomplete_metadata_is_a_typed_error(orthanc, converted, tmp_path):
+    """An instance without Columns, as a file and over DICOMweb: CorruptDataError naming it."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    url, base = orthanc
+    folder = converted[1]
+    name = next(n for n in sorted(os.listdir(folder))
+                if pydicom.dcmread(os.path.join(folder, n), stop_before_pixels=True).ImageType[2] == "VOLUME")
+    ds = pydicom.dcmread(os.path.join(folder, name))
+    del ds.Columns
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    (tmp_path / "bad").mkdir()
+    ds.save_as(tmp_path / "bad" / "level.dcm", enforce_file_format=True)
+    with pytest.raises(tilescope.CorruptDataError, match=r"level\.dcm: incomplete .*Columns"):
+        tilescope.open(str(tmp_path / "bad"))
+    _upload(base, str(tmp_path / "bad" / "level.dcm"))
+    with pytest.raises(tilescope.CorruptDataError, match=rf"127\.0\.0\.1.*{ds.SOPInstanceUID}.*Columns"):
+        tilescope.open(url, study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID)

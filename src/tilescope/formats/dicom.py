@@ -34,6 +34,7 @@ WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
 DERIVED = (SEG_SOP_CLASS, PM_SOP_CLASS)
+_MALFORMED = (AttributeError, KeyError, IndexError, TypeError, ValueError)  # what missing attributes raise
 _PIXELS = ((0x7FE00010, None), (0x7FE00008, np.float32), (0x7FE00009, np.float64))  # element, float type
 _JPEG = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
 _J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
@@ -69,6 +70,14 @@ class _Instance:
 
     def __init__(self, path: str, ds, syntax: str | None = None):
         self.path, self.ds = path, ds
+        try:
+            self._parse(syntax)
+        except _MALFORMED as e:
+            raise CorruptDataError(f"{path}: incomplete or malformed DICOM metadata "
+                                   f"({type(e).__name__}: {e})") from None
+
+    def _parse(self, syntax: str | None) -> None:
+        ds = self.ds
         self.flavor = str(ds.ImageType[2]).upper() if len(ds.get("ImageType", [])) > 2 else ""
         self.size = (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
                      int(ds.get("TotalPixelMatrixRows", ds.Rows)))
@@ -346,6 +355,14 @@ def assemble(slide: Slide, levels: list[list[_Instance]], instances: list[_Insta
     """The slide's scene (levels, optical paths, focal planes, derived layers) and associated
     images, from files or a DICOMweb series alike: ``make_level(instances, label)`` gives a level's
     (size, tile, layout)."""
+    try:
+        return _assemble(slide, levels, instances, derived, make_level)
+    except _MALFORMED as e:
+        raise CorruptDataError(f"{slide.path}: incomplete or malformed DICOM metadata "
+                               f"({type(e).__name__}: {e})") from None
+
+
+def _assemble(slide: Slide, levels, instances, derived, make_level) -> Slide:
     base = levels[0][0].ds
     specs = [make_level(insts, f"level {li}") for li, insts in enumerate(levels)]
     associated = {}
