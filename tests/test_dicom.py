@@ -122,6 +122,7 @@ def paths_and_planes(converted, tmp_path_factory):
     ds.PixelData = encapsulate(frames)
     ds.NumberOfFrames = len(frames)
     ds.TotalPixelMatrixFocalPlanes = 2
+    ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices = 0.0015  # mm
     ds.NumberOfOpticalPaths = 2
     second = copy.deepcopy(ds.OpticalPathSequence[0])
     second.OpticalPathIdentifier = "2"
@@ -137,13 +138,20 @@ def paths_and_planes(converted, tmp_path_factory):
 
 def test_optical_paths_are_channels_and_focal_planes_z(paths_and_planes):
     folder, expected = paths_and_planes
-    with tilescope.open(folder) as s:
+    with tilescope.open(folder) as s, wsidicom.WsiDicom.open(folder) as w:
         sc = s.scenes[0]
-        assert sc.num_z_slices == 2
+        base = w.levels.base_level
+        assert sc.num_z_slices == 2 and sc.focal_planes == tuple(base.focal_planes) == (0.0, 1.5)
+        assert sc.z_resolution == pytest.approx(1.5)
         assert sc.channel_names == tuple(f"{p}:{c}" for p in ("first path", "second path") for c in "RGB")
+        assert sorted(c["identifier"] for c in sc.channel_info[::3]) == sorted(base.optical_paths)
+        assert sc.find_optical_paths(identifier="2") == ["second path:R", "second path:G", "second path:B"]
         for (op, z), want in expected.items():
-            got = sc.read(z=z, channels=[f"{('first path', 'second path')[op]}:{c}" for c in "RGB"])
+            names = sc.find_optical_paths(description=("first path", "second path")[op])
+            got = sc.read(z=z, channels=names)
             np.testing.assert_array_equal(got, want)
+            ref = w.read_region((0, 0), 0, sc.size, z=base.focal_planes[z], path=base.optical_paths[op])
+            np.testing.assert_array_equal(got, np.asarray(ref.convert("RGB")))
 
 
 def _split(ds, frames: list[bytes]):

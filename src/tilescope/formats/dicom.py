@@ -217,13 +217,38 @@ def _positions(inst: _Instance) -> list[tuple[int, int, int, int]]:
     if len(per_frame) != inst.frames:
         raise CorruptDataError(f"{inst.path}: TILED_SPARSE with {len(per_frame)} per-frame groups for "
                                f"{inst.frames} frames")
+    planes, spacing = focal_planes(ds)
+    paths = [str(p.get("OpticalPathIdentifier", "")) for p in ds.get("OpticalPathSequence", []) or []]
     for item in per_frame:
         pos = item.PlanePositionSlideSequence[0]
         col = (int(pos.ColumnPositionInTotalImagePixelMatrix) - 1) // inst.tile[0]
         row = (int(pos.RowPositionInTotalImagePixelMatrix) - 1) // inst.tile[1]
+        z = 0
+        if len(planes) > 1 and spacing and "ZOffsetInSlideCoordinateSystem" in pos:
+            z = round((float(pos.ZOffsetInSlideCoordinateSystem) - planes[0]) / spacing)
         segment = item.get("SegmentIdentificationSequence")  # a segmentation's frames: one segment each
-        out.append((col, row, 0, int(segment[0].ReferencedSegmentNumber) - 1 if segment else 0))
+        path = item.get("OpticalPathIdentificationSequence")
+        if segment:
+            layer = int(segment[0].ReferencedSegmentNumber) - 1
+        elif path and str(path[0].OpticalPathIdentifier) in paths:
+            layer = paths.index(str(path[0].OpticalPathIdentifier))
+        else:
+            layer = 0
+        out.append((col, row, z, layer))
     return out
+
+
+def focal_planes(ds) -> tuple[list[float], float | None]:
+    """The focal planes of an instance as offsets in micrometres (Z offset of the origin, plus
+    multiples of Spacing Between Slices), and that spacing (None if not recorded)."""
+    nz = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
+    z0, spacing = 0.0, None
+    with contextlib.suppress(*_MALFORMED):
+        z0 = float(ds.TotalPixelMatrixOriginSequence[0].ZOffsetInSlideCoordinateSystem)
+    with contextlib.suppress(*_MALFORMED):
+        measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        spacing = float(measures.SpacingBetweenSlices) * 1000
+    return [z0 + k * (spacing or 0.0) for k in range(nz)], spacing
 
 
 class DicomScene(Scene):
@@ -237,6 +262,7 @@ class DicomScene(Scene):
     property_type, segmentation_type, max_fractional_value) or PARAMETER (label, unit)."""
 
     channel_info: tuple[dict, ...] = ()
+    focal_planes: tuple[float, ...] = (0.0,)  # z index -> focal plane offset, micrometres
 
     def _setup(self, ds) -> None:
         try:
@@ -386,10 +412,12 @@ def _assemble(slide: Slide, levels, instances, derived, make_level) -> Slide:
     scene = DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names,
                        dtype=levels[0][0].dtype, mpp=mpp, magnification=objective,
                        compression=levels[0][0].syntax, num_z_slices=level_shape(levels[0][0])[1],
+                       z_resolution=focal_planes(base)[1],
                        brightfield=spp == 3 and image_channels == 3, image_channels=image_channels,
                        channel_dtypes=dtypes)
     scene._setup(base)
     scene.channel_info = tuple(info)
+    scene.focal_planes = tuple(focal_planes(base)[0])
     if unplaced:
         slide.properties["dicom"]["unplaced"] = unplaced
     slide._set_contents([scene], associated)
