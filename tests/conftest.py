@@ -148,3 +148,89 @@ def derived(converted, tmp_path_factory):
         files[name] = str(out / f"{name}.dcm")
         ds.save_as(files[name])
     return str(out), files
+
+
+def _zeiss_metadata(path: str, fluor: str, excitation: float) -> None:
+    """Give a pylibCZIrw-written CZI the acquisition metadata a Zen-written one has and
+    wsidicomizer requires (date, microscope, objective, fluorophore, z interval): a new metadata
+    segment appended, and the file header pointed at it."""
+    import struct
+    from xml.etree import ElementTree as ET
+
+    import pylibCZIrw.czi as pyczi
+
+    with pyczi.open_czi(path) as d:
+        root = ET.fromstring(d.raw_metadata)
+    info = root.find("Metadata/Information")
+    image = info.find("Image")
+    ET.SubElement(image, "AcquisitionDateAndTime").text = "2026-11-23T10:00:00"
+    ET.SubElement(image, "MicroscopeRef", Id="Microscope:1")
+    ET.SubElement(ET.SubElement(image, "ObjectiveSettings"), "ObjectiveRef", Id="Objective:1")
+    for channel in image.find("Dimensions/Channels"):
+        ET.SubElement(channel, "Fluor").text = fluor
+        ET.SubElement(channel, "ExcitationWavelength").text = str(excitation)
+    interval = ET.SubElement(ET.SubElement(ET.SubElement(image.find("Dimensions"), "Z"), "Positions"), "Interval")
+    ET.SubElement(interval, "Start").text, ET.SubElement(interval, "Increment").text = "0", "1"
+    instrument = ET.SubElement(info, "Instrument")
+    ET.SubElement(ET.SubElement(instrument, "Microscopes"), "Microscope", Id="Microscope:1", Name="Axioscan 7")
+    objective = ET.SubElement(ET.SubElement(instrument, "Objectives"), "Objective", Id="Objective:1")
+    ET.SubElement(objective, "NominalMagnification").text = "20"
+    xml = ET.tostring(root)
+    body = struct.pack("<ii", len(xml), 0) + bytes(248) + xml
+    with open(path, "r+b") as f:
+        at = f.seek(0, 2)
+        f.write(b"ZISRAWMETADATA".ljust(16, b"\0") + struct.pack("<qq", len(body), len(body)) + body)
+        f.seek(32 + 60)  # the file header's metadata position
+        f.write(struct.pack("<q", at))
+
+
+@pytest.fixture(scope="session")
+def fluorescent(tmp_path_factory):
+    """A 3-channel, 3-focal-plane fluorescence slide: per channel, a CZI written by pylibCZIrw
+    (Zeiss's writer; Zen's metadata added) converted by wsidicomizer into a series of its own
+    (JPEG-LS lossless, a pyramid added by wsidicom), the series sharing study, frame of reference
+    and container, as per-channel exports are. Each optical path is described as epifluorescence
+    at its excitation wavelength (wsidicomizer's CZI source writes one brightfield path; its
+    metadata hook fixes that). Returns the DICOM folder and the CZI of each channel."""
+    _turbojpeg()
+    import pylibCZIrw.czi as pyczi
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from wsidicom.codec import Channels, JpegLsSettings
+    from wsidicomizer import WsiDicomizer
+
+    d = tmp_path_factory.mktemp("fluorescent")
+    out = d / "dcm"
+    out.mkdir()
+    study, frame, container = generate_uid(), generate_uid(), "FL-1"
+    planes = synth.fluorescence(1500, 1000, 3, z=3, dtype=np.uint8, seed=11)[0]
+    czis = {}
+    for c, (fluor, excitation) in enumerate((("DAPI", 353), ("FITC", 495), ("Cy5", 649))):
+        czis[fluor] = p = str(d / f"{fluor}.czi")
+        with pyczi.create_czi(p, exist_ok=True) as w:
+            for z in range(3):
+                for y in range(0, 1000, 500):
+                    for x in range(0, 1500, 500):
+                        w.write(data=planes[c, z, y:y + 500, x:x + 500, None], plane={"C": 0, "Z": z, "T": 0},
+                                location=(x, y))
+            w.write_metadata(document_name=fluor, channel_names={0: fluor}, scale_x=0.325e-6,
+                             scale_y=0.325e-6, scale_z=1.5e-6)
+        _zeiss_metadata(p, fluor, excitation)
+
+        def describe(ds, _, fluor=fluor, excitation=excitation):
+            ds.StudyInstanceUID, ds.FrameOfReferenceUID, ds.ContainerIdentifier = study, frame, container
+            for path in ds.get("OpticalPathSequence", []):
+                del path.IlluminationColorCodeSequence
+                path.OpticalPathIdentifier, path.OpticalPathDescription = fluor, f"{fluor} channel"
+                path.IlluminationWaveLength = excitation
+                code = Dataset()
+                code.CodeValue, code.CodingSchemeDesignator = "111743", "DCM"
+                code.CodeMeaning = "Epifluorescence illumination"
+                path.IlluminationTypeCodeSequence = [code]
+            return ds
+        WsiDicomizer.convert(p, str(d / fluor), metadata_post_processor=describe, tile_size=256,
+                             encoding=JpegLsSettings(bits=8, channels=Channels.GRAYSCALE), add_missing_levels=True,
+                             include_label=False, include_overview=False)
+        for f in (d / fluor).iterdir():
+            f.rename(out / f.name)
+    return str(out), czis

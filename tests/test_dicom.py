@@ -137,6 +137,14 @@ def paths_and_planes(converted, tmp_path_factory):
 
 
 def test_optical_paths_are_channels_and_focal_planes_z(paths_and_planes):
+    """Frames placed as highdicom places TILED_FULL frames (optical path number, focal plane,
+    tile position per frame). wsidicom agrees on the paths and planes but not on which frames are
+    whose: it orders a level's optical paths as a Python set iterates, which varies from process
+    to process, so its pixels of a multi-path TILED_FULL instance are no reference."""
+    import imagecodecs
+    from highdicom.spatial import iter_tiled_full_frame_data
+    from pydicom.encaps import generate_frames
+
     folder, expected = paths_and_planes
     with tilescope.open(folder) as s, wsidicom.WsiDicom.open(folder) as w:
         sc = s.scenes[0]
@@ -146,12 +154,55 @@ def test_optical_paths_are_channels_and_focal_planes_z(paths_and_planes):
         assert sc.channel_names == tuple(f"{p}:{c}" for p in ("first path", "second path") for c in "RGB")
         assert sorted(c["identifier"] for c in sc.channel_info[::3]) == sorted(base.optical_paths)
         assert sc.find_optical_paths(identifier="2") == ["second path:R", "second path:G", "second path:B"]
+        ds = pydicom.dcmread(os.path.join(folder, os.listdir(folder)[0]))
+        ref = {}
+        for (path, plane, col, row, *_), frame in zip(iter_tiled_full_frame_data(ds),
+                                                      generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames),
+                                                      strict=True):
+            canvas = ref.setdefault((path - 1, plane - 1), np.zeros((ds.Rows * 2, ds.Columns * 2, 3), np.uint8))
+            canvas[row - 1:row - 1 + ds.Rows, col - 1:col - 1 + ds.Columns] = imagecodecs.jpeg8_decode(frame)
         for (op, z), want in expected.items():
-            names = sc.find_optical_paths(description=("first path", "second path")[op])
-            got = sc.read(z=z, channels=names)
+            got = sc.read(z=z, channels=sc.find_optical_paths(description=("first path", "second path")[op]))
             np.testing.assert_array_equal(got, want)
-            ref = w.read_region((0, 0), 0, sc.size, z=base.focal_planes[z], path=base.optical_paths[op])
-            np.testing.assert_array_equal(got, np.asarray(ref.convert("RGB")))
+            np.testing.assert_array_equal(got, ref[op, z][:sc.size[1], :sc.size[0]])
+
+
+def test_fluorescence_paths_in_series_of_their_own(fluorescent):
+    """wsidicomizer's conversions of three single-channel CZIs (a series each, one frame of
+    reference and container) are one slide whose optical paths are channels and focal planes z:
+    every path, plane and level equal to pylibCZIrw's read of the CZI (JPEG-LS is lossless) and
+    to wsidicom's read of the DICOM files."""
+    pyczi = pytest.importorskip("pylibCZIrw.czi")
+    folder, czis = fluorescent
+    with tilescope.open(folder) as s, wsidicom.WsiDicom.open(folder) as w:
+        sc = s.scenes[0]
+        assert len(s.properties["dicom"]["instances"]) == 3 * len(w.levels)
+        assert sorted(sc.channel_names) == sorted(f"{f} channel" for f in czis) and sc.dtype == np.uint8
+        assert [lv.size for lv in sc.levels] == [(lv.size.width, lv.size.height) for lv in w.levels]
+        assert sc.focal_planes == tuple(w.levels.base_level.focal_planes) == (0.0, 1.5, 3.0)
+        assert sc.num_z_slices == 3 and sc.z_resolution == pytest.approx(1.5)
+        assert sc.magnification == 20 and sc.mpp == pytest.approx((0.325, 0.325))
+        info = {c["identifier"]: c for c in sc.channel_info}
+        assert sorted(info) == sorted(w.levels.base_level.optical_paths) == sorted(czis)
+        assert info["FITC"]["wavelength"] == 495 and info["Cy5"]["description"] == "Cy5 channel"
+        for fluor, czi in czis.items():
+            [name] = sc.find_optical_paths(identifier=fluor)
+            with pyczi.open_czi(czi) as d:
+                for z, plane in enumerate(sc.focal_planes):
+                    want = d.read(plane={"C": 0, "Z": z, "T": 0})[..., 0]
+                    got = sc.read(z=z, channels=name)[..., 0]
+                    np.testing.assert_array_equal(got, want)
+                    np.testing.assert_array_equal(
+                        np.asarray(w.read_region((0, 0), 0, sc.size, z=plane, path=fluor)), want)
+            for li in range(1, len(sc.levels)):
+                size = sc.levels[li].size
+                np.testing.assert_array_equal(sc.read_level(li, channels=name, z=2)[..., 0],
+                                              np.asarray(w.read_region((0, 0), li, size, z=3.0, path=fluor)))
+        # a downscaled read of every channel comes from the level below, each path from its own instance
+        small = sc.read((300, 200, 1000, 600), size=(250, 150), z=1)
+        assert small.shape == (150, 250, 3)
+        for c, name in enumerate(sc.channel_names):
+            np.testing.assert_array_equal(small[..., c], sc.read_level(2, (75, 50, 250, 150), channels=name, z=1)[..., 0])
 
 
 def _split(ds, frames: list[bytes]):

@@ -148,7 +148,7 @@ def test_derived_layers_over_dicomweb(orthanc, derived):
             np.testing.assert_array_equal(sc.read((100, 100, 700, 500), size=(350, 250), channels=["B", "SCORE"]),
                                           lc.read((100, 100, 700, 500), size=(350, 250), channels=["B", "SCORE"]))
         with tilescope.open(url, study=props["StudyInstanceUID"], series=props["SeriesInstanceUID"],
-                            derived_layers=False) as s:
+                            whole_study=False) as s:
             assert s.scenes[0].channel_names == ("R", "G", "B")
 
 
@@ -185,3 +185,31 @@ def test_incomplete_metadata_is_a_typed_error(orthanc, converted, tmp_path):
     _upload(base, str(tmp_path / "bad" / "level.dcm"))
     with pytest.raises(tilescope.CorruptDataError, match=rf"127\.0\.0\.1.*{ds.SOPInstanceUID}.*Columns"):
         tilescope.open(url, study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID)
+
+
+def test_paths_in_series_of_their_own_over_dicomweb(fluorescent, tmp_path):
+    """Optical paths stored one per series: any of the series opens the whole slide (the study's
+    series of the same frame of reference and container), find_slides finds it once, and it reads
+    like the files."""
+    import tilescope.dicomweb
+
+    folder, _ = fluorescent
+    with _orthanc(folder, tmp_path) as (url, _), tilescope.open(folder) as local:
+        lc = local.scenes[0]
+        found = tilescope.dicomweb.find_slides(url)
+        assert len(found) == 1
+        with found[0] as s:
+            sc = s.scenes[0]
+            props = s.properties["dicom"]
+            assert len(props["series"]) == 3 and sorted(sc.channel_names) == sorted(lc.channel_names)
+            assert sc.focal_planes == lc.focal_planes and \
+                sorted(sc.channel_info, key=str) == sorted(lc.channel_info, key=str)
+            for name in lc.channel_names:
+                for z in range(3):
+                    np.testing.assert_array_equal(sc.read(z=z, channels=name), lc.read(z=z, channels=name))
+            names = list(lc.channel_names)
+            np.testing.assert_array_equal(sc.read((300, 200, 1000, 600), size=(250, 150), z=1, channels=names),
+                                          lc.read((300, 200, 1000, 600), size=(250, 150), z=1, channels=names))
+        with tilescope.open(url, study=props["StudyInstanceUID"], series=props["SeriesInstanceUID"],
+                            whole_study=False) as one:
+            assert len(one.scenes[0].channel_names) == 1

@@ -128,7 +128,7 @@ def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> S
         from .formats import dicomweb
 
         web = {k: overrides.pop(k) for k in ("study", "series", "headers", "verify", "timeout", "retries",
-                                              "batch", "connections", "derived_layers") if k in overrides}
+                                              "batch", "connections", "whole_study") if k in overrides}
         return dicomweb.open_url(source, dataclasses.replace(options, **_checked(overrides)), **web)
     source = _in_folder(source)
     fields = {f.name for f in dataclasses.fields(Options)}

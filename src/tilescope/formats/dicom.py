@@ -20,6 +20,7 @@ import mmap
 import os
 import struct
 from collections import defaultdict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -390,7 +391,8 @@ def assemble(slide: Slide, levels: list[list[_Instance]], instances: list[_Insta
 
 def _assemble(slide: Slide, levels, instances, derived, make_level) -> Slide:
     base = levels[0][0].ds
-    specs = [make_level(insts, f"level {li}") for li, insts in enumerate(levels)]
+    axes = slide_axes(levels)
+    specs = [make_level(insts, f"level {li}", axes) for li, insts in enumerate(levels)]
     associated = {}
     for flavor, name in (("LABEL", "label"), ("OVERVIEW", "macro"), ("THUMBNAIL", "thumbnail")):
         inst = next((i for i in instances if i.flavor == flavor), None)
@@ -403,30 +405,28 @@ def _assemble(slide: Slide, levels, instances, derived, make_level) -> Slide:
         sp = base.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
         mpp = (float(sp[1]) * 1000, float(sp[0]) * 1000)
     with contextlib.suppress(AttributeError, IndexError, TypeError, ValueError):
-        objective = float(base.OpticalPathSequence[0].ObjectiveLensPower)
-    names = channel_names(base, spp)
-    info = _optical_paths(base, names)
+        objective = float(axes.items[0].ObjectiveLensPower)
+    names = channel_names(axes.items, spp)
+    info = _optical_paths(axes.items, names)
     image_channels = len(names)
     dtypes = [levels[0][0].dtype] * image_channels
     specs, unplaced = _with_derived(specs, derived, make_level, names, dtypes, info)
     scene = DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names,
                        dtype=levels[0][0].dtype, mpp=mpp, magnification=objective,
-                       compression=levels[0][0].syntax, num_z_slices=level_shape(levels[0][0])[1],
-                       z_resolution=focal_planes(base)[1],
-                       brightfield=spp == 3 and image_channels == 3, image_channels=image_channels,
-                       channel_dtypes=dtypes)
+                       compression=levels[0][0].syntax, num_z_slices=len(axes.planes),
+                       z_resolution=axes.spacing, brightfield=spp == 3 and image_channels == 3,
+                       image_channels=image_channels, channel_dtypes=dtypes)
     scene._setup(base)
     scene.channel_info = tuple(info)
-    scene.focal_planes = tuple(focal_planes(base)[0])
+    scene.focal_planes = tuple(axes.planes)
     if unplaced:
         slide.properties["dicom"]["unplaced"] = unplaced
     slide._set_contents([scene], associated)
     return slide
 
 
-def _optical_paths(ds, names: list[str]) -> list[dict]:
+def _optical_paths(paths: list, names: list[str]) -> list[dict]:
     """Each image channel's optical path: identifier, description, illumination wavelength (nm)."""
-    paths = list(ds.get("OpticalPathSequence", []) or [])
     per = max(1, len(names) // max(1, len(paths)))
     out = []
     for c, name in enumerate(names):
@@ -515,19 +515,58 @@ def _icc(ds) -> bytes | None:
         return bytes(ds.ICCProfile) if "ICCProfile" in ds else None
 
 
-def frames_by_tile(insts: list[_Instance]):
-    """(focal plane, optical path, tile index, instance, frame index) of every frame of a level's
-    instances (concatenations included), for the level's grid of tiles."""
-    inst0 = insts[0]
-    cols, rows = -(-inst0.size[0] // inst0.tile[0]), -(-inst0.size[1] // inst0.tile[1])
+class Axes(NamedTuple):
+    """A slide's optical paths (identifiers, in channel order, and their Optical Path Sequence
+    items) and focal planes (micrometres, ascending) over all its VOLUME instances: one instance
+    may hold every path and plane, or one each."""
+
+    paths: list[str]
+    items: list
+    planes: list[float]
+    spacing: float | None  # between focal planes, micrometres
+
+
+def _path_ids(ds) -> list[str]:
+    items = list(ds.get("OpticalPathSequence", []) or [])
+    return [str(p.get("OpticalPathIdentifier", k)) for k, p in enumerate(items)] or [""]
+
+
+def slide_axes(levels: list[list[_Instance]]) -> Axes:
+    """The optical paths in order of first appearance (largest level first) and the focal planes."""
+    paths, items, planes, spacing = [], [], set(), None
+    for inst in (i for insts in levels for i in insts):
+        seq = list(inst.ds.get("OpticalPathSequence", []) or []) or [None]
+        for ident, item in zip(_path_ids(inst.ds), seq, strict=True):
+            if ident not in paths:
+                paths.append(ident)
+                items.append(item)
+        offsets, sp = focal_planes(inst.ds)
+        planes.update(round(z, 4) for z in offsets)
+        spacing = spacing or sp
+    return Axes(paths, [i for i in items if i is not None], sorted(planes), spacing)
+
+
+def frames_by_tile(insts: list[_Instance], axes: Axes | None = None):
+    """(focal plane, layer, tile index, instance, frame index) of every frame of a level's
+    instances (concatenations, other paths and planes included); with ``axes``, planes and layers
+    are the slide's (optical paths), else each instance's own (a segmentation's segments)."""
     for inst in insts:
+        cols, rows = -(-inst.size[0] // inst.tile[0]), -(-inst.size[1] // inst.tile[1])
+        zmap = opmap = None
+        if axes is not None:
+            zmap = [axes.planes.index(round(z, 4)) for z in focal_planes(inst.ds)[0]]
+            opmap = [axes.paths.index(p) for p in _path_ids(inst.ds)]
         for k, (col, row, z, op) in enumerate(_positions(inst)):
             if 0 <= col < cols and 0 <= row < rows:
+                if axes is not None:
+                    if z >= len(zmap) or op >= len(opmap):
+                        continue
+                    z, op = zmap[z], opmap[op]
                 yield z, op, row * cols + col, inst, k
 
 
 def level_shape(inst: _Instance) -> tuple[int, int, int]:
-    """(tiles in the grid, focal planes, layers: optical paths or segments) of a level."""
+    """(tiles in the grid, focal planes, layers: optical paths or segments) of one instance."""
     ds = inst.ds
     cols, rows = -(-inst.size[0] // inst.tile[0]), -(-inst.size[1] // inst.tile[1])
     nz = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
@@ -538,20 +577,34 @@ def level_shape(inst: _Instance) -> tuple[int, int, int]:
     return cols * rows, nz, int(ds.get("NumberOfOpticalPaths", 1) or 1)
 
 
-def planes_layout(make_pieces, inst0: _Instance, nz: int, nop: int) -> Layout:
-    """A level's layout: z = focal planes, channels = optical paths x samples; ``make_pieces(z, op)``
-    gives each plane's pieces."""
-    codec = _codec(inst0)
-    (w, h), tile = inst0.size, inst0.tile
-    planes = {(z, 0): tuple(Plane(make_pieces(z, op), codec, (w, h), tile) for op in range(nop))
-              for z in range(nz)}
-    return Layout(planes, tuple((op, s) for op in range(nop) for s in range(codec.samples)))
+def level_layout(insts: list[_Instance], axes: Axes | None, make_pieces):
+    """(size, tile, layout) of a level: z = focal planes, channels = layers (optical paths, or
+    without ``axes`` an instance's own layers) x samples. ``make_pieces(z, layer, owner, frames)``
+    gives each plane's pieces from its frames [(tile index, instance, frame index)]; ``owner`` is
+    the instance whose tiling and encoding the layer has (the first that holds it)."""
+    inst0 = insts[0]
+    _, nz, nop = level_shape(inst0)
+    if axes is not None:
+        nz, nop = len(axes.planes), len(axes.paths)
+    frames: dict = defaultdict(list)
+    owners: list = [None] * nop
+    for z, op, i, inst, k in frames_by_tile(insts, axes):
+        frames[z, op].append((i, inst, k))
+        owners[op] = owners[op] or inst
+    owners = [o or inst0 for o in owners]  # a path absent at this level: background
+    codecs_ = [_codec(o) for o in owners]
+    if len({(c.samples, np.dtype(c.dtype)) for c in codecs_}) > 1:
+        raise UnsupportedFormatError(f"{inst0.path}: the optical paths of one level differ in samples per "
+                                     f"pixel or pixel type")
+    planes = {(z, 0): tuple(Plane(make_pieces(z, op, owners[op], frames[z, op]), codecs_[op], inst0.size,
+                                  owners[op].tile) for op in range(nop)) for z in range(nz)}
+    layout = Layout(planes, tuple((op, s) for op in range(nop) for s in range(codecs_[op].samples)))
+    return inst0.size, owners[0].tile, layout
 
 
-def channel_names(ds, spp: int) -> list[str]:
+def channel_names(paths: list, spp: int) -> list[str]:
     """R, G, B for one colour optical path; else a channel per path (and sample), named by the
     path's description or identifier."""
-    paths = list(ds.get("OpticalPathSequence", []) or [])
     names = [str(p.get("OpticalPathDescription") or p.get("OpticalPathIdentifier") or i)
              for i, p in enumerate(paths)] or ["Y"]
     if spp == 3:
@@ -559,19 +612,16 @@ def channel_names(ds, spp: int) -> list[str]:
     return names
 
 
-def _level(insts: list[_Instance], label: str):
-    """(size, tile, layout) of one level from its instances (concatenated frames)."""
-    inst0 = insts[0]
-    n, nz, nop = level_shape(inst0)
-    grid = {(z, op): (np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), [inst0.path] * n)
-            for z in range(nz) for op in range(nop)}
+def _level(insts: list[_Instance], label: str, axes: Axes | None = None):
+    """(size, tile, layout) of one level from its instances' frames, read from their files."""
     ranges = {inst.path: _frame_ranges(inst) for inst in insts}
-    for z, op, i, inst, k in frames_by_tile(insts):
-        if (z, op) in grid:
-            offsets, counts, split, files = grid[z, op]
+
+    def make_pieces(z, op, owner, frames):
+        n = level_shape(owner)[0]
+        offsets, counts, split, files = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), \
+            [owner.path] * n
+        for i, inst, k in frames:
             offsets[i], counts[i], split[i] = (r[k] for r in ranges[inst.path])
             files[i] = inst.path
-
-    def make_pieces(z, op):
-        return Frames(*grid[z, op], f"{label} z={z} layer={op}")
-    return inst0.size, inst0.tile, planes_layout(make_pieces, inst0, nz, nop)
+        return Frames(offsets, counts, split, files, f"{label} z={z} layer={op}")
+    return level_layout(insts, axes, make_pieces)

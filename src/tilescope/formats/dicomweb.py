@@ -120,7 +120,7 @@ class WebFrames(Pieces):
     requests of up to ``batch`` frames, several in flight at once, and each piece's decode waits
     only for its own request."""
 
-    def __init__(self, url, study, series, uids, numbers, label, client_args, batch: int = 256,
+    def __init__(self, url, study, series: dict, uids, numbers, label, client_args, batch: int = 256,
                  connections: int = 4):
         present = np.asarray([n > 0 for n in numbers], np.int64)
         super().__init__(present, present, label, missing_ok=True, file=url)
@@ -155,8 +155,9 @@ class WebFrames(Pieces):
 
     def _get(self, fetcher: _Fetcher, uid: str, numbers: list[int]) -> dict:
         client = fetcher.client()
-        what = f"study {self.study} series {self.series} instance {uid} frames {numbers[0]}-{numbers[-1]}"
-        frames = client.call(what, client.api.retrieve_instance_frames, self.study, self.series, uid,
+        series = self.series[uid]
+        what = f"study {self.study} series {series} instance {uid} frames {numbers[0]}-{numbers[-1]}"
+        frames = client.call(what, client.api.retrieve_instance_frames, self.study, series, uid,
                              frame_numbers=numbers, media_types=_OCTETS)
         if len(frames) != len(numbers):
             raise CorruptDataError(f"{client.url}: instance {uid}: asked for {len(numbers)} frames, got "
@@ -182,8 +183,9 @@ class WholeInstance(WebFrames):
         with self._lock:
             if self._pixels is None:
                 client = fetcher.client()
-                ds = client.call(f"study {self.study} series {self.series} instance {uid}",
-                                 client.api.retrieve_instance, self.study, self.series, uid)
+                series = self.series[uid]
+                ds = client.call(f"study {self.study} series {series} instance {uid}",
+                                 client.api.retrieve_instance, self.study, series, uid)
                 element = next((ds[t] for t, _ in dicom._PIXELS if t in ds), None)
                 if element is None:
                     raise CorruptDataError(f"{client.url}: instance {uid} has no pixel data")
@@ -193,20 +195,35 @@ class WholeInstance(WebFrames):
 
 
 def _syntax(frame: bytes) -> str:
-    """The stored encoding of a frame, from its first bytes (WADO-RS metadata does not say)."""
+    """The stored encoding of a frame, from its bytes (WADO-RS metadata does not say): a JPEG's
+    start-of-frame marker (after any APPn segments: CharLS writes a SPIFF header first) tells
+    baseline from JPEG-LS; an RLE frame opens with its segment count and a first offset of 64."""
     if frame[:2] == b"\xff\xd8":
-        return "1.2.840.10008.1.2.4.80" if frame[2:4] == b"\xff\xf7" else "1.2.840.10008.1.2.4.50"
+        pos = 2
+        while pos + 4 <= len(frame) and frame[pos] == 0xFF:
+            marker = frame[pos + 1]
+            if marker == 0xF7:
+                return "1.2.840.10008.1.2.4.80"
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return "1.2.840.10008.1.2.4.50"
+            pos += 2 + int.from_bytes(frame[pos + 2:pos + 4], "big")
+        return "1.2.840.10008.1.2.4.50"
     if frame[:4] == b"\xff\x4f\xff\x51" or frame[4:8] == b"jP  ":
         return "1.2.840.10008.1.2.4.90"
+    if len(frame) >= 64 and 1 <= int.from_bytes(frame[:4], "little") <= 15 and \
+            int.from_bytes(frame[4:8], "little") == 64:
+        return dicom._RLE
     return "1.2.840.10008.1.2.1"
 
 
 def open_url(url: str, options, *, study: str | None = None, series: str | None = None,
              headers: dict | None = None, verify=True, timeout: float = 30.0, retries: int = 2,
-             batch: int = 256, connections: int = 4, derived_layers: bool = True) -> Slide:
+             batch: int = 256, connections: int = 4, whole_study: bool = True) -> Slide:
     """The slide of ``series`` (of ``study``) on the DICOMweb server at ``url``
     (``dicomweb+http(s)://host:port/path``); without ``series``, the first SM series (of
-    ``study``) the server lists."""
+    ``study``) the server lists. With ``whole_study``, the study's other series add the slide's
+    instances stored there (same frame of reference and container) and its segmentations and
+    parametric maps."""
     try:
         import dicomweb_client  # noqa: F401
         import pydicom  # noqa: F401
@@ -231,7 +248,8 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
                            client.api.retrieve_series_metadata, study, series)
         instances = _instances(meta, client, study, series, (dicom.WSI_SOP_CLASS,))
         icc = _icc(meta, client)
-        derived = _derived(client, study, series, instances) if derived_layers and instances else []
+        more, derived = _study(client, study, series, instances) if whole_study and instances else ([], [])
+        instances += more
     finally:
         client.close()
     source = UrlSource(f"{base}/studies/{study}/series/{series}")
@@ -240,10 +258,11 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
     props = {"url": base, "StudyInstanceUID": study, "SeriesInstanceUID": series,
              "ContainerIdentifier": str(first.get("ContainerIdentifier", "")),
              "FrameOfReferenceUID": str(first.get("FrameOfReferenceUID", "")),
-             "instances": [i.ds.SOPInstanceUID for i in instances + derived]}
+             "instances": [i.ds.SOPInstanceUID for i in instances + derived],
+             "series": sorted({str(i.ds.SeriesInstanceUID) for i in instances})}
     slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props}, icc_profile=icc)
     return dicom.assemble(slide, levels, instances, derived,
-                          lambda insts, label: _level(insts, base, study, fetching, label))
+                          lambda insts, label, axes=None: _level(insts, base, study, fetching, label, axes))
 
 
 def _no_bulk_data(tag: str, vr: str, value: str) -> bytes:
@@ -305,12 +324,15 @@ def _icc(meta: list, client: _Client) -> bytes | None:
     return None
 
 
-def _derived(client: _Client, study: str, series: str, instances: list) -> list:
-    """Segmentations and parametric maps of the slide's frame of reference, in this or other
-    series of the study (QIDO-RS lists the series, their WADO-RS metadata says what they hold)."""
-    frame_of_reference = instances[0].ds.get("FrameOfReferenceUID")
+def _study(client: _Client, study: str, series: str, instances: list) -> tuple[list, list]:
+    """The slide's instances in the study's other series: whole-slide images of the same frame of
+    reference and container (optical paths or levels stored as series of their own), and
+    segmentations and parametric maps of the frame of reference (QIDO-RS lists the series, their
+    WADO-RS metadata says what they hold)."""
+    first = instances[0].ds
+    frame_of_reference, container = first.get("FrameOfReferenceUID"), first.get("ContainerIdentifier")
     found = client.call(f"QIDO-RS series of study {study}", client.api.search_for_series, study)
-    out = []
+    more, derived = [], []
     for item in found:
         other = item["0020000E"]["Value"][0]
         modality = (item.get("00080060", {}).get("Value") or [""])[0]
@@ -318,32 +340,30 @@ def _derived(client: _Client, study: str, series: str, instances: list) -> list:
             continue
         meta = client.call(f"study {study} series {other} metadata", client.api.retrieve_series_metadata,
                            study, other)
-        out += _instances(meta, client, study, other, dicom.DERIVED, frame_of_reference)
-    return out
+        if modality == "SM":
+            wsi = _instances(meta, client, study, other, (dicom.WSI_SOP_CLASS,), frame_of_reference)
+            more += [i for i in wsi if i.ds.get("ContainerIdentifier") == container]
+        derived += _instances(meta, client, study, other, dicom.DERIVED, frame_of_reference)
+    return more, derived
 
 
-def _level(insts, base, study, fetching, label):
-    inst0 = insts[0]
-    n, nz, nop = dicom.level_shape(inst0)
-    grid = {(z, op): ([None] * n, np.zeros(n, np.int64)) for z in range(nz) for op in range(nop)}
-    for z, op, i, inst, k in dicom.frames_by_tile(insts):  # frame numbers count per instance
-        if (z, op) in grid:
-            grid[z, op][0][i], grid[z, op][1][i] = inst.ds.SOPInstanceUID, k + 1
+def _level(insts, base, study, fetching, label, axes=None):
+    kind = WholeInstance if insts[0].whole else WebFrames
 
-    series = str(inst0.ds.SeriesInstanceUID)
-
-    kind = WholeInstance if inst0.whole else WebFrames
-
-    def make_pieces(z, op):
-        uids, numbers = grid[z, op]
+    def make_pieces(z, op, owner, frames):
+        n = dicom.level_shape(owner)[0]
+        uids, numbers = [None] * n, np.zeros(n, np.int64)
+        for i, inst, k in frames:  # frame numbers count per instance, from 1
+            uids[i], numbers[i] = inst.ds.SOPInstanceUID, k + 1
+        series = {inst.ds.SOPInstanceUID: str(inst.ds.SeriesInstanceUID) for _, inst, _ in frames}
         return kind(base, study, series, uids, numbers, f"{label} z={z} layer={op}", *fetching)
-    return inst0.size, inst0.tile, dicom.planes_layout(make_pieces, inst0, nz, nop)
+    return dicom.level_layout(insts, axes, make_pieces)
 
 
 def find_slides(url: str, options, *, study_instance_uid: str | None = None, patient_id: str | None = None,
                 study_id: str | None = None, container_id: str | None = None, headers: dict | None = None,
                 verify=True, timeout: float = 30.0, retries: int = 2, batch: int = 256,
-                connections: int = 4, derived_layers: bool = True) -> list[Slide]:
+                connections: int = 4, whole_study: bool = True) -> list[Slide]:
     """Every slide-microscopy series on the server matching the filters, opened (QIDO-RS series
     search on study, patient and study ID; the container identifier is checked in each series'
     metadata, which QIDO-RS does not search)."""
@@ -359,12 +379,15 @@ def find_slides(url: str, options, *, study_instance_uid: str | None = None, pat
                             search_filters=filters)
     finally:
         client.close()
-    slides = []
+    slides, seen = [], set()
     for item in found:
         study, series = item["0020000D"]["Value"][0], item["0020000E"]["Value"][0]
+        if series in seen:  # already part of a slide found through another of its series
+            continue
         slide = open_url(url, options, study=study, series=series, headers=headers, verify=verify,
                          timeout=timeout, retries=retries, batch=batch,
-                         connections=connections, derived_layers=derived_layers)
+                         connections=connections, whole_study=whole_study)
+        seen.update(slide.properties["dicom"]["series"])
         if container_id is None or slide.properties["dicom"].get("ContainerIdentifier") == container_id:
             slides.append(slide)
         else:
