@@ -10,6 +10,7 @@ import openslide
 import pytest
 
 import tilescope
+from tilescope import synth
 
 pydicom = pytest.importorskip("pydicom")
 wsidicom = pytest.importorskip("wsidicom")
@@ -203,6 +204,72 @@ def test_fluorescence_paths_in_series_of_their_own(fluorescent):
         assert small.shape == (150, 250, 3)
         for c, name in enumerate(sc.channel_names):
             np.testing.assert_array_equal(small[..., c], sc.read_level(2, (75, 50, 250, 150), channels=name, z=1)[..., 0])
+
+
+@pytest.fixture(scope="module")
+def orthanc_wsi(tmp_path_factory):
+    """OrthancWSIDicomizer 1.1 (Debian's orthanc-wsi) conversions: a 4000x3000 SVS with its JPEG
+    tiles copied (instances of at most 1 MB: level 0 becomes a concatenation of two), and the
+    1100x900 SVS re-encoded as JPEG 2000 with the pyramid rebuilt by Orthanc. Its files carry no
+    Image Type, Frame of Reference or Dimension Organization Type (openslide and wsidicom refuse
+    them) and place every frame by its per-frame position. Returns {name: (source, folder)}."""
+    import shutil
+    import subprocess
+
+    binary = shutil.which("OrthancWSIDicomizer")
+    if not binary:
+        if os.environ.get("CI"):
+            pytest.fail("OrthancWSIDicomizer is not installed (apt-get install orthanc-wsi)")
+        pytest.skip("OrthancWSIDicomizer is not installed")
+    d = tmp_path_factory.mktemp("orthanc-wsi")
+    out = {"split": (synth.write_svs(d / "big.svs", 4000, 3000, downsamples=(1, 4, 16), seed=3), ["--max-size", "1"]),
+           "j2k": (synth.write_svs(d / "small.svs", 1100, 900, downsamples=(1, 4), seed=4),
+                   ["--compression", "jpeg2000", "--reencode", "1"])}
+    for name, (source, args) in out.items():
+        (d / name).mkdir()
+        subprocess.run([binary, "--folder", str(d / name), *args, str(source)], check=True, capture_output=True)
+        out[name] = (str(source), str(d / name))
+    return out
+
+
+def test_orthanc_wsi_dicomizer_copied_tiles(orthanc_wsi):
+    """No Image Type: the flavour is inferred (tiled instances are levels); no Frame of Reference:
+    the series is the slide; the concatenated level 0 and every level equal the source SVS."""
+    source, folder = orthanc_wsi["split"]
+    with tilescope.open(folder) as s, tilescope.open(source) as src:
+        sc, ref = s.scenes[0], src.scenes[0]
+        assert s.driver == "DICOM" and [lv.size for lv in sc.levels] == [lv.size for lv in ref.levels]
+        assert len(s.properties["dicom"]["instances"]) == 4  # level 0 in two parts
+        for li in range(len(sc.levels)):
+            np.testing.assert_array_equal(sc.read_level(li), ref.read_level(li))
+        np.testing.assert_array_equal(sc.read((1500, 1000, 1200, 900), size=(300, 225)),
+                                      ref.read((1500, 1000, 1200, 900), size=(300, 225)))
+
+
+def test_orthanc_wsi_dicomizer_jpeg2000(orthanc_wsi):
+    """Tiles re-encoded as JPEG 2000 (lossless: level 0 equals the source) and Orthanc's own lower
+    levels, each equal to pydicom's decode of the frames placed by their per-frame positions
+    (without pydicom's YCbCr conversion: the files say YBR_FULL_422 of the source, but the
+    codestreams hold RGB with the JPEG 2000 colour transform, as level 0 shows)."""
+    from pydicom.pixels import iter_pixels
+
+    source, folder = orthanc_wsi["j2k"]
+    with tilescope.open(folder) as s, tilescope.open(source) as src:
+        sc = s.scenes[0]
+        assert [lv.size for lv in sc.levels] == [(1100, 900), (550, 450), (275, 225)]
+        assert sc.compression == "1.2.840.10008.1.2.4.90"
+        np.testing.assert_array_equal(sc.read_level(0), src.scenes[0].read_level(0))
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            w, h = ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows
+            want = np.zeros((h + ds.Rows, w + ds.Columns, 3), np.uint8)
+            for item, frame in zip(ds.PerFrameFunctionalGroupsSequence, iter_pixels(path, as_rgb=False), strict=True):
+                pos = item.PlanePositionSlideSequence[0]
+                r, c = pos.RowPositionInTotalImagePixelMatrix - 1, pos.ColumnPositionInTotalImagePixelMatrix - 1
+                want[r:r + ds.Rows, c:c + ds.Columns] = frame
+            li = [lv.size for lv in sc.levels].index((w, h))
+            np.testing.assert_array_equal(sc.read_level(li), want[:h, :w])
 
 
 def _split(ds, frames: list[bytes]):

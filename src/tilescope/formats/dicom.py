@@ -79,7 +79,9 @@ class _Instance:
 
     def _parse(self, syntax: str | None) -> None:
         ds = self.ds
-        self.flavor = str(ds.ImageType[2]).upper() if len(ds.get("ImageType", [])) > 2 else ""
+        image_type = ds.get("ImageType") or []
+        # no Image Type (OrthancWSIDicomizer 1.1 writes none): a level of the pyramid
+        self.flavor = str(image_type[2]).upper() if len(image_type) > 2 else "VOLUME"
         self.size = (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
                      int(ds.get("TotalPixelMatrixRows", ds.Rows)))
         self.tile = (int(ds.Columns), int(ds.Rows))
@@ -208,13 +210,16 @@ def _positions(inst: _Instance) -> list[tuple[int, int, int, int]]:
     ds = inst.ds
     cols = -(-inst.size[0] // inst.tile[0])
     rows = -(-inst.size[1] // inst.tile[1])
-    if str(ds.get("DimensionOrganizationType", "TILED_FULL")).upper() == "TILED_FULL":
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    organization = str(ds.get("DimensionOrganizationType", "")).upper()
+    # without a Dimension Organization Type (OrthancWSIDicomizer 1.1), per-frame positions place frames
+    if organization == "TILED_FULL" or not (organization or (per_frame and "PlanePositionSlideSequence"
+                                                                 in per_frame[0])):
         nz = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
         first = int(ds.get("ConcatenationFrameOffsetNumber", 0) or 0)  # a concatenation's later part
         return [(i % cols, (i // cols) % rows, (i // (cols * rows)) % nz, i // (cols * rows * nz))
                 for i in range(first, first + inst.frames)]
     out = []
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     if len(per_frame) != inst.frames:
         raise CorruptDataError(f"{inst.path}: TILED_SPARSE with {len(per_frame)} per-frame groups for "
                                f"{inst.frames} frames")
@@ -333,7 +338,7 @@ def open(probe, options) -> Slide:
     if str(first.get("SOPClassUID", "")) != WSI_SOP_CLASS:
         raise UnsupportedFormatError(f"{path}: a DICOM {first.get('SOPClassUID', '?')} instance, not a "
                                      f"VL Whole Slide Microscopy Image")
-    key = (first.get("FrameOfReferenceUID"), first.get("ContainerIdentifier"))
+    key = slide_key(first)
     folder = os.path.dirname(os.path.abspath(path))
     instances, derived = [], []
     for name in sorted(os.listdir(folder)):
@@ -342,20 +347,27 @@ def open(probe, options) -> Slide:
             continue
         ds = first if os.path.samefile(p, path) else _read(p)
         sop = str(ds.get("SOPClassUID", ""))
-        if sop == WSI_SOP_CLASS and (ds.get("FrameOfReferenceUID"), ds.get("ContainerIdentifier")) == key:
+        if sop == WSI_SOP_CLASS and slide_key(ds) == key:
             instances.append(_Instance(p, ds))
-        elif sop in DERIVED and ds.get("FrameOfReferenceUID") == key[0]:
+        elif sop in DERIVED and key[0] is not None and ds.get("FrameOfReferenceUID") == key[0]:
             derived.append(_Instance(p, ds))
     levels = volume_levels(instances, f"{path}: no VOLUME instance of this slide in {folder}")
     base = levels[0][0].ds
-    props = {"SOPClassUID": WSI_SOP_CLASS, "FrameOfReferenceUID": str(key[0]),
-             "ContainerIdentifier": str(key[1]), "StudyInstanceUID": str(base.get("StudyInstanceUID", "")),
-             "SeriesInstanceUID": str(base.get("SeriesInstanceUID", "")),
-             "Manufacturer": str(base.get("Manufacturer", "")),
+    keys = ("FrameOfReferenceUID", "ContainerIdentifier", "StudyInstanceUID", "SeriesInstanceUID",
+            "Manufacturer")
+    props = {"SOPClassUID": WSI_SOP_CLASS, **{k: str(base.get(k, "")) for k in keys},
              "instances": [os.path.basename(i.path) for i in instances + derived]}
     slide = Slide(probe.source, NAME, options, raw_metadata=_header_text(base), vendor="dicom",
                   properties={"dicom": props}, icc_profile=_icc(base))
     return assemble(slide, levels, instances, derived, _level)
+
+
+def slide_key(ds) -> tuple:
+    """What the instances of one slide share: Frame of Reference UID and Container Identifier, or
+    where there are none (OrthancWSIDicomizer 1.1 writes neither) the series."""
+    if ds.get("FrameOfReferenceUID"):
+        return ds.FrameOfReferenceUID, ds.get("ContainerIdentifier")
+    return None, ds.get("SeriesInstanceUID")
 
 
 def _header_text(ds) -> str:

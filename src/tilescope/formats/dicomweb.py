@@ -331,6 +331,8 @@ def _study(client: _Client, study: str, series: str, instances: list) -> tuple[l
     WADO-RS metadata says what they hold)."""
     first = instances[0].ds
     frame_of_reference, container = first.get("FrameOfReferenceUID"), first.get("ContainerIdentifier")
+    if not frame_of_reference:  # nothing ties other series to this slide
+        return [], []
     found = client.call(f"QIDO-RS series of study {study}", client.api.search_for_series, study)
     more, derived = [], []
     for item in found:
