@@ -234,3 +234,16 @@ def fluorescent(tmp_path_factory):
         for f in (d / fluor).iterdir():
             f.rename(out / f.name)
     return str(out), czis
+
+
+@pytest.fixture(scope="session")
+def orthanc_wsi_dicomizer() -> str:
+    """The OrthancWSIDicomizer binary (Debian's orthanc-wsi): skipped without it, failed in CI."""
+    import shutil
+
+    binary = shutil.which("OrthancWSIDicomizer")
+    if not binary:
+        if os.environ.get("CI"):
+            pytest.fail("OrthancWSIDicomizer is not installed (apt-get install orthanc-wsi)")
+        pytest.skip("OrthancWSIDicomizer is not installed")
+    return binary

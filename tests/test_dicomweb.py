@@ -213,3 +213,20 @@ def test_paths_in_series_of_their_own_over_dicomweb(fluorescent, tmp_path):
         with tilescope.open(url, study=props["StudyInstanceUID"], series=props["SeriesInstanceUID"],
                             whole_study=False) as one:
             assert len(one.scenes[0].channel_names) == 1
+
+
+def test_orthanc_wsi_dicomizer_pushes_to_orthanc(orthanc_wsi_dicomizer, tmp_path):
+    """OrthancWSIDicomizer's own route: it converts an SVS and stores the instances in Orthanc over
+    its REST API; read back over DICOMweb (no frame of reference, frames placed per frame) equal
+    to the SVS."""
+    from tilescope import synth
+
+    source = synth.write_svs(tmp_path / "pushed.svs", 1100, 900, downsamples=(1, 4), seed=8)
+    (tmp_path / "empty").mkdir()
+    with _orthanc(str(tmp_path / "empty"), tmp_path) as (url, base):
+        subprocess.run([orthanc_wsi_dicomizer, "--orthanc", f"{base}/", str(source)], check=True,
+                       capture_output=True)
+        with tilescope.open(url) as s, tilescope.open(source) as src:
+            assert [lv.size for lv in s.scenes[0].levels] == [lv.size for lv in src.scenes[0].levels]
+            for li in range(2):
+                np.testing.assert_array_equal(s.scenes[0].read_level(li), src.scenes[0].read_level(li))
