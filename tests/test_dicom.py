@@ -35,6 +35,38 @@ def test_folder_and_file_open_the_same_slide(converted):
             assert sorted(s.associated) == ["label", "macro", "thumbnail"]
 
 
+def test_a_list_of_files_is_one_slide(converted, derived, fluorescent, svs, tmp_path):
+    """Files from several folders are one slide's instances when given as a list; a file of
+    another slide, a missing file or a list of non-DICOM files is a typed error. A folder's slide
+    is parsed again once files are added to it."""
+    import shutil
+
+    _, folder = converted
+    _, files = derived
+    volumes = [_volume_file(folder, 1100), _volume_file(folder, 275)]
+    with tilescope.open([*volumes, files["seg"]]) as s:
+        sc = s.scenes[0]
+        assert [lv.size for lv in sc.levels] == [(1100, 900), (275, 225)] and not s.associated
+        assert sc.find_segments(label="tumor") == ["tumor"]
+    with tilescope.open(volumes[:1]) as s:
+        assert len(s.scenes[0].levels) == 1
+    other = os.path.join(fluorescent[0], sorted(os.listdir(fluorescent[0]))[0])
+    with pytest.raises(tilescope.InvalidRequestError, match="not an instance of the slide"):
+        tilescope.open([*volumes, other])
+    with pytest.raises(tilescope.SourceNotFoundError, match="no such file"):
+        tilescope.open([*volumes, str(tmp_path / "gone.dcm")])
+    with pytest.raises(tilescope.InvalidRequestError, match="DICOM"):
+        tilescope.open([svs])
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    shutil.copy(volumes[0], grown)
+    with tilescope.open(str(grown)) as s:
+        assert len(s.scenes[0].levels) == 1
+    shutil.copy(volumes[1], grown)
+    with tilescope.open(str(grown)) as s:
+        assert len(s.scenes[0].levels) == 2
+
+
 def test_pixels_equal_the_source_and_openslide(converted):
     svs, folder = converted
     with tilescope.open(folder) as s, tilescope.open(svs) as src:

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from . import formats
 from .cache import TileCache
@@ -116,13 +117,15 @@ def detect(source: str | os.PathLike) -> str | None:
         src.close()
 
 
-def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> Slide:
+def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | None = None,
+         **overrides) -> Slide:
     """Open an image file and return a :class:`Slide`.
 
     The format is detected from the content (magic bytes, TIFF tags, ImageDescription); ``driver``
-    forces one (see :func:`drivers`). ``overrides`` are :class:`Options` fields for this slide:
-    ``max_read_bytes``, ``band_bytes``, ``threads``, ``cache`` (a :class:`TileCache`; by default
-    one process-wide cache of 64 MiB is shared).
+    forces one (see :func:`drivers`). A folder stands for its first file a driver recognizes; a
+    list of files is the instances of one DICOM slide. ``overrides`` are :class:`Options` fields
+    for this slide: ``max_read_bytes``, ``band_bytes``, ``threads``, ``cache`` (a
+    :class:`TileCache`; by default one process-wide cache of 64 MiB is shared).
     """
     if isinstance(source, str) and source.startswith("dicomweb+"):
         from .formats import dicomweb
@@ -130,6 +133,12 @@ def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> S
         web = {k: overrides.pop(k) for k in ("study", "series", "headers", "verify", "timeout", "retries",
                                               "batch", "connections", "whole_study") if k in overrides}
         return dicomweb.open_url(source, dataclasses.replace(options, **_checked(overrides)), **web)
+    files = None
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise InvalidRequestError("open: an empty list of files")
+        files = [os.fspath(p) for p in source]
+        source = files[0]
     source = _in_folder(source)
     fields = {f.name for f in dataclasses.fields(Options)}
     unknown = set(overrides) - fields
@@ -138,9 +147,11 @@ def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> S
     opts = dataclasses.replace(options, **overrides)
     src = FileSource(source)
     probe = None
-    key = (src.identity, driver.upper() if driver else None)
+    # the folder's mtime too: slides of several files (DICOM, AFI) gather them from there
+    key = (src.identity, os.stat(os.path.dirname(os.path.abspath(source))).st_mtime_ns,
+           driver.upper() if driver else None)
     with _parsed_lock:
-        parsed = _PARSED.get(key)
+        parsed = _PARSED.get(key) if files is None else None
         if parsed is not None:
             _PARSED.move_to_end(key)
     if parsed is not None:
@@ -154,7 +165,12 @@ def open(source: str | os.PathLike, driver: str | None = None, **overrides) -> S
                 f"drivers: {', '.join(drivers())})")
         if driver and not mod.detect(probe):
             raise UnsupportedFormatError(f"{src.path}: is not a {mod.NAME} file")
+        if files is not None and mod.NAME != "DICOM":
+            raise InvalidRequestError(f"{src.path}: a list of files is read as one DICOM slide's instances; "
+                                      f"this is a {mod.NAME} file")
         try:
+            if files is not None:
+                return mod.open(probe, opts, files=files)
             slide = mod.open(probe, opts)
             with _parsed_lock:
                 _PARSED[key] = slide._bind(None, opts)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import codecs
 from ..engine import Layout, Plane
-from ..errors import CorruptDataError, UnsupportedFormatError
+from ..errors import CorruptDataError, InvalidRequestError, SourceNotFoundError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import Pieces
 
@@ -332,7 +332,9 @@ class DicomScene(Scene):
         return self.read((int(x0), int(y0), int(x1 - x0), int(y1 - y0)), size, **kw)
 
 
-def open(probe, options) -> Slide:
+def open(probe, options, files: list[str] | None = None) -> Slide:
+    """The slide of the DICOM file ``probe`` reads, with the instances of its folder (or of
+    ``files``: then every one must belong to the slide)."""
     path = probe.path
     first = _read(path)
     if str(first.get("SOPClassUID", "")) != WSI_SOP_CLASS:
@@ -340,18 +342,28 @@ def open(probe, options) -> Slide:
                                      f"VL Whole Slide Microscopy Image")
     key = slide_key(first)
     folder = os.path.dirname(os.path.abspath(path))
+    if files is None:
+        candidates = [p for p in (os.path.join(folder, n) for n in sorted(os.listdir(folder)))
+                      if os.path.isfile(p) and is_dicom_file(p)]
+    else:
+        candidates = files
+        missing = [p for p in files if not os.path.isfile(p)]
+        if missing:
+            raise SourceNotFoundError(f"{missing[0]}: no such file")
     instances, derived = [], []
-    for name in sorted(os.listdir(folder)):
-        p = os.path.join(folder, name)
-        if not (os.path.isfile(p) and is_dicom_file(p)):
-            continue
+    for p in candidates:
         ds = first if os.path.samefile(p, path) else _read(p)
         sop = str(ds.get("SOPClassUID", ""))
         if sop == WSI_SOP_CLASS and slide_key(ds) == key:
             instances.append(_Instance(p, ds))
         elif sop in DERIVED and key[0] is not None and ds.get("FrameOfReferenceUID") == key[0]:
             derived.append(_Instance(p, ds))
-    levels = volume_levels(instances, f"{path}: no VOLUME instance of this slide in {folder}")
+        elif files is not None:
+            raise InvalidRequestError(f"{p}: not an instance of the slide of {path} (another frame of "
+                                      f"reference, container or series, or not a whole-slide image, "
+                                      f"segmentation or parametric map)")
+    where = "the files given" if files is not None else folder
+    levels = volume_levels(instances, f"{path}: no VOLUME instance of this slide in {where}")
     base = levels[0][0].ds
     keys = ("FrameOfReferenceUID", "ContainerIdentifier", "StudyInstanceUID", "SeriesInstanceUID",
             "Manufacturer")
