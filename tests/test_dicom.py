@@ -67,6 +67,35 @@ def test_a_list_of_files_is_one_slide(converted, derived, fluorescent, svs, tmp_
         assert len(s.scenes[0].levels) == 2
 
 
+def test_a_small_thumbnail_extends_the_pyramid(converted, tmp_path):
+    """A THUMBNAIL smaller than the smallest VOLUME level (the converted one, rebuilt with pydicom
+    at 137x112) is the pyramid's last level, and still the associated thumbnail."""
+    import shutil
+
+    import imagecodecs
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+
+    _, folder = converted
+    out = tmp_path / "thumb"
+    shutil.copytree(folder, out)
+    path = next(p for p in out.iterdir() if pydicom.dcmread(p, stop_before_pixels=True).ImageType[2] == "THUMBNAIL")
+    with tilescope.open(folder) as s:
+        small = np.asarray(Image.fromarray(s.scenes[0].read_level(1)).resize((137, 112), Image.BOX))
+    jpeg = imagecodecs.jpeg8_encode(small, level=90)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([jpeg])
+    ds.Columns = ds.TotalPixelMatrixColumns = 137
+    ds.Rows = ds.TotalPixelMatrixRows = 112
+    ds.save_as(path, enforce_file_format=True)
+    with tilescope.open(str(out)) as s:
+        sc = s.scenes[0]
+        assert [lv.size for lv in sc.levels] == [(1100, 900), (275, 225), (137, 112)]
+        np.testing.assert_array_equal(sc.read_level(2), imagecodecs.jpeg8_decode(jpeg))
+        np.testing.assert_array_equal(s.associated["thumbnail"], sc.read_level(2))
+        np.testing.assert_array_equal(sc.read(size=(137, 112)), sc.read_level(2))
+
+
 def test_pixels_equal_the_source_and_openslide(converted):
     svs, folder = converted
     with tilescope.open(folder) as s, tilescope.open(svs) as src:

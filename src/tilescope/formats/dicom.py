@@ -390,13 +390,21 @@ def _header_text(ds) -> str:
 
 
 def volume_levels(instances: list[_Instance], none: str) -> list[list[_Instance]]:
-    """The VOLUME instances by level, largest first (a level's concatenated parts in order)."""
+    """The pyramid's instances by level, largest first (a level's concatenated parts in order):
+    VOLUME instances, and a THUMBNAIL smaller than all of them that shows the whole slide (it
+    extends the pyramid downwards; it stays the associated image ``thumbnail`` too)."""
     volumes: dict[tuple[int, int], list[_Instance]] = defaultdict(list)
     for inst in instances:
         if inst.flavor == "VOLUME":
             volumes[inst.size].append(inst)
     if not volumes:
         raise CorruptDataError(none)
+    (w0, h0), smallest = max(volumes), min(volumes)
+    for inst in instances:
+        (w, h), d = inst.size, w0 / inst.size[0]
+        if inst.flavor == "THUMBNAIL" and w < smallest[0] and h < smallest[1] and abs(h0 / h - d) <= 0.02 * d:
+            volumes[inst.size].append(inst)
+            break
     return [sorted(volumes[size], key=lambda i: int(i.ds.get("ConcatenationFrameOffsetNumber", 0) or 0))
             for size in sorted(volumes, key=lambda s: -s[0])]
 
@@ -577,13 +585,14 @@ def frames_by_tile(insts: list[_Instance], axes: Axes | None = None):
     for inst in insts:
         cols, rows = -(-inst.size[0] // inst.tile[0]), -(-inst.size[1] // inst.tile[1])
         zmap = opmap = None
-        if axes is not None:
-            zmap = [axes.planes.index(round(z, 4)) for z in focal_planes(inst.ds)[0]]
-            opmap = [axes.paths.index(p) for p in _path_ids(inst.ds)]
+        if axes is not None:  # the instance's planes and paths among the slide's (-1: not there)
+            zmap = [axes.planes.index(z) if z in axes.planes else -1
+                    for z in (round(z, 4) for z in focal_planes(inst.ds)[0])]
+            opmap = [axes.paths.index(p) if p in axes.paths else -1 for p in _path_ids(inst.ds)]
         for k, (col, row, z, op) in enumerate(_positions(inst)):
             if 0 <= col < cols and 0 <= row < rows:
                 if axes is not None:
-                    if z >= len(zmap) or op >= len(opmap):
+                    if z >= len(zmap) or op >= len(opmap) or zmap[z] < 0 or opmap[op] < 0:
                         continue
                     z, op = zmap[z], opmap[op]
                 yield z, op, row * cols + col, inst, k
