@@ -247,3 +247,26 @@ def orthanc_wsi_dicomizer() -> str:
             pytest.fail("OrthancWSIDicomizer is not installed (apt-get install orthanc-wsi)")
         pytest.skip("OrthancWSIDicomizer is not installed")
     return binary
+
+
+@pytest.fixture(scope="session")
+def rle(converted, tmp_path_factory):
+    """The converted level-1 instance re-encoded by pydicom as RLE Lossless (RGB), in a folder."""
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    import tilescope
+
+    _, folder = converted
+    with tilescope.open(folder) as s:
+        want = s.scenes[0].read_level(1)
+    path = next(p for p in sorted(glob.glob(os.path.join(folder, "*")))
+                if (ds := pydicom.dcmread(p)).ImageType[2] == "VOLUME" and ds.TotalPixelMatrixColumns == 275)
+    ds = pydicom.dcmread(path)
+    canvas = np.zeros((256, 512, 3), np.uint8)
+    canvas[:225, :275] = want
+    ds.PhotometricInterpretation, ds.PlanarConfiguration = "RGB", 0
+    ds.compress(RLELossless, np.stack([canvas[:, :256], canvas[:, 256:]]), encoding_plugin="pydicom")
+    out = tmp_path_factory.mktemp("rle")
+    ds.save_as(out / "level.dcm", enforce_file_format=True)
+    return str(out)

@@ -230,3 +230,24 @@ def test_orthanc_wsi_dicomizer_pushes_to_orthanc(orthanc_wsi_dicomizer, tmp_path
             assert [lv.size for lv in s.scenes[0].levels] == [lv.size for lv in src.scenes[0].levels]
             for li in range(2):
                 np.testing.assert_array_equal(s.scenes[0].read_level(li), src.scenes[0].read_level(li))
+
+
+def test_rle_frames_over_dicomweb(rle, tmp_path):
+    """RLE Lossless frames come in their stored encoding and are recognized as RLE (WADO-RS
+    metadata does not name the transfer syntax)."""
+    with _orthanc(rle, tmp_path) as (url, _), tilescope.open(rle) as local, tilescope.open(url) as s:
+        assert s.scenes[0].compression == local.scenes[0].compression == "1.2.840.10008.1.2.5"
+        np.testing.assert_array_equal(s.scenes[0].read_level(0), local.scenes[0].read_level(0))
+
+
+def test_a_server_that_never_answers_times_out():
+    """A socket that accepts connections and says nothing: the request's timeout, then the
+    retries, then a RemoteError naming the server (never a hang)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"dicomweb+http://127.0.0.1:{listener.getsockname()[1]}/dicom-web"
+        start = time.monotonic()
+        with pytest.raises(tilescope.RemoteError, match=r"127\.0\.0\.1.*(Timeout|timed out)"):
+            tilescope.open(url, timeout=0.5, retries=1)
+        assert time.monotonic() - start < 10
