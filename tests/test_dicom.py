@@ -142,6 +142,8 @@ def test_slide_coordinates_equal_highdicom(converted):
             ref = to_ref(idx)[:, :2]
             np.testing.assert_allclose(sc.pixel_to_slide(idx, level=li), ref, atol=1e-9)
             np.testing.assert_allclose(sc.slide_to_pixel(ref, level=li), idx, atol=1e-6)
+        ds = pydicom.dcmread(_volume_file(folder, 1100), stop_before_pixels=True)
+        assert sc.physical_size == pytest.approx((ds.ImagedVolumeWidth, ds.ImagedVolumeHeight), rel=1e-4)
         # a region given on the glass reads the pixels it covers
         x0, y0 = sc.pixel_to_slide([(300, 200)])[0]
         x1, y1 = sc.pixel_to_slide([(500, 350)])[0]

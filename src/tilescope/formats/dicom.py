@@ -292,6 +292,14 @@ class DicomScene(Scene):
         return np.array([[r[0] * dc * sx, c[0] * dr * sy, self.slide_origin[0]],
                          [r[1] * dc * sx, c[1] * dr * sy, self.slide_origin[1]], [0.0, 0.0, 1.0]])
 
+    @property
+    def physical_size(self) -> tuple[float, float] | None:
+        """(width, height) of the imaged area in mm: level 0's columns x column spacing, rows x
+        row spacing (its offset on the glass is ``slide_origin``)."""
+        if self.pixel_spacing is None:
+            return None
+        return self.size[0] * self.pixel_spacing[1], self.size[1] * self.pixel_spacing[0]
+
     def pixel_to_slide(self, indices, level: int = 0) -> np.ndarray:
         """(N, 2) (column, row) pixel indices of ``level`` -> (N, 2) (x, y) slide coordinates, mm."""
         p = np.atleast_2d(np.asarray(indices, np.float64))
