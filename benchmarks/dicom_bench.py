@@ -3,6 +3,7 @@
 the JPEG tiles) and over DICOMweb from a local Orthanc (Debian orthanc + orthanc-dicomweb).
 
     python benchmarks/dicom_bench.py     # converts benchmarks/data/slide.svs once (bench.py writes it)
+    python benchmarks/dicom_bench.py --request-cost   # a small read over DICOMweb vs bare requests
 
 Every (source, workload) runs in a fresh process (page cache warm, Orthanc already holding the
 instances); the mean time per call is reported with the ratio to the SVS.
@@ -98,6 +99,53 @@ def split_levels(folder: str, out: str, frames_per_part: int) -> None:
             ds.save_as(os.path.join(out, f"{name}.{k}.dcm"), enforce_file_format=True)
 
 
+def request_cost(n: int = 200) -> None:
+    """Where a small DICOMweb read's time goes: 256² reads from files and over DICOMweb, against
+    bare HTTP requests for the same frames (a 4000x3000 slide, level 0 one instance)."""
+    import numpy as np
+    import requests
+
+    import tilescope
+    from tilescope import synth
+
+    data = os.path.join(HERE, "data", "small")
+    folder = os.path.join(data, "dicom")
+    if not os.path.isdir(folder):
+        from wsidicomizer import WsiDicomizer
+
+        os.makedirs(data, exist_ok=True)
+        svs = synth.write_svs(os.path.join(data, "small.svs"), 4000, 3000, downsamples=(1, 4))
+        WsiDicomizer.convert(svs, folder, include_label=False, include_overview=False)
+    rng = np.random.default_rng(0)
+    xs, ys = rng.integers(0, 3744, n), rng.integers(0, 2744, n)
+    regions = [(int(x), int(y), 256, 256) for x, y in zip(xs, ys, strict=True)]
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = orthanc(folder, tmp)
+        try:
+            for name, source in (("DICOM files", folder), ("DICOMweb", url)):
+                sc = tilescope.open(source, cache=tilescope.TileCache(0)).scenes[0]
+                t0 = time.perf_counter()
+                for r in regions:
+                    sc.read(r)
+                print(f"tilescope, {name}: {1000 * (time.perf_counter() - t0) / n:.2f} ms per read")
+            props = tilescope.open(url).properties["dicom"]
+            web = url[len("dicomweb+"):]
+            series = f"{web}/studies/{props['StudyInstanceUID']}/series/{props['SeriesInstanceUID']}"
+            session = requests.Session()
+            uid = next(i for i in props["instances"] if session.get(f"{series}/instances/{i}/metadata")
+                       .json()[0]["00480006"]["Value"][0] == 4000)
+            accept = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
+            for frames in ("5", "5,6,21,22"):
+                where = f"{series}/instances/{uid}/frames/{frames}"
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    session.get(where, headers=accept).raise_for_status()  # the body is read
+                print(f"bare GET of frames {frames}: {1000 * (time.perf_counter() - t0) / n:.2f} ms")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def run(source: str, wl: str) -> dict:
     p = subprocess.run([sys.executable, __file__, "--cell", source, wl], capture_output=True, text=True)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -107,6 +155,9 @@ def run(source: str, wl: str) -> dict:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--cell":
         print("RESULT " + json.dumps(cell(sys.argv[2], sys.argv[3])))
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--request-cost":
+        request_cost()
         return 0
     svs = os.path.join(HERE, "data", "slide.svs")
     folder = os.path.join(HERE, "data", "dicom")
