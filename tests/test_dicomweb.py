@@ -251,3 +251,23 @@ def test_a_server_that_never_answers_times_out():
         with pytest.raises(tilescope.RemoteError, match=r"127\.0\.0\.1.*(Timeout|timed out)"):
             tilescope.open(url, timeout=0.5, retries=1)
         assert time.monotonic() - start < 10
+
+
+def test_concurrent_reads_over_dicomweb(orthanc, converted):
+    """Eight threads reading overlapping regions of one DICOMweb slide (shared frame requests, a
+    small cache) get what serial reads of the files give."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = orthanc
+    _, folder = converted
+    rng = np.random.default_rng(1)
+    rects = [(int(x), int(y), 300, 200) for x, y in zip(rng.integers(0, 800, 48), rng.integers(0, 700, 48),
+                                                         strict=True)]
+    with tilescope.open(folder) as local:
+        want = [local.scenes[0].read(r) for r in rects]
+        props = local.properties["dicom"]
+    with tilescope.open(url, study=props["StudyInstanceUID"], series=props["SeriesInstanceUID"],
+                        cache=tilescope.TileCache(1 << 20), batch=4) as s, ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(s.scenes[0].read, rects))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
