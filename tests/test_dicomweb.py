@@ -176,7 +176,7 @@ def test_incomplete_metadata_is_a_typed_error(orthanc, converted, tmp_path):
                 if pydicom.dcmread(os.path.join(folder, n), stop_before_pixels=True).ImageType[2] == "VOLUME")
     ds = pydicom.dcmread(os.path.join(folder, name))
     del ds.Columns
-    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()  # a study of its own
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     (tmp_path / "bad").mkdir()
     ds.save_as(tmp_path / "bad" / "level.dcm", enforce_file_format=True)
