@@ -329,6 +329,59 @@ def test_orthanc_wsi_dicomizer_jpeg2000(orthanc_wsi):
             np.testing.assert_array_equal(sc.read_level(li), want[:h, :w])
 
 
+@pytest.fixture(scope="module")
+def transcoded(converted, tmp_path_factory):
+    """The source SVS transcoded by wsidicomizer to JPEG 2000: lossless YBR_RCT, lossy YBR_ICT and
+    lossless RGB; and level 1 of the lossless one decompressed by pydicom into native pixel data
+    with explicit and with implicit VR little endian. Returns {name: folder}."""
+    from wsidicom.codec import Channels, Jpeg2kSettings
+    from wsidicomizer import WsiDicomizer
+
+    svs, _ = converted
+    d = tmp_path_factory.mktemp("transcoded")
+    out = {}
+    for name, settings in (("rct", Jpeg2kSettings(levels=0)), ("ict", Jpeg2kSettings(levels=45)),
+                           ("rgb", Jpeg2kSettings(levels=0, channels=Channels.RGB))):
+        out[name] = str(d / name)
+        WsiDicomizer.convert(svs, out[name], encoding=settings, force_transcoding=True, include_label=False,
+                             include_overview=False, include_thumbnail=False)
+    ds = pydicom.dcmread(next(os.path.join(out["rct"], n) for n in os.listdir(out["rct"])
+                              if pydicom.dcmread(os.path.join(out["rct"], n)).TotalPixelMatrixColumns == 275))
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds.decompress()
+    for name, syntax in (("explicit", ExplicitVRLittleEndian), ("implicit", ImplicitVRLittleEndian)):
+        (d / name).mkdir()
+        out[name] = str(d / name)
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(d / name / "level.dcm", enforce_file_format=True)
+    return out
+
+
+def test_jpeg2000_and_native_transfer_syntaxes(transcoded):
+    """Every level of each JPEG 2000 flavour equals wsidicom's read of it; the lossless ones equal
+    each other, the lossy one is close (45 dB); pydicom's native rewrites of level 1 (explicit and
+    implicit VR) equal the JPEG 2000 level they were decoded from."""
+    reads = {}
+    for name in ("rct", "ict", "rgb"):
+        with tilescope.open(transcoded[name]) as s, wsidicom.WsiDicom.open(transcoded[name]) as w:
+            sc = s.scenes[0]
+            assert sc.compression == ("1.2.840.10008.1.2.4.91" if name == "ict" else "1.2.840.10008.1.2.4.90")
+            reads[name] = [sc.read_level(li) for li in range(len(sc.levels))]
+            for lv, got in zip(w.levels, reads[name], strict=True):  # wsidicom's level: log2 of the downsample
+                np.testing.assert_array_equal(got, np.asarray(w.read_region((0, 0), lv.level, got.shape[1::-1])
+                                                              .convert("RGB")))
+    for a, b in zip(reads["rct"], reads["rgb"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(reads["rct"], reads["ict"], strict=True):
+        mse = np.mean((a.astype(float) - b) ** 2)
+        assert 10 * np.log10(255 ** 2 / mse) > 38
+    for name, syntax in (("explicit", "1.2.840.10008.1.2.1"), ("implicit", "1.2.840.10008.1.2")):
+        with tilescope.open(transcoded[name]) as s:
+            assert s.scenes[0].compression == syntax
+            np.testing.assert_array_equal(s.scenes[0].read_level(0), reads["rct"][1])
+
+
 def _split(ds, frames: list[bytes]):
     from pydicom.encaps import encapsulate
     from pydicom.uid import generate_uid
