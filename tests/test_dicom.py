@@ -331,17 +331,18 @@ def test_orthanc_wsi_dicomizer_jpeg2000(orthanc_wsi):
 
 @pytest.fixture(scope="module")
 def transcoded(converted, tmp_path_factory):
-    """The source SVS transcoded by wsidicomizer to JPEG 2000: lossless YBR_RCT, lossy YBR_ICT and
-    lossless RGB; and level 1 of the lossless one decompressed by pydicom into native pixel data
+    """The source SVS transcoded by wsidicomizer to JPEG 2000 (lossless YBR_RCT, lossy YBR_ICT,
+    lossless RGB) and to lossless RGB JPEG-LS; and level 1 of the lossless one decompressed by pydicom into native pixel data
     with explicit and with implicit VR little endian. Returns {name: folder}."""
-    from wsidicom.codec import Channels, Jpeg2kSettings
+    from wsidicom.codec import Channels, Jpeg2kSettings, JpegLsSettings
     from wsidicomizer import WsiDicomizer
 
     svs, _ = converted
     d = tmp_path_factory.mktemp("transcoded")
     out = {}
     for name, settings in (("rct", Jpeg2kSettings(levels=0)), ("ict", Jpeg2kSettings(levels=45)),
-                           ("rgb", Jpeg2kSettings(levels=0, channels=Channels.RGB))):
+                           ("rgb", Jpeg2kSettings(levels=0, channels=Channels.RGB)),
+                           ("jpegls", JpegLsSettings(channels=Channels.RGB))):
         out[name] = str(d / name)
         WsiDicomizer.convert(svs, out[name], encoding=settings, force_transcoding=True, include_label=False,
                              include_overview=False, include_thumbnail=False)
@@ -359,20 +360,23 @@ def transcoded(converted, tmp_path_factory):
 
 
 def test_jpeg2000_and_native_transfer_syntaxes(transcoded):
-    """Every level of each JPEG 2000 flavour equals wsidicom's read of it; the lossless ones equal
-    each other, the lossy one is close (45 dB); pydicom's native rewrites of level 1 (explicit and
+    """Every level of each JPEG 2000 flavour and of JPEG-LS equals wsidicom's read of it; the
+    lossless ones equal each other, the lossy one is close (45 dB); pydicom's native rewrites of level 1 (explicit and
     implicit VR) equal the JPEG 2000 level they were decoded from."""
     reads = {}
-    for name in ("rct", "ict", "rgb"):
+    syntaxes = {"rct": "1.2.840.10008.1.2.4.90", "ict": "1.2.840.10008.1.2.4.91", "rgb": "1.2.840.10008.1.2.4.90",
+                "jpegls": "1.2.840.10008.1.2.4.80"}
+    for name, syntax in syntaxes.items():
         with tilescope.open(transcoded[name]) as s, wsidicom.WsiDicom.open(transcoded[name]) as w:
             sc = s.scenes[0]
-            assert sc.compression == ("1.2.840.10008.1.2.4.91" if name == "ict" else "1.2.840.10008.1.2.4.90")
+            assert sc.compression == syntax
             reads[name] = [sc.read_level(li) for li in range(len(sc.levels))]
             for lv, got in zip(w.levels, reads[name], strict=True):  # wsidicom's level: log2 of the downsample
                 np.testing.assert_array_equal(got, np.asarray(w.read_region((0, 0), lv.level, got.shape[1::-1])
                                                               .convert("RGB")))
-    for a, b in zip(reads["rct"], reads["rgb"], strict=True):
+    for a, b, c in zip(reads["rct"], reads["rgb"], reads["jpegls"], strict=True):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
     for a, b in zip(reads["rct"], reads["ict"], strict=True):
         mse = np.mean((a.astype(float) - b) ** 2)
         assert 10 * np.log10(255 ** 2 / mse) > 38
