@@ -10,7 +10,6 @@ import openslide
 import pytest
 
 import tilescope
-from tilescope import synth
 
 pydicom = pytest.importorskip("pydicom")
 wsidicom = pytest.importorskip("wsidicom")
@@ -267,26 +266,6 @@ def test_fluorescence_paths_in_series_of_their_own(fluorescent):
         assert small.shape == (150, 250, 3)
         for c, name in enumerate(sc.channel_names):
             np.testing.assert_array_equal(small[..., c], sc.read_level(2, (75, 50, 250, 150), channels=name, z=1)[..., 0])
-
-
-@pytest.fixture(scope="module")
-def orthanc_wsi(orthanc_wsi_dicomizer, tmp_path_factory):
-    """OrthancWSIDicomizer 1.1 (Debian's orthanc-wsi) conversions: a 4000x3000 SVS with its JPEG
-    tiles copied (instances of at most 1 MB: level 0 becomes a concatenation of two), and the
-    1100x900 SVS re-encoded as JPEG 2000 with the pyramid rebuilt by Orthanc. Its files carry no
-    Image Type, Frame of Reference or Dimension Organization Type (openslide and wsidicom refuse
-    them) and place every frame by its per-frame position. Returns {name: (source, folder)}."""
-    import subprocess
-
-    d = tmp_path_factory.mktemp("orthanc-wsi")
-    out = {"split": (synth.write_svs(d / "big.svs", 4000, 3000, downsamples=(1, 4, 16), seed=3), ["--max-size", "1"]),
-           "j2k": (synth.write_svs(d / "small.svs", 1100, 900, downsamples=(1, 4), seed=4),
-                   ["--compression", "jpeg2000", "--reencode", "1"])}
-    for name, (source, args) in out.items():
-        (d / name).mkdir()
-        subprocess.run([orthanc_wsi_dicomizer, "--folder", str(d / name), *args, str(source)], check=True, capture_output=True)
-        out[name] = (str(source), str(d / name))
-    return out
 
 
 def test_orthanc_wsi_dicomizer_copied_tiles(orthanc_wsi):

@@ -271,3 +271,20 @@ def test_concurrent_reads_over_dicomweb(orthanc, converted):
         got = list(pool.map(s.scenes[0].read, rects))
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+def test_concatenated_level_over_dicomweb(orthanc_wsi, tmp_path, monkeypatch):
+    """OrthancWSIDicomizer's split level 0 (two parts of a concatenation, frames placed per frame)
+    over DICOMweb equals the files; opening probes one frame per concatenation, not per part."""
+    from dicomweb_client.api import DICOMwebClient
+
+    _, folder = orthanc_wsi["split"]
+    probes = []
+    real = DICOMwebClient.retrieve_instance_frames
+    monkeypatch.setattr(DICOMwebClient, "retrieve_instance_frames",
+                        lambda self, *a, **k: probes.append(a[2]) or real(self, *a, **k))
+    with _orthanc(folder, tmp_path) as (url, _), tilescope.open(folder) as local, tilescope.open(url) as s:
+        assert len(probes) == 3  # three levels, level 0 in two instances
+        sc, lc = s.scenes[0], local.scenes[0]
+        for li in range(len(lc.levels)):
+            np.testing.assert_array_equal(sc.read_level(li), lc.read_level(li))

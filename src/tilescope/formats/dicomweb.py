@@ -284,20 +284,27 @@ def _instances(meta: list, client: _Client, study: str, series: str, classes: tu
     datasets = [pydicom.Dataset.from_json({k: {"vr": v.get("vr"), "BulkDataURI": ""} if k in pixels else v
                                            for k, v in m.items()}, bulk_data_uri_handler=_no_bulk_data)
                 for m in meta]
+    probed: dict = {}  # concatenation UID -> (syntax, whole): its parts share one transfer syntax
     for ds in datasets:
         if str(ds.get("SOPClassUID", "")) not in classes or \
                 (frame_of_reference and ds.get("FrameOfReferenceUID") != frame_of_reference):
             continue
         uid = ds.SOPInstanceUID
-        whole = False
-        try:
-            probe = client.call(f"instance {uid} frame 1", client.api.retrieve_instance_frames, study, series,
-                                uid, frame_numbers=[1], media_types=_OCTETS)
-            syntax = _syntax(bytes(probe[0]))
-        except RemoteError:  # Orthanc 1.10 serves no frames of float pixel data: take the instance
-            if "PixelData" in ds:
-                raise
-            syntax, whole = "1.2.840.10008.1.2.1", True
+        concatenation = ds.get("ConcatenationUID")
+        if concatenation in probed:
+            syntax, whole = probed[concatenation]
+        else:
+            whole = False
+            try:  # a request costs the server a parse of the whole instance: one per concatenation
+                probe = client.call(f"instance {uid} frame 1", client.api.retrieve_instance_frames, study,
+                                    series, uid, frame_numbers=[1], media_types=_OCTETS)
+                syntax = _syntax(bytes(probe[0]))
+            except RemoteError:  # Orthanc 1.10 serves no frames of float pixel data: take the instance
+                if "PixelData" in ds:
+                    raise
+                syntax, whole = "1.2.840.10008.1.2.1", True
+            if concatenation:
+                probed[concatenation] = syntax, whole
         inst = dicom._Instance(f"{client.url} instance {uid}", ds, syntax)
         inst.whole = whole
         out.append(inst)
