@@ -23,8 +23,14 @@ def _pair(path):
     return real.OpenSlide(path), ours.OpenSlide(path)
 
 
-@pytest.fixture(params=["svs", "svs_exact", "tiff"])
+@pytest.fixture(params=["svs", "svs_exact", "tiff", "dicom"])
 def slide_path(request, svs, svs_exact, tiffs):
+    if request.param == "dicom":  # wsidicomizer's conversion of an SVS: any level-0 file of it
+        pydicom = pytest.importorskip("pydicom")
+        folder = request.getfixturevalue("converted")[1]
+        return next(p for p in (os.path.join(folder, n) for n in sorted(os.listdir(folder)))
+                    if pydicom.dcmread(p, stop_before_pixels=True).ImageType[2] == "VOLUME"
+                    and pydicom.dcmread(p, stop_before_pixels=True).TotalPixelMatrixColumns == 1100)
     return {"svs": svs, "svs_exact": svs_exact, "tiff": tiffs["zlib-pages"]}[request.param]
 
 
@@ -75,6 +81,7 @@ def test_thumbnail_and_associated_equal(slide_path):
         for name, im in a.associated_images.items():
             mine = b.associated_images[name]
             assert mine.mode == im.mode == "RGBA"
+            assert mine.info.get("icc_profile") == im.info.get("icc_profile")  # an image's own (DICOM) only
             np.testing.assert_array_equal(np.asarray(im), np.asarray(mine))
 
 

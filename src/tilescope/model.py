@@ -318,6 +318,7 @@ class AssociatedImage:
     layout: Layout
     dtype: np.dtype
     channels: int
+    icc_profile: bytes | None = None  # its own profile, where the format gives one (DICOM)
 
 
 class AssociatedImages(Mapping):
@@ -334,8 +335,12 @@ class AssociatedImages(Mapping):
         reader = self._slide._reader
         out = reader.read_level(im.layout, (0, 0, w, h), list(range(im.channels)), 0, 0, im.dtype, 0)
         if reader.options.srgb and im.channels == 3:
-            self._slide._to_srgb(out)
+            self._slide._to_srgb(out, im.icc_profile)
         return out
+
+    def icc_profile(self, name: str) -> bytes | None:
+        """The ICC profile of an associated image that has its own (DICOM), else None."""
+        return self._images[name].icc_profile
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._images)
@@ -363,7 +368,7 @@ class Slide:
         self.vendor = vendor
         self.properties = properties or {}
         self.icc_profile = icc_profile  # the ICC colour profile the file embeds, if any
-        self._srgb = None  # the ICC -> sRGB transform, built on first use
+        self._srgb: dict = {}  # ICC profile -> its sRGB transform, built on first use
         self.scenes: tuple[Scene, ...] = ()
         self._associated: dict[str, AssociatedImage] = {}
 
@@ -381,23 +386,26 @@ class Slide:
         new.scenes = tuple(sc._bind(new) for sc in self.scenes)
         return new
 
-    def _to_srgb(self, a: np.ndarray) -> None:
-        """Convert uint8 RGB pixels (..., 3) from the slide's ICC profile to sRGB, in place."""
-        if self.icc_profile is None or a.dtype != np.uint8 or a.size == 0:
+    def _to_srgb(self, a: np.ndarray, icc: bytes | None = None) -> None:
+        """Convert uint8 RGB pixels (..., 3) from ``icc`` (default: the slide's ICC profile) to sRGB,
+        in place."""
+        icc = icc or self.icc_profile
+        if icc is None or a.dtype != np.uint8 or a.size == 0:
             return
-        if self._srgb is None:
+        transform = self._srgb.get(icc)
+        if transform is None:
             from PIL import ImageCms
 
             try:
-                profile = ImageCms.ImageCmsProfile(io.BytesIO(self.icc_profile))
-                self._srgb = ImageCms.buildTransform(profile, ImageCms.createProfile("sRGB"), "RGB", "RGB",
-                                                     ImageCms.getDefaultIntent(profile))
+                profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                transform = self._srgb[icc] = ImageCms.buildTransform(
+                    profile, ImageCms.createProfile("sRGB"), "RGB", "RGB", ImageCms.getDefaultIntent(profile))
             except (OSError, ImageCms.PyCMSError) as e:
                 raise CorruptDataError(f"{self.path}: the ICC profile cannot be used: {e}") from None
         from PIL import Image
 
         flat = np.ascontiguousarray(a).reshape(-1, a.shape[-2], 3)  # stacked planes: one tall image
-        a[...] = np.asarray(self._srgb.apply(Image.fromarray(flat, "RGB"))).reshape(a.shape)
+        a[...] = np.asarray(transform.apply(Image.fromarray(flat, "RGB"))).reshape(a.shape)
 
     def _check_open(self) -> None:
         if self._source.closed:

@@ -373,10 +373,7 @@ def open(probe, options, files: list[str] | None = None) -> Slide:
     where = "the files given" if files is not None else folder
     levels = volume_levels(instances, f"{path}: no VOLUME instance of this slide in {where}")
     base = levels[0][0].ds
-    keys = ("FrameOfReferenceUID", "ContainerIdentifier", "StudyInstanceUID", "SeriesInstanceUID",
-            "Manufacturer")
-    props = {"SOPClassUID": WSI_SOP_CLASS, **{k: str(base.get(k, "")) for k in keys},
-             "instances": [os.path.basename(i.path) for i in instances + derived]}
+    props = {**attributes(base), "instances": [os.path.basename(i.path) for i in instances + derived]}
     slide = Slide(probe.source, NAME, options, raw_metadata=_header_text(base), vendor="dicom",
                   properties={"dicom": props}, icc_profile=_icc(base))
     return assemble(slide, levels, instances, derived, _level)
@@ -388,6 +385,46 @@ def slide_key(ds) -> tuple:
     if ds.get("FrameOfReferenceUID"):
         return ds.FrameOfReferenceUID, ds.get("ContainerIdentifier")
     return None, ds.get("SeriesInstanceUID")
+
+
+_NOT_TEXT = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "AT"}  # binary values: not properties
+_NOT_PROPERTIES = {"PerFrameFunctionalGroupsSequence", "FileMetaInformationGroupLength"}  # bulky or noise
+
+
+def attributes(ds, prefix: str = "") -> dict[str, str]:
+    """A dataset's attributes as text under openslide's names: ``Keyword``, ``Keyword[i]`` for
+    each value of a multi-valued one, ``Sequence[i].Keyword`` inside sequences (the file meta
+    group too, for files). Binary values, pixel data and per-frame groups are left out; nothing
+    deferred is read."""
+    from pydicom.datadict import keyword_for_tag
+    from pydicom.valuerep import DSdecimal, DSfloat
+
+    def text(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float) and not isinstance(v, (DSfloat, DSdecimal)):  # FL / FD
+            return f"{float(v):.17g}"  # as openslide prints them
+        return str(v)
+
+    out: dict[str, str] = {}
+    meta = getattr(ds, "file_meta", None) if not prefix else None
+    for source in ((meta,) if meta is not None else ()) + (ds,):
+        for tag in list(source.keys()):
+            raw = source.get_item(tag, keep_deferred=True)
+            keyword = keyword_for_tag(tag)
+            if not keyword or raw.VR in _NOT_TEXT or keyword in _NOT_PROPERTIES or \
+                    tag in (t for t, _ in _PIXELS):
+                continue
+            elem = source[tag]
+            name = prefix + keyword
+            if elem.VR == "SQ":
+                for i, item in enumerate(elem.value or []):
+                    out.update(attributes(item, f"{name}[{i}]."))
+            elif elem.VM > 1:
+                out.update({f"{name}[{i}]": text(v) for i, v in enumerate(elem.value)})
+            else:
+                out[name] = text(elem.value)
+    return out
 
 
 def _header_text(ds) -> str:
@@ -438,7 +475,8 @@ def _assemble(slide: Slide, levels, instances, derived, make_level) -> Slide:
         inst = next((i for i in instances if i.flavor == flavor), None)
         if inst is not None:
             size, _, layout = make_level([inst], name)
-            associated[name] = AssociatedImage(size, layout, np.dtype(np.uint8), len(layout.channel_map))
+            associated[name] = AssociatedImage(size, layout, np.dtype(np.uint8), len(layout.channel_map),
+                                               _icc(inst.ds))
     spp = int(base.SamplesPerPixel)
     mpp = objective = None
     with contextlib.suppress(AttributeError, IndexError, KeyError, TypeError):

@@ -255,9 +255,7 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
     source = UrlSource(f"{base}/studies/{study}/series/{series}")
     levels = dicom.volume_levels(instances, f"{source.path}: no VOLUME instance in the series")
     first = levels[0][0].ds
-    props = {"url": base, "StudyInstanceUID": study, "SeriesInstanceUID": series,
-             "ContainerIdentifier": str(first.get("ContainerIdentifier", "")),
-             "FrameOfReferenceUID": str(first.get("FrameOfReferenceUID", "")),
+    props = {**dicom.attributes(first), "url": base, "StudyInstanceUID": study, "SeriesInstanceUID": series,
              "instances": [i.ds.SOPInstanceUID for i in instances + derived],
              "series": sorted({str(i.ds.SeriesInstanceUID) for i in instances})}
     slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props}, icc_profile=icc)

@@ -267,12 +267,14 @@ class OpenSlide(AbstractSlide):
         for name in s.associated:
             w, h = s.associated.size(name)
             p[f"openslide.associated.{name}.width"], p[f"openslide.associated.{name}.height"] = str(w), str(h)
+            if icc := s.associated.icc_profile(name):
+                p[f"openslide.associated.{name}.icc-size"] = str(len(icc))
         if s.icc_profile:
             p["openslide.icc-size"] = str(len(s.icc_profile))
         for group, values in s.properties.items():
             for key, value in values.items():
-                if key == "Header" or value is None:
-                    continue
+                if key == "Header" or value is None or isinstance(value, (list, tuple, dict)):
+                    continue  # lists are tilescope's own (a DICOM slide's instances), not properties
                 p[f"{group}.{key}"] = _fmt(value) if isinstance(value, float) else str(value)
         return p
 
@@ -344,7 +346,10 @@ class _AssociatedImages(Mapping):
             raise osr._failed(e) from e
         rgba = np.full((*a.shape[:2], 4), 255, np.uint8)
         rgba[..., :3] = _rgb8(a)
-        return osr._image(rgba)
+        im = Image.fromarray(rgba, "RGBA")
+        if icc := osr._slide.associated.icc_profile(name):  # as openslide: only an image's own profile
+            im.info["icc_profile"] = icc
+        return im
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._osr._slide.associated)
