@@ -23,8 +23,18 @@ def _pair(path):
     return real.OpenSlide(path), ours.OpenSlide(path)
 
 
-@pytest.fixture(params=["svs", "svs_exact", "tiff", "dicom"])
+@pytest.fixture(scope="module")
+def scn(tmp_path_factory):
+    """A Leica SCN with two main images on its collection (openslide composites them)."""
+    from tilescope import synth
+
+    return synth.write_scn(tmp_path_factory.mktemp("scn") / "slide.scn")
+
+
+@pytest.fixture(params=["svs", "svs_exact", "tiff", "dicom", "scn"])
 def slide_path(request, svs, svs_exact, tiffs):
+    if request.param == "scn":
+        return request.getfixturevalue("scn")
     if request.param == "dicom":  # wsidicomizer's conversion of an SVS: any level-0 file of it
         pydicom = pytest.importorskip("pydicom")
         folder = request.getfixturevalue("converted")[1]
@@ -96,10 +106,11 @@ def test_color_profile(svs_exact, svs):
         assert b.color_profile is None
 
 
-@pytest.mark.parametrize("tile_size,overlap,limit_bounds", [(254, 1, False), (256, 0, False), (510, 1, True),
-                                                            (126, 4, False)])
-def test_deepzoom_equal(svs_exact, tile_size, overlap, limit_bounds):
-    a, b = _pair(svs_exact)
+@pytest.mark.parametrize("tile_size,overlap,limit_bounds,name", [
+    (254, 1, False, "svs"), (256, 0, False, "svs"), (510, 1, True, "svs"), (126, 4, False, "svs"),
+    (254, 1, True, "scn"), (254, 1, False, "scn")])
+def test_deepzoom_equal(request, svs_exact, tile_size, overlap, limit_bounds, name):
+    a, b = _pair(svs_exact if name == "svs" else request.getfixturevalue("scn"))
     with a, b:
         za = real_dz.DeepZoomGenerator(a, tile_size, overlap, limit_bounds)
         zb = our_dz.DeepZoomGenerator(b, tile_size, overlap, limit_bounds)

@@ -7,7 +7,8 @@ other image is a Scene named by its ``name``, with its ``rect`` in its own pixel
 (offset / pixel size), its levels from its dimensions (``r`` order; focal plane 0), fluorescence
 channels (``c``) as channels. mpp from the view size over the pixel size; magnification from the
 image's ``objective``; collection and image facts as ``leica`` properties (openslide's keys where
-openslide has them: barcode decoded from Base64, objective, aperture, device, creation date).
+openslide has them: barcode decoded from Base64, objective, aperture, device, creation date), and
+``collection-size``: the collection in the first main image's pixels.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def open(probe, options) -> Slide:
     if coll is None:
         raise CorruptDataError(f"{where}: no <collection> element")
     cw, ch = _int(coll, "sizeX", where), _int(coll, "sizeY", where)
-    props = {"collection-name": coll.get("name", ""), "collection-uuid": coll.get("uuid", "")}
+    props: dict = {}
     barcode = (coll.findtext(f"{ns}barcode") or "").strip()
     if barcode:
         with contextlib.suppress(binascii.Error, UnicodeDecodeError):
@@ -60,7 +61,7 @@ def open(probe, options) -> Slide:
     pages = list(tf.pages)
     scenes, associated = [], {}
     slide = Slide(probe.source, NAME, options, raw_metadata=first.description, vendor="leica",
-                  properties={"leica": props, "tiff": tiff.tag_properties(first)})
+                  properties={"leica": props})
     for k, image in enumerate(coll.findall(f"{ns}image")):
         name = image.get("name") or f"Image {k}"
         iw = f"{where}: <image> {name!r}"
@@ -86,9 +87,16 @@ def open(probe, options) -> Slide:
                 best = min(dims, key=lambda d: d[0])
                 associated["macro"] = tiff.associated_image(pages[best[2]], probe, "macro")
             continue
+        if not scenes:
+            first_ifd = min(dims)[2]
         scenes.append(_scene(slide, probe, pages, image, ns, name, dims, (vx, vy, vw, vh), props, not scenes))
     if not scenes:
         raise CorruptDataError(f"{where}: no image besides the macro")
+    # TIFF tags of the first main image's level 0 (as openslide); the collection in its pixels: the
+    # canvas openslide composites the main images on
+    slide.properties["tiff"] = tiff.tag_properties(pages[first_ifd])
+    mpp = scenes[0].mpp
+    props["collection-size"] = (round(cw / (mpp[0] * 1000)), round(ch / (mpp[1] * 1000)))
     slide._set_contents(scenes, associated)
     return slide
 

@@ -51,8 +51,9 @@ PROPERTY_NAME_BOUNDS_WIDTH = "openslide.bounds-width"
 PROPERTY_NAME_BOUNDS_HEIGHT = "openslide.bounds-height"
 PROPERTY_NAME_BARCODE = "openslide.barcode"
 
-# tilescope driver -> openslide's vendor name
-VENDORS = {"SVS": "aperio", "TIFF": "generic-tiff", "OME": "ome-tiff"}
+# tilescope driver -> openslide's vendor name (others: the driver's name in lower case)
+VENDORS = {"SVS": "aperio", "TIFF": "generic-tiff", "OME": "ome-tiff", "NDPI": "hamamatsu", "SCN": "leica",
+           "CZI": "zeiss"}
 
 
 class OpenSlideError(Exception):
@@ -196,6 +197,12 @@ class OpenSlide(AbstractSlide):
             self._slide.close()
             raise OpenSlideUnsupportedFormatError(f"Unsupported or missing image file: {filename}")
         self._scene = self._slide.scenes[0]
+        # Leica SCN: openslide shows the collection, every main image at its place, the rest transparent
+        canvas = self._slide.properties.get("leica", {}).get("collection-size")
+        self._regions = [(sc, sc.rect) for sc in self._slide.scenes] if canvas else [(self._scene, None)]
+        sc0 = self._scene.levels[0].size
+        self._dims = tuple((int(canvas[0] * lv.size[0] / sc0[0]), int(canvas[1] * lv.size[1] / sc0[1]))
+                           if canvas else lv.size for lv in self._scene.levels)
         self._error: str | None = None
         self._properties = self._build_properties()
 
@@ -235,7 +242,7 @@ class OpenSlide(AbstractSlide):
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
         self._check()
-        return tuple(lv.size for lv in self._scene.levels)
+        return self._dims
 
     @property
     def level_downsamples(self) -> tuple[float, ...]:
@@ -250,16 +257,28 @@ class OpenSlide(AbstractSlide):
     def _build_properties(self) -> dict[str, str]:
         s, sc = self._slide, self._scene
         p: dict[str, str] = {PROPERTY_NAME_VENDOR: VENDORS.get(s.driver, s.driver.lower())}
+        composite = self._regions[0][1] is not None
         description = s.properties.get("tiff", {}).get("ImageDescription")
-        if description and s.driver != "OME":
+        if description and s.driver not in ("OME", "SCN"):  # not the XML of OME-TIFF or Leica
             p[PROPERTY_NAME_COMMENT] = description
         p["openslide.level-count"] = str(len(sc.levels))
-        for lv in sc.levels:
-            p[f"openslide.level[{lv.index}].width"] = str(lv.size[0])
-            p[f"openslide.level[{lv.index}].height"] = str(lv.size[1])
+        for lv, (w, h) in zip(sc.levels, self._dims, strict=True):
+            p[f"openslide.level[{lv.index}].width"], p[f"openslide.level[{lv.index}].height"] = str(w), str(h)
             p[f"openslide.level[{lv.index}].downsample"] = _fmt(lv.downsample)
-            p[f"openslide.level[{lv.index}].tile-width"] = str(lv.tile_size[0])
-            p[f"openslide.level[{lv.index}].tile-height"] = str(lv.tile_size[1])
+            if not composite:  # a composite of regions has no one tiling
+                p[f"openslide.level[{lv.index}].tile-width"] = str(lv.tile_size[0])
+                p[f"openslide.level[{lv.index}].tile-height"] = str(lv.tile_size[1])
+        if composite:
+            rects = [r for _, r in self._regions]
+            for i, (x, y, w, h) in enumerate(rects):
+                for key, v in (("x", x), ("y", y), ("width", w), ("height", h)):
+                    p[f"openslide.region[{i}].{key}"] = str(v)
+            x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
+            x1, y1 = max(r[0] + r[2] for r in rects), max(r[1] + r[3] for r in rects)
+            p[PROPERTY_NAME_BOUNDS_X], p[PROPERTY_NAME_BOUNDS_Y] = str(x0), str(y0)
+            p[PROPERTY_NAME_BOUNDS_WIDTH], p[PROPERTY_NAME_BOUNDS_HEIGHT] = str(x1 - x0), str(y1 - y0)
+        if barcode := s.properties.get("leica", {}).get("barcode"):
+            p[PROPERTY_NAME_BARCODE] = barcode
         if sc.mpp:
             p[PROPERTY_NAME_MPP_X], p[PROPERTY_NAME_MPP_Y] = _fmt(sc.mpp[0]), _fmt(sc.mpp[1])
         if sc.magnification:
@@ -274,7 +293,9 @@ class OpenSlide(AbstractSlide):
         for group, values in s.properties.items():
             for key, value in values.items():
                 if key == "Header" or value is None or isinstance(value, (list, tuple, dict)):
-                    continue  # lists are tilescope's own (a DICOM slide's instances), not properties
+                    continue  # tilescope's own structure (a DICOM slide's instances), not properties
+                if s.driver == "SCN" and key == "ImageDescription":
+                    continue
                 p[f"{group}.{key}"] = _fmt(value) if isinstance(value, float) else str(value)
         return p
 
@@ -304,20 +325,30 @@ class OpenSlide(AbstractSlide):
         out = np.zeros((h, w, 4), np.uint8)
         if w == 0 or h == 0 or not 0 <= level < len(self._scene.levels):
             return self._image(out)
-        lv = self._scene.levels[level]
-        lx, ly = x / lv.downsample, y / lv.downsample
+        for scene, rect in self._regions:
+            lv = scene.levels[level]
+            ox, oy = (rect[0] / lv.downsample, rect[1] / lv.downsample) if rect else (0, 0)
+            self._draw(out, scene, level, x / lv.downsample - ox, y / lv.downsample - oy)
+        return self._image(out)
+
+    def _draw(self, out: np.ndarray, scene, level: int, lx: float, ly: float) -> None:
+        """Paint ``scene``'s level pixels from (lx, ly) of that level into ``out`` (RGBA), opaque
+        where they exist; the rest of ``out`` is left as it is."""
+        if level >= len(scene.levels):
+            return
+        h, w = out.shape[:2]
+        lw, lh = scene.levels[level].size
+        # column j shows level pixel floor(lx + j + 0.5): the columns and rows whose pixel exists
+        c0, c1 = (int(np.clip(np.ceil(v - lx - 0.5), 0, w)) for v in (0, lw))
+        r0, r1 = (int(np.clip(np.ceil(v - ly - 0.5), 0, h)) for v in (0, lh))
+        if c1 <= c0 or r1 <= r0:
+            return
         try:
-            a = self._scene.read_level(level, (lx, ly, w, h))
+            a = scene.read_level(level, (lx + c0, ly + r0, c1 - c0, r1 - r0))
         except TilescopeError as e:
             raise self._failed(e) from e
-        out[..., :3] = _rgb8(a)
-        # a column/row is inside where the level pixel it shows exists
-        cols = np.floor(lx + np.arange(w) + 0.5)
-        rows = np.floor(ly + np.arange(h) + 0.5)
-        inside = ((rows >= 0) & (rows < lv.size[1]))[:, None] & ((cols >= 0) & (cols < lv.size[0]))[None, :]
-        out[..., 3] = np.where(inside, 255, 0)
-        out[~inside, :3] = 0
-        return self._image(out)
+        out[r0:r1, c0:c1, :3] = _rgb8(a)
+        out[r0:r1, c0:c1, 3] = 255
 
     def _image(self, a: np.ndarray) -> Image.Image:
         im = Image.fromarray(a, "RGBA")
