@@ -1,15 +1,19 @@
 """DICOM whole-slide images (VL Whole Slide Microscopy Image) from local files.
 
-Opening a .dcm file (or a folder: its first DICOM file) gathers the instances of the same slide
-from that folder: same Frame of Reference UID and Container Identifier. VOLUME instances form the
-pyramid (instances of one size are one level: concatenations), LABEL, OVERVIEW and THUMBNAIL are the
-associated images ``label``, ``macro`` and ``thumbnail``. Frames are pieces read from their own
-files (the engine opens them on first use): TILED_FULL frames in the standard's order (columns,
-rows, focal planes, optical paths), TILED_SPARSE frames placed by their per-frame plane positions
-(absent tiles read as background). Encapsulated pixel data is walked once over a memory map to find
-each frame's fragments (one per frame, or several: by the Basic Offset Table, else by codestream
-start markers); native pixel data is addressed directly. Transfer syntaxes: JPEG baseline, JPEG
-2000, JPEG-LS, RLE Lossless, explicit and implicit VR little endian. Needs the ``[dicom]`` extra (pydicom).
+Opening a .dcm file (or a folder: its first DICOM file; or a list of files) gathers the instances
+of the same slide: same Frame of Reference UID and Container Identifier (the series where there is
+no frame of reference). VOLUME instances form the pyramid (instances of one size are one level:
+concatenations, and optical paths or focal planes stored in instances of their own), a THUMBNAIL
+smaller than all of them ends it; LABEL, OVERVIEW and THUMBNAIL are the associated images
+``label``, ``macro`` and ``thumbnail``. Frames are pieces read from their own files (the engine
+opens them on first use): TILED_FULL frames in the standard's order (columns, rows, focal planes,
+optical paths), TILED_SPARSE frames (or frames with per-frame positions) placed by their plane
+positions (absent tiles read as background). Encapsulated pixel data is walked once over a memory
+map to find each frame's fragments (one per frame, or several: by the Basic Offset Table, else by
+codestream start markers); native pixel data is addressed directly. Transfer syntaxes: JPEG
+baseline, JPEG 2000, JPEG-LS, RLE Lossless, explicit and implicit VR little endian.
+Segmentations and Parametric Maps of the frame of reference are derived channels. Needs the
+``[dicom]`` extra (pydicom).
 """
 
 from __future__ import annotations
