@@ -58,14 +58,6 @@ def is_dicom_file(path: str) -> bool:
     return head[128:132] == b"DICM"
 
 
-def first_dicom_file(folder: str) -> str | None:
-    for name in sorted(os.listdir(folder)):
-        p = os.path.join(folder, name)
-        if os.path.isfile(p) and is_dicom_file(p):
-            return p
-    return None
-
-
 def detect(probe) -> bool:
     return probe.source.head(132)[128:132] == b"DICM"
 
@@ -89,6 +81,7 @@ class _Instance:
         self.size = (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
                      int(ds.get("TotalPixelMatrixRows", ds.Rows)))
         self.tile = (int(ds.Columns), int(ds.Rows))
+        self.grid = (-(-self.size[0] // self.tile[0]), -(-self.size[1] // self.tile[1]))  # tile columns, rows
         self.frames = int(ds.get("NumberOfFrames", 1))
         self.syntax = syntax or str(ds.file_meta.TransferSyntaxUID)
         self.sop_class = str(ds.get("SOPClassUID", ""))
@@ -212,8 +205,7 @@ def _positions(inst: _Instance) -> list[tuple[int, int, int, int]]:
     """(tile column, tile row, focal plane index, layer) of every frame; the layer is the optical
     path, or a segmentation's segment."""
     ds = inst.ds
-    cols = -(-inst.size[0] // inst.tile[0])
-    rows = -(-inst.size[1] // inst.tile[1])
+    cols, rows = inst.grid
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     organization = str(ds.get("DimensionOrganizationType", "")).upper()
     # without a Dimension Organization Type (OrthancWSIDicomizer 1.1), per-frame positions place frames
@@ -228,7 +220,7 @@ def _positions(inst: _Instance) -> list[tuple[int, int, int, int]]:
         raise CorruptDataError(f"{inst.path}: TILED_SPARSE with {len(per_frame)} per-frame groups for "
                                f"{inst.frames} frames")
     planes, spacing = focal_planes(ds)
-    paths = [str(p.get("OpticalPathIdentifier", "")) for p in ds.get("OpticalPathSequence", []) or []]
+    paths = _path_ids(ds)
     for item in per_frame:
         pos = item.PlanePositionSlideSequence[0]
         col = (int(pos.ColumnPositionInTotalImagePixelMatrix) - 1) // inst.tile[0]
@@ -633,31 +625,29 @@ def frames_by_tile(insts: list[_Instance], axes: Axes | None = None):
     instances (concatenations, other paths and planes included); with ``axes``, planes and layers
     are the slide's (optical paths), else each instance's own (a segmentation's segments)."""
     for inst in insts:
-        cols, rows = -(-inst.size[0] // inst.tile[0]), -(-inst.size[1] // inst.tile[1])
-        zmap = opmap = None
-        if axes is not None:  # the instance's planes and paths among the slide's (-1: not there)
-            zmap = [axes.planes.index(z) if z in axes.planes else -1
-                    for z in (round(z, 4) for z in focal_planes(inst.ds)[0])]
-            opmap = [axes.paths.index(p) if p in axes.paths else -1 for p in _path_ids(inst.ds)]
+        cols, rows = inst.grid
+        if axes is not None:  # the instance's own planes and paths -> the slide's
+            planes = [round(z, 4) for z in focal_planes(inst.ds)[0]]
+            zmap = {k: axes.planes.index(z) for k, z in enumerate(planes) if z in axes.planes}
+            opmap = {k: axes.paths.index(p) for k, p in enumerate(_path_ids(inst.ds)) if p in axes.paths}
         for k, (col, row, z, op) in enumerate(_positions(inst)):
             if 0 <= col < cols and 0 <= row < rows:
                 if axes is not None:
-                    if z >= len(zmap) or op >= len(opmap) or zmap[z] < 0 or opmap[op] < 0:
+                    if z not in zmap or op not in opmap:
                         continue
                     z, op = zmap[z], opmap[op]
                 yield z, op, row * cols + col, inst, k
 
 
-def level_shape(inst: _Instance) -> tuple[int, int, int]:
-    """(tiles in the grid, focal planes, layers: optical paths or segments) of one instance."""
+def _stack(inst: _Instance) -> tuple[int, int]:
+    """(focal planes, layers: optical paths or segments) of one instance."""
     ds = inst.ds
-    cols, rows = -(-inst.size[0] // inst.tile[0]), -(-inst.size[1] // inst.tile[1])
     nz = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
     if inst.sop_class == SEG_SOP_CLASS:
-        return cols * rows, nz, len(ds.get("SegmentSequence", []) or [None])
+        return nz, len(ds.get("SegmentSequence", []) or [None])
     if inst.sop_class == PM_SOP_CLASS:
-        return cols * rows, nz, 1
-    return cols * rows, nz, int(ds.get("NumberOfOpticalPaths", 1) or 1)
+        return nz, 1
+    return nz, int(ds.get("NumberOfOpticalPaths", 1) or 1)
 
 
 def level_layout(insts: list[_Instance], axes: Axes | None, make_pieces):
@@ -666,7 +656,7 @@ def level_layout(insts: list[_Instance], axes: Axes | None, make_pieces):
     gives each plane's pieces from its frames [(tile index, instance, frame index)]; ``owner`` is
     the instance whose tiling and encoding the layer has (the first that holds it)."""
     inst0 = insts[0]
-    _, nz, nop = level_shape(inst0)
+    nz, nop = _stack(inst0)
     if axes is not None:
         nz, nop = len(axes.planes), len(axes.paths)
     frames: dict = defaultdict(list)
@@ -700,7 +690,7 @@ def _level(insts: list[_Instance], label: str, axes: Axes | None = None):
     ranges = {inst.path: _frame_ranges(inst) for inst in insts}
 
     def make_pieces(z, op, owner, frames):
-        n = level_shape(owner)[0]
+        n = owner.grid[0] * owner.grid[1]
         offsets, counts, split, files = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), \
             [owner.path] * n
         for i, inst, k in frames:

@@ -358,7 +358,7 @@ def _level(insts, base, study, fetching, label, axes=None):
     kind = WholeInstance if insts[0].whole else WebFrames
 
     def make_pieces(z, op, owner, frames):
-        n = dicom.level_shape(owner)[0]
+        n = owner.grid[0] * owner.grid[1]
         uids, numbers = [None] * n, np.zeros(n, np.int64)
         for i, inst, k in frames:  # frame numbers count per instance, from 1
             uids[i], numbers[i] = inst.ds.SOPInstanceUID, k + 1

@@ -94,7 +94,9 @@ def open(probe, options) -> Slide:
         raise CorruptDataError(f"{where}: no image besides the macro")
     # TIFF tags of the first main image's level 0 (as openslide); the collection in its pixels: the
     # canvas openslide composites the main images on
-    slide.properties["tiff"] = tiff.tag_properties(pages[first_ifd])
+    tags = tiff.tag_properties(pages[first_ifd])
+    tags.pop("ImageDescription", None)  # the XML: raw_metadata (openslide lists no tiff.ImageDescription)
+    slide.properties["tiff"] = tags
     mpp = scenes[0].mpp
     props["collection-size"] = (round(cw / (mpp[0] * 1000)), round(ch / (mpp[1] * 1000)))
     slide._set_contents(scenes, associated)

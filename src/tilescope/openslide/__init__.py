@@ -259,7 +259,7 @@ class OpenSlide(AbstractSlide):
         p: dict[str, str] = {PROPERTY_NAME_VENDOR: VENDORS.get(s.driver, s.driver.lower())}
         composite = self._regions[0][1] is not None
         description = s.properties.get("tiff", {}).get("ImageDescription")
-        if description and s.driver not in ("OME", "SCN"):  # not the XML of OME-TIFF or Leica
+        if description and s.driver != "OME":
             p[PROPERTY_NAME_COMMENT] = description
         p["openslide.level-count"] = str(len(sc.levels))
         for lv, (w, h) in zip(sc.levels, self._dims, strict=True):
@@ -294,8 +294,6 @@ class OpenSlide(AbstractSlide):
             for key, value in values.items():
                 if key == "Header" or value is None or isinstance(value, (list, tuple, dict)):
                     continue  # tilescope's own structure (a DICOM slide's instances), not properties
-                if s.driver == "SCN" and key == "ImageDescription":
-                    continue
                 p[f"{group}.{key}"] = _fmt(value) if isinstance(value, float) else str(value)
         return p
 
