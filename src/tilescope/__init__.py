@@ -55,11 +55,16 @@ __all__ = [
 #: Process-wide defaults for every ``open()``; each field can be overridden per slide.
 options = Options()
 
-# Parsed slides by file identity (device, inode, size, mtime) and forced driver: data loaders
-# re-open a slide for every sample, and a re-open then costs an open() and an fstat().
+# Parsed slides by file identity (device, inode, size, mtime) and forced driver, with the folder's
+# mtime for slides gathered from their folder (DICOM): data loaders re-open a slide for every
+# sample, and a re-open then costs an open() and an fstat().
 _PARSED: OrderedDict = OrderedDict()
 _PARSED_MAX = 128
 _parsed_lock = threading.Lock()
+
+
+def _folder_mtime(path) -> int:
+    return os.stat(os.path.dirname(os.path.abspath(path))).st_mtime_ns
 
 
 def drivers() -> list[str]:
@@ -147,14 +152,13 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
     opts = dataclasses.replace(options, **overrides)
     src = FileSource(source)
     probe = None
-    # the folder's mtime too: slides of several files (DICOM, AFI) gather them from there
-    key = (src.identity, os.stat(os.path.dirname(os.path.abspath(source))).st_mtime_ns,
-           driver.upper() if driver else None)
+    key = (src.identity, driver.upper() if driver else None)
     with _parsed_lock:
-        parsed = _PARSED.get(key) if files is None else None
+        parsed, folder = _PARSED.get(key, (None, None)) if files is None else (None, None)
         if parsed is not None:
             _PARSED.move_to_end(key)
-    if parsed is not None:
+    # a slide gathered from its folder is parsed again once the folder changed (files added)
+    if parsed is not None and (folder is None or folder == _folder_mtime(source)):
         return parsed._bind(src, opts)
     try:
         probe = _probe_driver(src)
@@ -165,15 +169,17 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
                 f"drivers: {', '.join(drivers())})")
         if driver and not mod.detect(probe):
             raise UnsupportedFormatError(f"{src.path}: is not a {mod.NAME} file")
-        if files is not None and mod.NAME != "DICOM":
-            raise InvalidRequestError(f"{src.path}: a list of files is read as one DICOM slide's instances; "
-                                      f"this is a {mod.NAME} file")
+        multi = getattr(mod, "MULTI_FILE", False)
+        if files is not None and not multi:
+            raise InvalidRequestError(f"{src.path}: a list of files is read as the files of one slide "
+                                      f"(DICOM instances); a {mod.NAME} slide is opened by its file")
         try:
             if files is not None:
                 return mod.open(probe, opts, files=files)
+            folder = _folder_mtime(source) if multi else None  # before the parse: changes during it count
             slide = mod.open(probe, opts)
             with _parsed_lock:
-                _PARSED[key] = slide._bind(None, opts)
+                _PARSED[key] = slide._bind(None, opts), folder
                 while len(_PARSED) > _PARSED_MAX:
                     _PARSED.popitem(last=False)
             return slide

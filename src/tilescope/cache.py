@@ -75,6 +75,11 @@ class TileCache:
             self.hits += 1
             return item[0]
 
+    def __contains__(self, key) -> bool:
+        """Whether ``key`` is held, without counting a hit or a miss or touching its recency."""
+        with self._lock:
+            return key in self._items
+
     def put(self, key, value: np.ndarray) -> bool:
         """Keep ``value``; False if it is not kept (too large, or caching is off)."""
         n = value.nbytes

@@ -272,14 +272,8 @@ class Reader:
                     tasks.append((plane, ty * nx + tx, tx * tw, ty * th, min((tx + 1) * tw, pw),
                                   min((ty + 1) * th, ph), sel))
 
-        wanted: dict = {}
-        for task in tasks:
-            if task[0].pieces.prefetch is not None:  # network pieces: ask for them all at once
-                wanted.setdefault(task[0].uid, (task[0], []))[1].append(task[1])
-        for plane, indices in wanted.values():
-            todo = [i for i in indices if self.cache.get((plane.uid, i)) is None]
-            if todo:
-                plane.pieces.prefetch(self._source_of(plane.pieces, todo[0]), todo)
+        if any(planes[p].pieces.prefetch is not None for p in groups):
+            self._prefetch(tasks)
 
         def run(batch):
             for task in batch:
@@ -297,6 +291,16 @@ class Reader:
             for task in ordered:
                 self._paste(out, rect, *task, background, pieces[task[0].uid, task[1]])
         return out
+
+    def _prefetch(self, tasks: list) -> None:
+        """Hand network pieces (DICOMweb frames) their read's uncached indices at once, so they
+        can be asked for in few requests before the decoding threads want them."""
+        wanted: dict = {}
+        for plane, index, *_ in tasks:
+            if plane.pieces.prefetch is not None and (plane.uid, index) not in self.cache:
+                wanted.setdefault(plane.uid, (plane, []))[1].append(index)
+        for plane, todo in wanted.values():
+            plane.pieces.prefetch(self._source_of(plane.pieces, todo[0]), todo)
 
     def _paste(self, out, rect, plane: Plane, index, x0, y0, x1, y1, sel, background, piece=None) -> None:
         """Paste piece ``index``, whose place is [x0, x1) x [y0, y1) in level pixels (clipped to the

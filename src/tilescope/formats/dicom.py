@@ -35,6 +35,7 @@ from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import Pieces
 
 NAME = "DICOM"
+MULTI_FILE = True  # a slide is several files: gathered from the folder, or given as a list (``files=``)
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"

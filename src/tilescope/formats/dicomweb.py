@@ -246,7 +246,7 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
             series = found[0]["0020000E"]["Value"][0]
         meta = client.call(f"study {study} series {series} metadata",
                            client.api.retrieve_series_metadata, study, series)
-        instances = _instances(meta, client, study, series, (dicom.WSI_SOP_CLASS,))
+        instances = _instances(meta, client, study, series, lambda ds: _sop(ds) == dicom.WSI_SOP_CLASS)
         icc = _icc(meta, client)
         more, derived = _study(client, study, series, instances) if whole_study and instances else ([], [])
         instances += more
@@ -269,10 +269,13 @@ def _no_bulk_data(tag: str, vr: str, value: str) -> bytes:
     return b""
 
 
-def _instances(meta: list, client: _Client, study: str, series: str, classes: tuple,
-               frame_of_reference=None) -> list:
-    """The instances of ``classes`` (and frame of reference, if given) in a series' metadata, each
-    with the transfer syntax of its stored frames (probed with its first frame)."""
+def _sop(ds) -> str:
+    return str(ds.get("SOPClassUID", ""))
+
+
+def _instances(meta: list, client: _Client, study: str, series: str, keep) -> list:
+    """The instances in a series' metadata that ``keep(dataset)`` accepts, each with the transfer
+    syntax of its stored frames (probed with its first frame)."""
     import pydicom
 
     out = []
@@ -284,8 +287,7 @@ def _instances(meta: list, client: _Client, study: str, series: str, classes: tu
                 for m in meta]
     probed: dict = {}  # concatenation UID -> (syntax, whole): its parts share one transfer syntax
     for ds in datasets:
-        if str(ds.get("SOPClassUID", "")) not in classes or \
-                (frame_of_reference and ds.get("FrameOfReferenceUID") != frame_of_reference):
+        if not keep(ds):
             continue
         uid = ds.SOPInstanceUID
         concatenation = ds.get("ConcatenationUID")
@@ -339,6 +341,12 @@ def _study(client: _Client, study: str, series: str, instances: list) -> tuple[l
     if not frame_of_reference:  # nothing ties other series to this slide
         return [], []
     found = client.call(f"QIDO-RS series of study {study}", client.api.search_for_series, study)
+
+    def ours(ds) -> bool:
+        if ds.get("FrameOfReferenceUID") != frame_of_reference:
+            return False
+        return _sop(ds) in dicom.DERIVED or (_sop(ds) == dicom.WSI_SOP_CLASS and
+                                             ds.get("ContainerIdentifier") == container)
     more, derived = [], []
     for item in found:
         other = item["0020000E"]["Value"][0]
@@ -347,10 +355,8 @@ def _study(client: _Client, study: str, series: str, instances: list) -> tuple[l
             continue
         meta = client.call(f"study {study} series {other} metadata", client.api.retrieve_series_metadata,
                            study, other)
-        if modality == "SM":
-            wsi = _instances(meta, client, study, other, (dicom.WSI_SOP_CLASS,), frame_of_reference)
-            more += [i for i in wsi if i.ds.get("ContainerIdentifier") == container]
-        derived += _instances(meta, client, study, other, dicom.DERIVED, frame_of_reference)
+        for inst in _instances(meta, client, study, other, ours):
+            (more if inst.sop_class == dicom.WSI_SOP_CLASS else derived).append(inst)
     return more, derived
 
 
