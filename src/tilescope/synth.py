@@ -813,6 +813,27 @@ def scanimage_header(channels: int, slices: int, volumes: int, frames_per_slice:
     return "\n".join(lines) + "\n"
 
 
+def scanimage3_header(channels: int, slices: int, frames_per_slice: int, *, zstep: float = 1.5,
+                      fps: float = 8.138) -> str:
+    """A ScanImage 3.x ImageDescription: ``state.x.y=value`` assignments separated by carriage
+    returns, as ScanImage 3.5-3.8 writes them in every frame (saved channels as flags)."""
+    lines = [
+        "state.configPath='C:\\Users\\lab\\ScanImage'", "state.configName='twophoton'",
+        "state.software.version=3.8", "state.software.minorRev=1", "state.software.beta=0",
+        "state.acq.externallyTriggered=0", f"state.acq.numberOfZSlices={slices}",
+        f"state.acq.zStepSize={zstep}", "state.acq.numAvgFramesSave=1", "state.acq.averaging=0",
+        f"state.acq.numberOfFrames={frames_per_slice}", f"state.acq.numberOfChannelsSave={channels}",
+        *(f"state.acq.savingChannel{n}={int(n <= channels)}" for n in range(1, 5)),
+        *(f"state.acq.acquiringChannel{n}={int(n <= channels)}" for n in range(1, 5)),
+        f"state.acq.frameRate={fps}", "state.acq.zoomFactor=2.5", "state.acq.pixelsPerLine=512",
+        "state.acq.linesPerFrame=512", "state.acq.msPerLine=2", "state.acq.scanAngleMultiplierFast=1",
+        "state.motor.absZPosition=-320.5", f"state.motor.zStepSize={zstep}",
+        "state.motor.stepDelay=0.1", "state.internal.triggerTimeString='11/23/2012 12:00:00.000'",
+        "state.init.eom.maxPower=[30 100]",
+    ]
+    return "\r".join(lines) + "\r"
+
+
 def scanimage_roi_json() -> str:
     import json
 
@@ -837,18 +858,25 @@ def scanimage_frame_description(i: int, fps: float = 30.0) -> str:
 
 def write_scanimage(path, width: int = 128, height: int = 96, *, channels: int = 2, slices: int = 3,
                     volumes: int = 2, frames_per_slice: int = 1, bigtiff: bool = True, seed: int = 0,
-                    frames: Iterator[np.ndarray] | None = None) -> str:
+                    frames: Iterator[np.ndarray] | None = None, version: int | None = None) -> str:
     """A ScanImage stack in ScanImage's documented layout: int16 frames, one uncompressed strip
     each, channels interleaved fastest, then frames of a slice, slices, volumes. BigTIFF files
     carry the static block after the header (magic 117637889, version 4, the ``SI.`` lines and the
     ROI group JSON) and the same text in every frame's Software and Artist tags; classic TIFF files
     (older ScanImage) carry ``scanimage.SI.`` lines in every frame's ImageDescription instead.
-    ``frames`` supplies the pixels (default: noise with a moving blob, from ``seed``)."""
+    ``version=3`` writes ScanImage 3.x's layout: classic TIFF, only the ``\\r``-separated
+    ``state.`` header (:func:`scanimage3_header`) in every frame's ImageDescription (volumes are
+    repeated acquisitions then). ``frames`` supplies the pixels (default: noise with a moving blob,
+    from ``seed``)."""
     import struct
 
     path = os.fspath(path)
     n = channels * slices * volumes * frames_per_slice
-    header_text = scanimage_header(channels, slices, volumes, frames_per_slice)
+    if version == 3:
+        bigtiff = False
+        header_text = scanimage3_header(channels, slices, frames_per_slice)
+    else:
+        header_text = scanimage_header(channels, slices, volumes, frames_per_slice)
     roi = scanimage_roi_json()
     si = (header_text + "\0").encode()
     rj = (roi + "\0").encode()
@@ -878,8 +906,8 @@ def write_scanimage(path, width: int = 128, height: int = 96, *, channels: int =
         prev_next = first_ptr
         for i, frame in enumerate(frames):
             frame = np.ascontiguousarray(frame, "<i2")
-            desc = scanimage_frame_description(i)
-            if not bigtiff:
+            desc = header_text if version == 3 else scanimage_frame_description(i)
+            if not bigtiff and version != 3:
                 desc += "".join(f"scanimage.{ln}\n" for ln in header_text.splitlines())
             blobs = {270: (desc + "\0").encode()}
             if bigtiff:

@@ -20,8 +20,10 @@ import builtins
 import contextlib
 import json
 import mmap
+import re
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -116,15 +118,27 @@ def matlab_value(text: str):
         return t
 
 
+_LINES = re.compile(r"\r\n|\r|\n")
+
+
+def assignments(text: str):
+    """``key = value`` pairs of a ScanImage text, one per line; ScanImage 3.x writes ``key=value``
+    lines separated by carriage returns, later versions ``key = value`` lines separated by
+    newlines: every separator and both spellings are accepted."""
+    for line in _LINES.split(text):
+        key, sep, value = line.partition("=")
+        if sep and (key := key.strip()):
+            yield key, value
+
+
 def parse_settings(text: str, prefix: str = "SI.") -> dict:
-    """``SI.a.b = value`` lines into {"a": {"b": value}} (values through :func:`matlab_value`)."""
+    """``SI.a.b = value`` (or ScanImage 3.x ``state.a.b=value``, with ``prefix="state."``) lines
+    into {"a": {"b": value}} (values through :func:`matlab_value`)."""
     out: dict = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(" = ")
-        key = key.strip()
+    for key, value in assignments(text):
         if key.startswith("scanimage."):
             key = key[len("scanimage."):]
-        if not sep or not key.startswith(prefix):
+        if not key.startswith(prefix):
             continue
         d = out
         parts = key[len(prefix):].split(".")
@@ -143,6 +157,61 @@ def _get(d: dict, path: str, default=None):
             return default
         d = d[p]
     return d
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """What a stack's settings say about its layout, whichever ScanImage generation wrote them."""
+
+    channels: tuple[int, ...]  # ScanImage's own (1-based) numbers of the saved channels
+    slices: int
+    frames_per_slice: int
+    volumes: int | None
+    z_step: float | None  # um
+    frame_rate: float | None  # Hz
+    version: str | None
+
+    @classmethod
+    def from_si(cls, si: dict) -> Acquisition:
+        """ScanImage 2015 and later (``SI.`` settings)."""
+        save = _get(si, "hChannels.channelSave", 1)
+        chans = [c[0] if isinstance(c, list) else c for c in save] if isinstance(save, list) else [save]
+        stack = bool(_get(si, "hStackManager.enable", False))
+        slices = _get(si, "hStackManager.actualNumSlices", _get(si, "hStackManager.numSlices", 1))
+        major, minor = _get(si, "VERSION_MAJOR"), _get(si, "VERSION_MINOR")
+        return cls(tuple(int(c) for c in chans if _number(c) is not None),
+                   _count(slices) if stack else 1, _count(_get(si, "hStackManager.framesPerSlice")),
+                   _get(si, "hFastZ.actualNumVolumes"), _number(_get(si, "hStackManager.stackZStepSize")),
+                   _number(_get(si, "hRoiManager.scanFrameRate")),
+                   f"{major}.{minor}" if major is not None else None)
+
+    @classmethod
+    def from_state(cls, st: dict) -> Acquisition:
+        """ScanImage 3.x (``state.`` settings): ``savingChannelN`` flags, ``numberOfZSlices``,
+        ``numberOfFrames`` per slice (averaged ``numAvgFramesSave`` at a time when averaging)."""
+        acq = st.get("acq", {}) if isinstance(st.get("acq"), dict) else {}
+        chans = tuple(n for n in range(1, 17) if acq.get(f"savingChannel{n}") == 1)
+        frames = _count(acq.get("numberOfFrames"))
+        avg = _count(acq.get("numAvgFramesSave"))
+        if acq.get("averaging") == 1 and frames % avg == 0:
+            frames //= avg
+        zstep = _number(acq.get("zStepSize"))
+        if zstep is None:
+            zstep = _number(_get(st, "motor.zStepSize"))
+        version = _get(st, "software.version")
+        return cls(chans or (1,), _count(acq.get("numberOfZSlices")), frames, None,
+                   abs(zstep) if zstep else None, _number(acq.get("frameRate")),
+                   str(version) if version is not None else None)
+
+
+def _count(value) -> int:
+    """A positive count from a setting (1 when missing, zero, not a number or infinite)."""
+    v = _number(value)
+    return int(v) if v is not None and 1 <= v < 2**31 else 1
 
 
 # -- the IFD chain --------------------------------------------------------------------------------
@@ -239,23 +308,19 @@ class FrameDescriptions(Sequence):
 
     def parsed(self, i: int) -> dict:
         """Frame ``i``'s description as {key: value} (values through :func:`matlab_value`)."""
-        out = {}
-        for line in self[i].splitlines():
-            key, sep, value = line.partition(" = ")
-            if sep and not key.startswith("scanimage."):
-                out[key.strip()] = matlab_value(value)
-        return out
+        return {k: matlab_value(v) for k, v in assignments(self[i]) if not k.startswith("scanimage.")}
 
 
 class ScanImageScene(Scene):
     """A ScanImage stack: a Scene (channels, z = slices, t = volumes x frames per slice) plus the
     raw frame sequence, per-frame descriptions and the acquisition settings."""
 
-    def _setup(self, frames: _Frames, settings: dict, roi_groups: dict, order: str):
+    def _setup(self, frames: _Frames, settings: dict, roi_groups: dict, acq: Acquisition):
         self._frames_info = frames
+        self._acq = acq
         self.scanimage = settings
         self.roi_groups = roi_groups
-        self.frame_order = order
+        self.frame_order = "channel, frame of slice, slice, volume"
         self.frame_descriptions = FrameDescriptions(self, frames.desc)
 
     def _bind(self, slide):
@@ -267,13 +332,12 @@ class ScanImageScene(Scene):
     def acquisition(self) -> dict:
         """Key acquisition settings: frames, channels saved, slices, volumes, frames per slice,
         z step (um), frame rate (Hz), ScanImage version."""
-        si = self.scanimage
-        major, minor = _get(si, "VERSION_MAJOR"), _get(si, "VERSION_MINOR")
-        return {"frames": self.num_frames, "channels_saved": _get(si, "hChannels.channelSave"),
-                "slices": self.num_z_slices, "volumes": _get(si, "hFastZ.actualNumVolumes"),
-                "frames_per_slice": _get(si, "hStackManager.framesPerSlice"), "z_step_um": self.z_resolution,
-                "frame_rate_hz": _get(si, "hRoiManager.scanFrameRate"),
-                "version": f"{major}.{minor}" if major is not None else None}
+        a = self._acq
+        volumes = a.volumes if a.volumes is not None else \
+            self.num_frames // (self.num_channels * a.slices * a.frames_per_slice)
+        return {"frames": self.num_frames, "channels_saved": list(a.channels), "slices": self.num_z_slices,
+                "volumes": volumes, "frames_per_slice": a.frames_per_slice, "z_step_um": self.z_resolution,
+                "frame_rate_hz": a.frame_rate, "version": a.version}
 
     @property
     def num_frames(self) -> int:
@@ -326,50 +390,48 @@ def open(probe, options) -> Slide:
         raise UnsupportedFormatError(f"{src.path}: ScanImage frames of {frames.spp} samples x "
                                      f"{frames.bits} bits are not supported")
     dtype = np.dtype({1: "u", 2: "i", 3: "f"}.get(frames.format, "u") + str(frames.bits // 8))
-    settings = parse_settings(settings_text)
+    if "SI." in settings_text:
+        settings = parse_settings(settings_text)
+        acq = Acquisition.from_si(settings)
+    else:  # ScanImage 3.x
+        settings = parse_settings(settings_text, "state.")
+        acq = Acquisition.from_state(settings)
     try:
         roi = json.loads(roi_text) if roi_text.strip() else {}
         roi = roi.get("RoiGroups", roi) if isinstance(roi, dict) else {}
     except json.JSONDecodeError as e:
         raise CorruptDataError(f"{src.path}: ScanImage ROI group JSON is malformed: {e}") from None
-    save = _get(settings, "hChannels.channelSave", 1)
-    chans = [c[0] if isinstance(c, list) else c for c in save] if isinstance(save, list) else [save]
-    nc = max(1, len(chans))
-    stack = bool(_get(settings, "hStackManager.enable", False))
-    ns = int(_get(settings, "hStackManager.actualNumSlices", _get(settings, "hStackManager.numSlices", 1))
-             or 1) if stack else 1
-    fps = int(_get(settings, "hStackManager.framesPerSlice", 1) or 1)
+    nc, ns, fps = len(acq.channels), acq.slices, acq.frames_per_slice
     n = len(frames.strips)
-    if n % (nc * ns):  # an aborted acquisition: keep the whole volumes
-        ns = 1
-    nt = n // (nc * ns)
+    if n % (nc * ns * fps):  # an aborted acquisition: every whole channel group is a time point
+        ns = fps = 1
+    nt = n // (nc * ns)  # volumes x frames per slice
     if nt == 0:
         raise CorruptDataError(f"{src.path}: {n} frames do not fill one plane of {nc} channels")
     h, w = frames.shape
     codec = codecs.raw(dtype=dtype, samples=1)
     planes = {}
     for t in range(nt):
+        volume, frame = divmod(t, fps)
         for z in range(ns):
             row = []
-            for c in range(nc):
-                i = (t * ns + z) * nc + c
+            for c in range(nc):  # channel fastest, then frame of a slice, slice, volume
+                i = ((volume * ns + z) * fps + frame) * nc + c
                 offs, cnts = frames.strips[i]
                 rows = -(-h // len(offs))
                 row.append(Plane(Pieces(offs, cnts, f"frame {i}"), codec, (w, h), (w, rows)))
             planes[(z, t)] = tuple(row)
     layout = Layout(planes, tuple((c, 0) for c in range(nc)))
-    channel_names = [f"Channel {c}" for c in chans]  # ScanImage's own numbering of saved channels
-    zstep = _get(settings, "hStackManager.stackZStepSize") if ns > 1 else None
-    rate = _get(settings, "hRoiManager.scanFrameRate")  # t steps a volume, or a frame of one slice
-    t_res = (ns if fps == 1 else 1) / rate if isinstance(rate, int | float) and rate > 0 else None
+    channel_names = [f"Channel {c}" for c in acq.channels]  # ScanImage's own numbering of saved channels
+    rate = acq.frame_rate  # t steps a volume, or a frame of one slice
+    t_res = (ns if fps == 1 else 1) / rate if rate and rate > 0 else None
     slide = Slide(src, NAME, options, raw_metadata=settings_text + ("\n" + roi_text if roi_text else ""),
                   vendor="scanimage", properties={"scanimage": settings})
     levels = make_levels([((w, h), planes[(0, 0)][0].tile, layout)])
     scene = ScanImageScene(slide, name="main", levels=levels, channel_names=channel_names, dtype=dtype,
                            compression="none", num_z_slices=ns, num_t_frames=nt,
-                           z_resolution=float(zstep) if isinstance(zstep, int | float) else None,
-                           t_resolution=t_res)
-    scene._setup(frames, settings, roi, "channel, slice, volume")
+                           z_resolution=acq.z_step if ns > 1 else None, t_resolution=t_res)
+    scene._setup(frames, settings, roi, acq)
     slide._set_contents([scene], {})
     return slide
 
