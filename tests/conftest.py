@@ -150,6 +150,102 @@ def derived(converted, tmp_path_factory):
     return str(out), files
 
 
+@pytest.fixture(scope="session")
+def segmentations(converted, tmp_path_factory):
+    """highdicom segmentations of the converted slide's level 1 (275x225) in 10x10 tiles, so
+    1-bit frames (100 bits) start inside bytes: BINARY tiled-full, tiled-sparse and with per-frame
+    positions only (its Dimension Organization Type removed, as older writers leave it out),
+    FRACTIONAL sparse, LABELMAP tiled-full and sparse with a palette. Returns {name: file}; the
+    slide's own instances are in ``converted``."""
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    _, folder = converted
+    out = tmp_path_factory.mktemp("segmentations")
+    src = next(ds for ds in (pydicom.dcmread(os.path.join(folder, n)) for n in sorted(os.listdir(folder)))
+               if ds.ImageType[2] == "VOLUME" and ds.TotalPixelMatrixColumns == 275)
+    yy, xx = np.mgrid[:225, :275]
+    masks = np.stack([(xx - 100) ** 2 + (yy - 80) ** 2 < 50 ** 2, (xx > 170) & (yy > 120)], -1)[None]
+    labels = np.where(masks[..., 0], 1, np.where(masks[..., 1], 2, 0)).astype(np.uint8)  # (1, h, w)
+
+    def describe(n, label):
+        return hd.seg.SegmentDescription(n, label, codes.SCT.Tissue, codes.SCT.Tissue,
+                                         hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    segments = [describe(1, "tumor"), describe(2, "stroma")]
+    common = dict(manufacturer="tilescope", manufacturer_model_name="tests", software_versions="0",
+                  device_serial_number="1", tile_pixel_array=True, tile_size=(10, 10))
+    palette = hd.PaletteColorLUTTransformation.from_colors(["black", "red", "green"])
+    specs = {
+        "binary_full": (masks.astype(np.uint8), "BINARY", segments, {"dimension_organization_type": "TILED_FULL",
+                                                                     "omit_empty_frames": False}),
+        "binary_sparse": (masks.astype(np.uint8), "BINARY", segments, {}),
+        "fractional": ((xx / 275).astype(np.float32)[None], "FRACTIONAL", [describe(1, "probability")], {}),
+        "labelmap_full": (labels, "LABELMAP", segments, {"dimension_organization_type": "TILED_FULL",
+                                                               "omit_empty_frames": False}),
+        "labelmap_sparse": (labels, "LABELMAP", segments, {"palette_color_lut_transformation": palette}),
+    }
+    files = {}
+    for k, (name, (pixels, kind, descs, kw)) in enumerate(specs.items()):
+        ds = hd.seg.Segmentation([src], pixels, kind, descs, hd.UID(), 20 + k, hd.UID(), 1, **common, **kw)
+        files[name] = str(out / f"{name}.dcm")
+        ds.save_as(files[name])
+    ds = pydicom.dcmread(files["binary_sparse"])
+    del ds.DimensionOrganizationType
+    files["binary_positions"] = str(out / "binary_positions.dcm")
+    ds.save_as(files["binary_positions"])
+    return files
+
+
+@pytest.fixture(scope="session")
+def clutter(converted, segmentations, tmp_path_factory):
+    """What a PACS export or a lab folder holds beside a slide (the converted one): a highdicom
+    SEG, a highdicom Microscopy Bulk Simple Annotations instance, a highdicom Enhanced SR, a
+    truncated copy of the level-0 instance, a text file, and another patient's slide (a pydicom
+    copy of level 1 with a frame of reference of its own). Returns {name: file}."""
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    _, folder = converted
+    out = tmp_path_factory.mktemp("clutter")
+    files = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+    level = {ds.TotalPixelMatrixColumns: p for p in files
+             if (ds := pydicom.dcmread(p, stop_before_pixels=True)).ImageType[2] == "VOLUME"}
+    src = pydicom.dcmread(level[275])
+    group = hd.ann.AnnotationGroup(
+        number=1, uid=hd.UID(), label="nuclei", annotated_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        annotated_property_type=codes.SCT.Neoplasm, graphic_type=hd.ann.GraphicTypeValues.POINT,
+        graphic_data=[np.array([[10.0, 20.0]]), np.array([[30.0, 40.0]])],
+        algorithm_type=hd.ann.AnnotationGroupGenerationTypeValues.MANUAL)
+    ann = hd.ann.MicroscopyBulkSimpleAnnotations(
+        source_images=[src], annotation_coordinate_type=hd.ann.AnnotationCoordinateTypeValues.SCOORD,
+        annotation_groups=[group], series_instance_uid=hd.UID(), series_number=30, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="t", manufacturer_model_name="t", software_versions="0",
+        device_serial_number="1")
+    root = hd.sr.ContainerContentItem(name=codes.DCM.ImagingMeasurementReport, template_id="1500")
+    root.ContentSequence = [hd.sr.TextContentItem(name=codes.DCM.Finding, value="benign",
+                                                  relationship_type="CONTAINS")]
+    sr = hd.sr.EnhancedSR(evidence=[src], content=root, series_instance_uid=hd.UID(), series_number=31,
+                          sop_instance_uid=hd.UID(), instance_number=1, manufacturer="t")
+    made = {"seg": segmentations["binary_sparse"], "ann": str(out / "ann.dcm"), "sr": str(out / "sr.dcm"),
+            "truncated": str(out / "truncated.dcm"), "text": str(out / "notes.txt"),
+            "other": str(out / "other.dcm")}
+    ann.save_as(made["ann"])
+    sr.save_as(made["sr"])
+    data = open(level[1100], "rb").read()  # noqa: SIM115
+    with open(made["truncated"], "wb") as f:
+        f.write(data[:-100])
+    with open(made["text"], "w") as f:
+        f.write("scanned 2026-11-23; stain H&E\n")
+    other = pydicom.dcmread(level[275])
+    other.PatientID, other.PatientName = "other-patient", "Other^Patient"
+    other.FrameOfReferenceUID, other.StudyInstanceUID, other.SeriesInstanceUID = hd.UID(), hd.UID(), hd.UID()
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = hd.UID()
+    other.save_as(made["other"])
+    return made
+
+
 def _zeiss_metadata(path: str, fluor: str, excitation: float) -> None:
     """Give a pylibCZIrw-written CZI the acquisition metadata a Zen-written one has and
     wsidicomizer requires (date, microscope, objective, fluorophore, z interval): a new metadata

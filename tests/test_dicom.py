@@ -4,6 +4,7 @@ wsidicom and our own read of the source SVS (the conversion keeps the JPEG tiles
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import openslide
@@ -479,3 +480,145 @@ def test_segmentations_and_parametric_maps_are_channels(derived):
         # outside the scene derived layers read 0, the image white
         edge = sc.read((1000, 800, 200, 200), channels=["R", "tumor"])
         assert (edge[150:, 150:, 0] == 255).all() and (edge[150:, 150:, 1] == 0).all()
+
+
+@pytest.mark.parametrize("name", ["binary_full", "binary_sparse", "binary_positions", "fractional",
+                                  "labelmap_full", "labelmap_sparse"])
+def test_segmentations_as_highdicom_writes_them(converted, segmentations, name):
+    """BINARY frames packed across byte boundaries (10x10 tiles), tiled-full, sparse and placed by
+    per-frame positions only; FRACTIONAL; LABELMAP (segment numbers, with a palette too) with each
+    segment as a 0/1 channel: equal to highdicom's own total pixel matrix."""
+    hd = pytest.importorskip("highdicom")
+    _, folder = converted
+    seg = hd.seg.segread(segmentations[name])
+    volumes = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+    with tilescope.open([*volumes, segmentations[name]]) as s:
+        sc = s.scenes[0]
+        info = sc.channel_info[3:]
+        if name.startswith("labelmap"):
+            assert [c["type"] for c in info] == ["LABELMAP"] + ["SEGMENT"] * 3
+            assert info[0]["segments"] == {0: "Background", 1: "tumor", 2: "stroma"}
+            np.testing.assert_array_equal(sc.read_level(1, channels=info[0]["name"])[..., 0],
+                                          seg.get_total_pixel_matrix(combine_segments=True))
+            assert sc.find_segments(number=0) == ["Background"]
+        elif name == "fractional":
+            want = seg.get_total_pixel_matrix(combine_segments=False, rescale_fractional=False)
+            np.testing.assert_array_equal(sc.read_level(1, channels="probability"), want)
+            return
+        want = seg.get_total_pixel_matrix(combine_segments=False)
+        got = sc.read_level(1, channels=sc.find_segments(property_type="Tissue"))
+        assert sc.find_segments(property_type="Tissue") == ["tumor", "stroma"] and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+        assert got.sum() == 18641  # both masks: pixels were really read
+        # downscaled reads come from level 1 too: only 0 and 1
+        assert set(np.unique(sc.read(size=(100, 0), channels="tumor"))) <= {0, 1}
+
+
+CLUTTER = ("seg", "ann", "sr", "truncated", "text", "other")
+
+
+@pytest.mark.parametrize("before", [(), CLUTTER, ("truncated",), ("seg", "text"), ("ann", "sr", "other"),
+                                    ("truncated", "seg")])
+def test_a_folder_that_holds_more_than_the_slide(converted, clutter, tmp_path, before):
+    """A SEG, an annotation, an SR, a truncated copy of an instance, a text file and another
+    patient's slide beside the slide, named to sort before or after its files: the folder opens its
+    first slide (and says there are two), the truncated copy is skipped with a warning naming it,
+    every file of the slide opens the same slide, and pixels equal the clean folder's."""
+    import shutil
+
+    _, folder = converted
+    d = tmp_path / "export"
+    d.mkdir()
+    for name in sorted(os.listdir(folder)):
+        shutil.copy(os.path.join(folder, name), d / f"m_{name}")
+    for name in CLUTTER:
+        prefix = "a" if name in before else "z"
+        shutil.copy(clutter[name], d / f"{prefix}_{name}_{os.path.basename(clutter[name])}")
+    with tilescope.open(folder) as s:
+        want = s.scenes[0].read_level(0)
+    other_first = "other" in before
+    with pytest.warns(UserWarning) as caught:
+        s = tilescope.open(str(d))
+    assert any(re.search(r"truncated.*: skipped, it cannot be read", str(w.message)) for w in caught)
+    with s:
+        sc = s.scenes[0]
+        if other_first:  # the other patient's slide sorts first: it is the folder's first slide
+            assert [lv.size for lv in sc.levels] == [(275, 225)]
+        else:
+            assert [lv.size for lv in sc.levels] == [(1100, 900), (275, 225)]
+            assert sorted(s.associated) == ["label", "macro", "thumbnail"]
+            assert sc.channel_names == ("R", "G", "B", "tumor", "stroma")
+            np.testing.assert_array_equal(sc.read_level(0), want)
+        assert any("truncated" in k for k in s.properties["dicom"]["skipped"])
+    assert any("holds 2 slides" in str(w.message) and "find_slides" in str(w.message) for w in caught)
+    assert tilescope.detect(str(d)) == "DICOM"
+    seg = next(p for p in d.iterdir() if "_seg_" in p.name)
+    with pytest.warns(UserWarning, match="truncated"), tilescope.open(str(seg)) as s:  # the slide it derives from
+        assert [lv.size for lv in s.scenes[0].levels] == [(1100, 900), (275, 225)]
+    with pytest.raises(tilescope.UnsupportedFormatError, match="not a VL Whole Slide"), \
+            pytest.warns(UserWarning, match="truncated"):
+        tilescope.open(str(next(p for p in d.iterdir() if "_sr_" in p.name)))
+    with pytest.raises(tilescope.CorruptDataError, match=r"truncated\.dcm"), pytest.warns(UserWarning):
+        tilescope.open(str(next(p for p in d.iterdir() if "_truncated_" in p.name)))
+
+
+def test_find_slides_in_a_folder(converted, clutter, tmp_path):
+    import shutil
+
+    import tilescope.dicom
+
+    _, folder = converted
+    d = tmp_path / "export"
+    shutil.copytree(folder, d)
+    for name in CLUTTER:
+        shutil.copy(clutter[name], d / f"{name}_{os.path.basename(clutter[name])}")
+    with pytest.warns(UserWarning, match="truncated"):
+        slides = tilescope.dicom.find_slides(d)
+    try:
+        assert sorted(s.scenes[0].levels[0].size for s in slides) == [(275, 225), (1100, 900)]
+        assert sorted(s.properties["dicom"]["PatientID"] for s in slides)[1] == "other-patient"
+    finally:
+        for s in slides:
+            s.close()
+    with pytest.raises(tilescope.SourceNotFoundError):
+        tilescope.dicom.find_slides(tmp_path / "nowhere")
+
+
+def test_an_unreadable_instance_the_slide_needs(converted, clutter, orthanc_wsi, tmp_path):
+    """A truncated file that is the slide's only copy of a level, or of one part of a concatenated
+    level, stops the open with an error naming it; so does a garbage file where a concatenation
+    misses a part. A broken label only loses the label."""
+    import shutil
+
+    _, folder = converted
+    d = tmp_path / "no-level-0"
+    shutil.copytree(folder, d)
+    level0 = _volume_file(str(d), 1100)
+    os.remove(level0)
+    shutil.copy(clutter["truncated"], d / "truncated.dcm")
+    with pytest.raises(tilescope.CorruptDataError, match=r"truncated\.dcm: part of the slide's pyramid"), \
+            pytest.warns(UserWarning):
+        tilescope.open(str(d))
+
+    _, split = orthanc_wsi["split"]
+    by_uid: dict = {}
+    for n in sorted(os.listdir(split)):
+        ds = pydicom.dcmread(os.path.join(split, n), stop_before_pixels=True)
+        by_uid.setdefault(ds.get("ConcatenationUID"), []).append(os.path.join(split, n))
+    parts = next(ps for uid, ps in by_uid.items() if uid and len(ps) == 2)
+    for kind in ("truncated", "garbage"):
+        e = tmp_path / kind
+        shutil.copytree(split, e)
+        target = e / os.path.basename(parts[1])
+        data = target.read_bytes()
+        target.write_bytes(data[:-100] if kind == "truncated" else data[:132] + b"\x00garbage" * 50)
+        with pytest.raises(tilescope.CorruptDataError, match=os.path.basename(parts[1])), \
+                pytest.warns(UserWarning, match="skipped"):
+            tilescope.open(str(e))
+
+    d = tmp_path / "broken-label"
+    shutil.copytree(folder, d)
+    label = next(p for p in d.iterdir() if pydicom.dcmread(p, stop_before_pixels=True).ImageType[2] == "LABEL")
+    label.write_bytes(label.read_bytes()[:-100])
+    with pytest.warns(UserWarning, match="skipped"), tilescope.open(str(d)) as s:
+        assert sorted(s.associated) == ["macro", "thumbnail"] and len(s.scenes[0].levels) == 2

@@ -180,7 +180,8 @@ def test_incomplete_metadata_is_a_typed_error(orthanc, converted, tmp_path):
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     (tmp_path / "bad").mkdir()
     ds.save_as(tmp_path / "bad" / "level.dcm", enforce_file_format=True)
-    with pytest.raises(tilescope.CorruptDataError, match=r"level\.dcm: incomplete .*Columns"):
+    with pytest.raises(tilescope.CorruptDataError, match=r"level\.dcm: incomplete .*Columns"), \
+            pytest.warns(UserWarning, match=r"level\.dcm: skipped"):
         tilescope.open(str(tmp_path / "bad"))
     _upload(base, str(tmp_path / "bad" / "level.dcm"))
     with pytest.raises(tilescope.CorruptDataError, match=rf"127\.0\.0\.1.*{ds.SOPInstanceUID}.*Columns"):

@@ -89,15 +89,39 @@ def _checked(overrides: dict) -> dict:
 
 
 def _in_folder(source):
-    """A folder stands for the first file in it (by name) that a driver recognizes: formats whose
-    slides span several files (DICOM) gather the rest themselves."""
+    """A folder stands for its slide: the first file (by name) of a format whose slides span several
+    files (DICOM; the driver gathers the rest and chooses among the folder's slides), else the
+    first file any driver recognizes."""
     if not os.path.isdir(source):
         return source
+    first = None
     for name in sorted(os.listdir(source)):
         path = os.path.join(source, name)
-        if os.path.isfile(path) and detect(path):
+        mod = _detect_file(path) if os.path.isfile(path) else None
+        if mod is not None and getattr(mod, "MULTI_FILE", False):
             return path
-    raise UnsupportedFormatError(f"{os.fspath(source)}: a folder with no file tilescope reads")
+        first = first or (mod and path)
+    if first is None:
+        raise UnsupportedFormatError(f"{os.fspath(source)}: a folder with no file tilescope reads")
+    return first
+
+
+def _detect_file(path):
+    """The driver module that recognizes the file ``path``, or None."""
+    try:
+        src = FileSource(path)
+    except TilescopeError:
+        return None
+    try:
+        probe = formats.Probe(src)
+        try:
+            return formats.detect(probe) if probe.head else None
+        except CorruptDataError:
+            return None
+        finally:
+            probe.close()
+    finally:
+        src.close()
 
 
 def detect(source: str | os.PathLike) -> str | None:
@@ -108,18 +132,10 @@ def detect(source: str | os.PathLike) -> str | None:
             source = _in_folder(source)
         except UnsupportedFormatError:
             return None
-    src = FileSource(source)
-    try:
-        probe = formats.Probe(src)
-        try:
-            mod = formats.detect(probe) if probe.head else None
-        except CorruptDataError:
-            return None
-        finally:
-            probe.close()
-        return mod.NAME if mod else None
-    finally:
-        src.close()
+    mod = _detect_file(source)
+    if mod is None and not os.path.exists(source):
+        raise SourceNotFoundError(f"{os.fspath(source)}: no such file")
+    return mod.NAME if mod else None
 
 
 def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | None = None,
@@ -144,6 +160,7 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
             raise InvalidRequestError("open: an empty list of files")
         files = [os.fspath(p) for p in source]
         source = files[0]
+    folder = os.fspath(source) if files is None and os.path.isdir(source) else None
     source = _in_folder(source)
     fields = {f.name for f in dataclasses.fields(Options)}
     unknown = set(overrides) - fields
@@ -152,16 +169,17 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
     opts = dataclasses.replace(options, **overrides)
     src = FileSource(source)
     probe = None
-    key = (src.identity, driver.upper() if driver else None)
+    key = (src.identity, driver.upper() if driver else None, folder is not None)
     with _parsed_lock:
-        parsed, folder = _PARSED.get(key, (None, None)) if files is None else (None, None)
+        parsed, mtime = _PARSED.get(key, (None, None)) if files is None else (None, None)
         if parsed is not None:
             _PARSED.move_to_end(key)
     # a slide gathered from its folder is parsed again once the folder changed (files added)
-    if parsed is not None and (folder is None or folder == _folder_mtime(source)):
+    if parsed is not None and (mtime is None or mtime == _folder_mtime(source)):
         return parsed._bind(src, opts)
     try:
         probe = _probe_driver(src)
+        probe.folder = folder  # the folder the caller opened (drivers of several files choose in it)
         mod = formats.by_name(driver) if driver else formats.detect(probe)
         if mod is None:
             raise UnsupportedFormatError(
@@ -176,10 +194,10 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
         try:
             if files is not None:
                 return mod.open(probe, opts, files=files)
-            folder = _folder_mtime(source) if multi else None  # before the parse: changes during it count
+            mtime = _folder_mtime(source) if multi else None  # before the parse: changes during it count
             slide = mod.open(probe, opts)
             with _parsed_lock:
-                _PARSED[key] = slide._bind(None, opts), folder
+                _PARSED[key] = slide._bind(None, opts), mtime
                 while len(_PARSED) > _PARSED_MAX:
                     _PARSED.popitem(last=False)
             return slide

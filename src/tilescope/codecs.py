@@ -228,6 +228,13 @@ def bitmask() -> Codec:
     return Codec("bitmask", np.dtype(np.uint8), 1, dec)
 
 
+def equal_to(codec: Codec, value: int) -> Codec:
+    """1 where ``codec``'s pixels equal ``value``, else 0 (one segment of a DICOM label map)."""
+    def dec(data, h, w, out):
+        return (codec.decode(data, h, w) == value).view(np.uint8)
+    return Codec(f"{codec.name}=={value}", np.dtype(np.uint8), 1, dec)
+
+
 def image(name: str, fn: Callable[[bytes], np.ndarray], *, dtype, samples: int) -> Codec:
     """Any imagecodecs image decoder that takes only the bytes (PNG, WebP, JPEG XL, JPEG XR, LERC)."""
     return Codec(name, np.dtype(dtype), samples, lambda data, h, w, out: fn(data))

@@ -30,6 +30,7 @@ class Probe:
         self.source = source
         self.path = source.path
         self.head = source.head(64)
+        self.folder: str | None = None  # the folder the caller opened, when it stands for this file
         self._tiff = None
 
     @property

@@ -23,6 +23,7 @@ import contextlib
 import mmap
 import os
 import struct
+import warnings
 from collections import defaultdict
 from typing import NamedTuple
 
@@ -32,14 +33,16 @@ from .. import codecs
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError, InvalidRequestError, SourceNotFoundError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
-from ..source import Pieces
+from ..source import FileSource, Pieces
 
 NAME = "DICOM"
 MULTI_FILE = True  # a slide is several files: gathered from the folder, or given as a list (``files=``)
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+LABELMAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation (2024): segment numbers
+SEGMENTATIONS = (SEG_SOP_CLASS, LABELMAP_SOP_CLASS)
 PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
-DERIVED = (SEG_SOP_CLASS, PM_SOP_CLASS)
+DERIVED = (*SEGMENTATIONS, PM_SOP_CLASS)
 _MALFORMED = (AttributeError, KeyError, IndexError, TypeError, ValueError)  # what missing attributes raise
 _PIXELS = ((0x7FE00010, None), (0x7FE00008, np.float32), (0x7FE00009, np.float64))  # element, float type
 _JPEG = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
@@ -65,6 +68,7 @@ def detect(probe) -> bool:
 
 class _Instance:
     whole = False  # DICOMweb: the server serves no single frames of it (see dicomweb.WholeInstance)
+    ranges: tuple  # files: where each frame's bytes are (:func:`_frame_ranges`)
 
     def __init__(self, path: str, ds, syntax: str | None = None):
         self.path, self.ds = path, ds
@@ -93,35 +97,67 @@ class _Instance:
 
 
 def _read(path: str):
+    """The file's dataset (pixel data deferred); CorruptDataError when it does not parse or lacks
+    its SOP Class UID (pydicom returns what it parsed of a truncated file, possibly nothing)."""
     try:
         import pydicom
     except ImportError:
         raise UnsupportedFormatError(f"{path}: reading DICOM needs the [dicom] extra (pydicom)") from None
     try:
-        return pydicom.dcmread(path, defer_size=1024)
+        with warnings.catch_warnings():  # pydicom warns of what it finds broken: the errors below say it
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size=1024)
     except Exception as e:
         raise CorruptDataError(f"{path}: not a readable DICOM file: {e}") from None
+    if "SOPClassUID" not in ds:
+        raise CorruptDataError(f"{path}: not a readable DICOM file: pydicom parsed none of its data set "
+                               f"(truncated, or broken pixel data)")
+    return ds
 
 
-def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(offset, length, split) of every frame of an instance's pixel data; a split frame spans
-    several fragments, and its range holds their item headers too (:class:`Frames` drops them)."""
+def _header(path: str):
+    """What precedes the pixel data of a file that does not read whole (None if that fails too):
+    enough to tell which instance a truncated file was."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:
+        return None
+    return ds if "SOPClassUID" in ds else None
+
+
+def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(offset, length, split, bit shift) of every frame of an instance's pixel data; a split frame
+    spans several fragments, and its range holds their item headers too; a shifted frame starts
+    that many bits into its first byte (1-bit frames are packed back to back across frames, so
+    frame k of a 10x10 segmentation starts at bit 100 k). :class:`Frames` undoes both."""
     raw = inst.ds.get_item(inst.pixel_tag, keep_deferred=True)
     if raw is None:
         raise CorruptDataError(f"{inst.path}: no Pixel Data")
     start = raw.value_tell
+    n = inst.frames
     if inst.syntax in _NATIVE:
         ds = inst.ds
-        nbits = ds.Rows * ds.Columns * ds.SamplesPerPixel * ds.BitsAllocated
-        if nbits % 8:  # 1-bit frames are packed back to back; only whole-byte frames are addressable
-            raise UnsupportedFormatError(f"{inst.path}: {ds.Columns}x{ds.Rows} frames of "
-                                         f"{ds.BitsAllocated}-bit pixels do not start on byte boundaries")
-        nbytes = nbits // 8
-        n = inst.frames
-        return start + np.arange(n, dtype=np.int64) * nbytes, np.full(n, nbytes, np.int64), np.zeros(n, bool)
+        nbits = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated)
+        need = -(-nbits * n // 8)
+        if raw.length not in (None, 0xFFFFFFFF) and raw.length < need:
+            raise CorruptDataError(f"{inst.path}: Pixel Data holds {raw.length} bytes, {n} frames of "
+                                   f"{ds.Columns}x{ds.Rows} need {need}")
+        if start + need > os.path.getsize(inst.path):
+            raise CorruptDataError(f"{inst.path}: the file is truncated: its {n} frames end at byte "
+                                   f"{start + need}, past its end")
+        first_bit = np.arange(n, dtype=np.int64) * nbits
+        shift = first_bit % 8
+        return start + first_bit // 8, (shift + nbits + 7) // 8, np.zeros(n, bool), shift.astype(np.int8)
     with builtins.open(inst.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         pos, items = start, []
-        while pos + 8 <= len(mm):
+        while True:
+            if pos + 8 > len(mm):
+                raise CorruptDataError(f"{inst.path}: the file is truncated: encapsulated pixel data "
+                                       f"ends at byte {pos} without its sequence delimiter")
             group, elem, length = struct.unpack_from("<HHI", mm, pos)
             if (group, elem) == (0xFFFE, 0xE0DD):
                 break
@@ -153,19 +189,23 @@ def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ends = np.asarray([p + 8 + n for p, n in fragments], np.int64)
     split = last > first
     offsets = np.where(split, where[first], where[first] + 8)
-    return offsets, ends[last] - offsets, split
+    return offsets, ends[last] - offsets, split, np.zeros(n, np.int8)
 
 
 class Frames(Pieces):
     """Frames of a level, possibly in several files (concatenations); a frame split over several
-    fragments is read in one range and its item headers are dropped."""
+    fragments is read in one range and its item headers are dropped; a 1-bit frame that starts
+    inside a byte is shifted to start on one."""
 
-    def __init__(self, offsets, counts, split, files, label: str):
+    def __init__(self, offsets, counts, split, shift, files, label: str):
         super().__init__(offsets, counts, label, missing_ok=True, file=files[0])
-        self.files, self.split = files, split
+        self.files, self.split, self.shift = files, split, shift
 
     def fetch(self, source, index: int) -> bytes:
         data = super().fetch(source, index)
+        if self.shift[index]:
+            bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[self.shift[index]:]
+            return np.packbits(bits, bitorder="little").tobytes()
         if not self.split[index]:
             return data
         parts, pos = [], 0
@@ -337,43 +377,174 @@ class DicomScene(Scene):
         return self.read((int(x0), int(y0), int(x1 - x0), int(y1 - y0)), size, **kw)
 
 
+class _Folder(NamedTuple):
+    """The slides among a set of DICOM files: each slide's whole-slide instances (by slide key, in
+    order of their first file), the derived instances, and the files that could not be read
+    (path -> (reason, dataset or None when not even the header reads))."""
+
+    slides: dict[tuple, list[_Instance]]
+    derived: list[_Instance]
+    skipped: dict[str, tuple[str, object]]
+
+
+def _gather(paths: list[str], strict: bool) -> _Folder:
+    """The instances of ``paths``: whole-slide images, segmentations and parametric maps; other
+    objects (structured reports, annotations, presentation states, ...) are not part of a slide
+    and left out, as is a second copy of an instance. An instance that cannot be read (broken
+    header or metadata, truncated pixel data) is skipped with a warning, or with ``strict`` (files
+    the caller named) raises its CorruptDataError."""
+    slides: dict[tuple, list[_Instance]] = {}
+    derived: list[_Instance] = []
+    skipped: dict[str, tuple[str, object]] = {}
+    seen: set[str] = set()
+    for p in paths:
+        ds = None
+        try:
+            ds = _read(p)
+            sop = str(ds.get("SOPClassUID", ""))
+            if sop != WSI_SOP_CLASS and sop not in DERIVED:
+                if strict:
+                    raise InvalidRequestError(f"{p}: a DICOM {sop or '?'} instance, not a whole-slide image, "
+                                              f"segmentation or parametric map")
+                continue
+            uid = str(ds.get("SOPInstanceUID", ""))
+            if uid in seen:
+                continue
+            inst = _Instance(p, ds)
+            inst.ranges = _frame_ranges(inst)
+        except CorruptDataError as e:
+            if strict:
+                raise
+            reason = str(e).removeprefix(f"{p}: ")
+            warnings.warn(f"{p}: skipped, it cannot be read: {reason}", stacklevel=4)
+            skipped[p] = (reason, ds if ds is not None and "SOPClassUID" in ds else _header(p))
+            continue
+        seen.add(uid)
+        if sop == WSI_SOP_CLASS:
+            slides.setdefault(slide_key(ds), []).append(inst)
+        else:
+            derived.append(inst)
+    return _Folder(slides, derived, skipped)
+
+
+def _dicom_files(folder: str) -> list[str]:
+    return [p for p in (os.path.join(folder, n) for n in sorted(os.listdir(folder)))
+            if os.path.isfile(p) and is_dicom_file(p)]
+
+
 def open(probe, options, files: list[str] | None = None) -> Slide:
     """The slide of the DICOM file ``probe`` reads, with the instances of its folder (or of
-    ``files``: then every one must belong to the slide)."""
+    ``files``: then every one must belong to the slide). Where the folder itself was opened
+    (``probe.folder``), its first slide, whatever file came first."""
     path = probe.path
-    first = _read(path)
-    if str(first.get("SOPClassUID", "")) != WSI_SOP_CLASS:
-        raise UnsupportedFormatError(f"{path}: a DICOM {first.get('SOPClassUID', '?')} instance, not a "
-                                     f"VL Whole Slide Microscopy Image")
-    key = slide_key(first)
-    folder = os.path.dirname(os.path.abspath(path))
-    if files is None:
-        candidates = [p for p in (os.path.join(folder, n) for n in sorted(os.listdir(folder)))
-                      if os.path.isfile(p) and is_dicom_file(p)]
-    else:
-        candidates = files
+    if files is not None:
         missing = [p for p in files if not os.path.isfile(p)]
         if missing:
             raise SourceNotFoundError(f"{missing[0]}: no such file")
-    instances, derived = [], []
-    for p in candidates:
-        ds = first if os.path.samefile(p, path) else _read(p)
-        sop = str(ds.get("SOPClassUID", ""))
-        if sop == WSI_SOP_CLASS and slide_key(ds) == key:
-            instances.append(_Instance(p, ds))
-        elif sop in DERIVED and key[0] is not None and ds.get("FrameOfReferenceUID") == key[0]:
-            derived.append(_Instance(p, ds))
-        elif files is not None:
-            raise InvalidRequestError(f"{p}: not an instance of the slide of {path} (another frame of "
-                                      f"reference, container or series, or not a whole-slide image, "
-                                      f"segmentation or parametric map)")
-    where = "the files given" if files is not None else folder
-    levels = volume_levels(instances, f"{path}: no VOLUME instance of this slide in {where}")
+        found = _gather(files, strict=True)
+    else:
+        folder = os.path.dirname(os.path.abspath(path))
+        found = _gather(_dicom_files(folder), strict=False)
+    if files is None and probe.folder:
+        if not found.slides:
+            if found.skipped:
+                bad, (reason, _) = next(iter(found.skipped.items()))
+                raise CorruptDataError(f"{bad}: {reason} (the only whole-slide image instances of "
+                                       f"{probe.folder} cannot be read)")
+            raise UnsupportedFormatError(f"{probe.folder}: no VL Whole Slide Microscopy Image instance in "
+                                         f"the folder")
+        key = next(iter(found.slides))
+        if len(found.slides) > 1:
+            warnings.warn(f"{probe.folder}: the folder holds {len(found.slides)} slides; opened the first "
+                          f"(frame of reference {key[0]}, container {key[1]}); tilescope.dicom.find_slides "
+                          f"lists them all", stacklevel=3)
+    else:
+        if path in found.skipped:
+            raise CorruptDataError(f"{path}: {found.skipped[path][0]}")
+        first = _read(path)
+        sop = str(first.get("SOPClassUID", ""))
+        if sop == WSI_SOP_CLASS:
+            key = slide_key(first)
+        else:  # a segmentation or map opens the slide of its frame of reference
+            key = next((k for k in found.slides if sop in DERIVED and k[0] is not None
+                        and k[0] == first.get("FrameOfReferenceUID")), None)
+            if key is None:
+                raise UnsupportedFormatError(f"{path}: a DICOM {sop or '?'} instance, not a VL Whole Slide "
+                                             f"Microscopy Image (nor one derived from a slide beside it)")
+        if files is not None and len(found.slides) > 1:
+            other = next(i for k, insts in found.slides.items() if k != key for i in insts)
+            raise InvalidRequestError(f"{other.path}: not an instance of the slide of {path} (another frame "
+                                      f"of reference, container or series)")
+    return _slide(probe.source, options, key, found, "the files given" if files is not None else
+                  os.path.dirname(os.path.abspath(path)))
+
+
+def _slide(source, options, key: tuple, found: _Folder, where: str) -> Slide:
+    instances = found.slides.get(key, [])
+    derived = [i for i in found.derived if key[0] is not None and i.ds.get("FrameOfReferenceUID") == key[0]]
+    _check_needed(key, instances, found.skipped)
+    levels = volume_levels(instances, f"{source.path}: no VOLUME instance of this slide in {where}")
     base = levels[0][0].ds
     props = {**attributes(base), "instances": [os.path.basename(i.path) for i in instances + derived]}
-    slide = Slide(probe.source, NAME, options, raw_metadata=_header_text(base), vendor="dicom",
+    if found.skipped:
+        props["skipped"] = {os.path.basename(p): reason for p, (reason, _) in found.skipped.items()}
+    slide = Slide(source, NAME, options, raw_metadata=_header_text(base), vendor="dicom",
                   properties={"dicom": props}, icc_profile=_icc(base))
     return assemble(slide, levels, instances, derived, _level)
+
+
+def _check_needed(key: tuple, instances: list[_Instance], skipped: dict) -> None:
+    """CorruptDataError when a skipped file held part of the slide's pyramid: a VOLUME instance of
+    the slide that no readable file holds, or (headers unreadable) a concatenation left incomplete."""
+    have = {str(i.ds.SOPInstanceUID) for i in instances}
+    unknown = []
+    for p, (reason, ds) in skipped.items():
+        if ds is None or str(ds.get("SOPClassUID", "")) != WSI_SOP_CLASS:
+            unknown.append(p)
+            continue
+        image_type = ds.get("ImageType") or []
+        volume = len(image_type) < 3 or str(image_type[2]).upper() == "VOLUME"
+        if volume and slide_key(ds) == key and str(ds.get("SOPInstanceUID", "")) not in have:
+            raise CorruptDataError(f"{p}: part of the slide's pyramid cannot be read: {reason}")
+    concatenations: dict = defaultdict(list)
+    for inst in instances:
+        if inst.ds.get("ConcatenationUID"):
+            concatenations[inst.ds.ConcatenationUID].append(inst)
+
+    def misses_parts(parts: list[_Instance]) -> bool:
+        """Parts missing by the declared total (Orthanc writes none), by a gap in the part numbers,
+        or by fewer frames than the full tile grid (a sparse concatenation may legitimately have)."""
+        numbers = sorted(int(i.ds.get("InConcatenationNumber", 0) or 0) for i in parts)
+        total = int(parts[0].ds.get("InConcatenationTotalNumber", 0) or 0)
+        nz, layers = _stack(parts[0])
+        full = parts[0].grid[0] * parts[0].grid[1] * nz * layers
+        return (len(parts) < total or numbers != list(range(1, len(parts) + 1))
+                or sum(i.frames for i in parts) < full)
+    incomplete = [uid for uid, parts in concatenations.items() if misses_parts(parts)]
+    if incomplete and unknown:
+        raise CorruptDataError(f"{unknown[0]}: cannot be read ({skipped[unknown[0]][0]}), and concatenation "
+                               f"{incomplete[0]} of the slide's pyramid misses parts")
+
+
+def find_slides(folder: str, options) -> list[Slide]:
+    """Every slide among the DICOM files of ``folder``, opened (in order of their first file)."""
+    found = _gather(_dicom_files(folder), strict=False)
+    slides = []
+    try:
+        for key, insts in found.slides.items():
+            if not any(i.flavor == "VOLUME" for i in insts):
+                continue
+            source = FileSource(insts[0].path)
+            try:
+                slides.append(_slide(source, options, key, found, folder))
+            except BaseException:
+                source.close()
+                raise
+    except BaseException:
+        for s in slides:
+            s.close()
+        raise
+    return slides
 
 
 def slide_key(ds) -> tuple:
@@ -514,13 +685,25 @@ def _optical_paths(paths: list, names: list[str]) -> list[dict]:
     return out
 
 
+def _segments(ds) -> list:
+    return sorted(ds.get("SegmentSequence", []) or [], key=lambda q: int(q.SegmentNumber))
+
+
 def _derived_channels(inst: _Instance) -> list[dict]:
-    """A segmentation's segments (in segment number order) or a parametric map, as channel info."""
+    """A segmentation's segments (in segment number order; a label map's segment numbers first)
+    or a parametric map, as channel info."""
     ds = inst.ds
     uid = str(ds.SOPInstanceUID)
-    if inst.sop_class == SEG_SOP_CLASS:
+    if inst.sop_class in SEGMENTATIONS:
         out = []
-        for seg in sorted(ds.get("SegmentSequence", []) or [], key=lambda q: int(q.SegmentNumber)):
+        if inst.sop_class == LABELMAP_SOP_CLASS:
+            label = str(ds.get("ContentLabel") or "labelmap")
+            out.append({"name": label, "type": "LABELMAP", "label": label,
+                        "description": str(ds.get("ContentDescription", "")),
+                        "segments": {int(q.SegmentNumber): str(q.get("SegmentLabel", ""))
+                                     for q in _segments(ds)},
+                        "instance": uid})
+        for seg in _segments(ds):
             kind = seg.get("SegmentedPropertyTypeCodeSequence")
             out.append({"name": str(seg.get("SegmentLabel") or f"segment {seg.SegmentNumber}"),
                         "type": "SEGMENT", "number": int(seg.SegmentNumber),
@@ -549,19 +732,20 @@ def _with_derived(specs, derived: list[_Instance], make_level, names: list[str],
     unplaced = []
 
     def rank(i):  # segmentations, then parametric maps, by series
-        return i.sop_class != SEG_SOP_CLASS, int(i.ds.get("SeriesNumber", 0) or 0), str(i.ds.SOPInstanceUID)
+        return (i.sop_class not in SEGMENTATIONS, int(i.ds.get("SeriesNumber", 0) or 0),
+                str(i.ds.SOPInstanceUID))
     for inst in sorted(derived, key=rank):
         li = next((k for k, sp in enumerate(specs) if sp[0] == inst.size), None)
         if li is None:
             unplaced.append(str(inst.ds.SOPInstanceUID))
             continue
         layout = make_level([inst], f"{inst.ds.get('Modality', 'derived')} {inst.ds.SOPInstanceUID}")[2]
-        for ch in _derived_channels(inst)[:len(layout.channel_map)]:
+        for ch, (p, _) in zip(_derived_channels(inst), layout.channel_map, strict=False):
             name, k = ch["name"], 2
             while ch["name"] in names:  # names stay unique: read(channels=name) finds one
                 ch["name"], k = f"{name} ({k})", k + 1
             names.append(ch["name"])
-            dtypes.append(layout.planes[0, 0][0].codec.dtype)
+            dtypes.append(layout.planes[0, 0][p].codec.dtype)
             info.append(ch)
         order.append((li, len(extra[li])))
         extra[li].append(layout)
@@ -646,6 +830,8 @@ def _stack(inst: _Instance) -> tuple[int, int]:
     nz = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
     if inst.sop_class == SEG_SOP_CLASS:
         return nz, len(ds.get("SegmentSequence", []) or [None])
+    if inst.sop_class == LABELMAP_SOP_CLASS:
+        return nz, 1
     if inst.sop_class == PM_SOP_CLASS:
         return nz, 1
     return nz, int(ds.get("NumberOfOpticalPaths", 1) or 1)
@@ -672,8 +858,14 @@ def level_layout(insts: list[_Instance], axes: Axes | None, make_pieces):
                                      f"pixel or pixel type")
     planes = {(z, 0): tuple(Plane(make_pieces(z, op, owners[op], frames[z, op]), codecs_[op], inst0.size,
                                   owners[op].tile) for op in range(nop)) for z in range(nz)}
-    layout = Layout(planes, tuple((op, s) for op in range(nop) for s in range(codecs_[op].samples)))
-    return inst0.size, owners[0].tile, layout
+    channel_map = tuple((op, s) for op in range(nop) for s in range(codecs_[op].samples))
+    if inst0.sop_class == LABELMAP_SOP_CLASS and axes is None:
+        # each segment a 0/1 channel of its own, decoded from the same frames: value == number
+        numbers = [int(q.SegmentNumber) for q in _segments(inst0.ds)]
+        planes = {zt: (p, *(Plane(p.pieces, codecs.equal_to(p.codec, n), p.size, p.tile) for n in numbers))
+                  for zt, (p,) in planes.items()}
+        channel_map += tuple((1 + k, 0) for k in range(len(numbers)))
+    return inst0.size, owners[0].tile, Layout(planes, channel_map)
 
 
 def channel_names(paths: list, spp: int) -> list[str]:
@@ -688,14 +880,14 @@ def channel_names(paths: list, spp: int) -> list[str]:
 
 def _level(insts: list[_Instance], label: str, axes: Axes | None = None):
     """(size, tile, layout) of one level from its instances' frames, read from their files."""
-    ranges = {inst.path: _frame_ranges(inst) for inst in insts}
+    ranges = {inst.path: inst.ranges for inst in insts}
 
     def make_pieces(z, op, owner, frames):
         n = owner.grid[0] * owner.grid[1]
-        offsets, counts, split, files = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool), \
-            [owner.path] * n
+        offsets, counts, split, shift, files = np.zeros(n, np.int64), np.zeros(n, np.int64), \
+            np.zeros(n, bool), np.zeros(n, np.int8), [owner.path] * n
         for i, inst, k in frames:
-            offsets[i], counts[i], split[i] = (r[k] for r in ranges[inst.path])
+            offsets[i], counts[i], split[i], shift[i] = (r[k] for r in ranges[inst.path])
             files[i] = inst.path
-        return Frames(offsets, counts, split, files, f"{label} z={z} layer={op}")
+        return Frames(offsets, counts, split, shift, files, f"{label} z={z} layer={op}")
     return level_layout(insts, axes, make_pieces)
