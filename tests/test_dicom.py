@@ -294,7 +294,7 @@ def test_orthanc_wsi_dicomizer_jpeg2000(orthanc_wsi):
     with tilescope.open(folder) as s, tilescope.open(source) as src:
         sc = s.scenes[0]
         assert [lv.size for lv in sc.levels] == [(1100, 900), (550, 450), (275, 225)]
-        assert sc.compression == "1.2.840.10008.1.2.4.90"
+        assert sc.compression == "jpeg2000" and sc.compression_raw == "1.2.840.10008.1.2.4.90"
         np.testing.assert_array_equal(sc.read_level(0), src.scenes[0].read_level(0))
         for name in sorted(os.listdir(folder)):
             path = os.path.join(folder, name)
@@ -346,10 +346,12 @@ def test_jpeg2000_and_native_transfer_syntaxes(transcoded):
     reads = {}
     syntaxes = {"rct": "1.2.840.10008.1.2.4.90", "ict": "1.2.840.10008.1.2.4.91", "rgb": "1.2.840.10008.1.2.4.90",
                 "jpegls": "1.2.840.10008.1.2.4.80"}
+    vocabulary = {"rct": "jpeg2000", "ict": "jpeg2000", "rgb": "jpeg2000", "jpegls": "jpegls"}
     for name, syntax in syntaxes.items():
         with tilescope.open(transcoded[name]) as s, wsidicom.WsiDicom.open(transcoded[name]) as w:
             sc = s.scenes[0]
-            assert sc.compression == syntax
+            assert sc.compression == vocabulary[name] and sc.compression_raw == syntax
+            assert s.metadata["scenes"][0]["compression_raw"] == syntax
             reads[name] = [sc.read_level(li) for li in range(len(sc.levels))]
             for lv, got in zip(w.levels, reads[name], strict=True):  # wsidicom's level: log2 of the downsample
                 np.testing.assert_array_equal(got, np.asarray(w.read_region((0, 0), lv.level, got.shape[1::-1])
@@ -362,7 +364,7 @@ def test_jpeg2000_and_native_transfer_syntaxes(transcoded):
         assert 10 * np.log10(255 ** 2 / mse) > 38
     for name, syntax in (("explicit", "1.2.840.10008.1.2.1"), ("implicit", "1.2.840.10008.1.2")):
         with tilescope.open(transcoded[name]) as s:
-            assert s.scenes[0].compression == syntax
+            assert s.scenes[0].compression == "none" and s.scenes[0].compression_raw == syntax
             np.testing.assert_array_equal(s.scenes[0].read_level(0), reads["rct"][1])
 
 
@@ -437,7 +439,7 @@ def test_rle_and_frames_in_several_fragments(converted, rle, tmp_path):
         with tilescope.open(str(tmp_path / f"split{bot}")) as s:
             np.testing.assert_array_equal(s.scenes[0].read_level(0), want)
     with tilescope.open(rle) as s:
-        assert s.scenes[0].compression == RLELossless
+        assert s.scenes[0].compression == "rle" and s.scenes[0].compression_raw == RLELossless
         np.testing.assert_array_equal(s.scenes[0].read_level(0), want)
     with wsidicom.WsiDicom.open(rle) as w:  # the reference decode of the RLE frames
         np.testing.assert_array_equal(np.asarray(w.read_region((0, 0), 0, (275, 225)).convert("RGB")), want)

@@ -237,7 +237,8 @@ def test_rle_frames_over_dicomweb(rle, tmp_path):
     """RLE Lossless frames come in their stored encoding and are recognized as RLE (WADO-RS
     metadata does not name the transfer syntax)."""
     with _orthanc(rle, tmp_path) as (url, _), tilescope.open(rle) as local, tilescope.open(url) as s:
-        assert s.scenes[0].compression == local.scenes[0].compression == "1.2.840.10008.1.2.5"
+        assert s.scenes[0].compression == local.scenes[0].compression == "rle"
+        assert s.scenes[0].compression_raw == "1.2.840.10008.1.2.5"
         np.testing.assert_array_equal(s.scenes[0].read_level(0), local.scenes[0].read_level(0))
 
 

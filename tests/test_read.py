@@ -215,3 +215,22 @@ def test_srgb_conversion_equals_openslide_and_imagecms(fixtures_dir):
     bad = synth.write_svs(fixtures_dir / "bad-icc.svs", 600, 400, downsamples=(1,), icc_profile=b"not a profile")
     with tilescope.open(bad, srgb=True) as s, pytest.raises(tilescope.CorruptDataError, match="ICC profile"):
         s.scenes[0].read((0, 0, 10, 10))
+
+
+def test_one_compression_vocabulary(svs_variants, tiffs, converted):
+    """Scene.compression names the codec family the same way for every format; the format's own
+    value is compression_raw (TIFF tag and tifffile's name, DICOM transfer syntax UID)."""
+    from tilescope.codecs import COMPRESSIONS
+
+    want = {"jpeg-rgb": "jpeg", "jpeg2000-rgb": "jpeg2000", "jpeg2000-ycbcr": "jpeg2000", "lzw": "lzw",
+            "none": "none", "bigtiff": "jpeg", "zlib-pages": "deflate", "jpeg-subifds": "jpeg",
+            "classic-lzw": "lzw", "zstd-planar": "zstd", "stripped": "deflate"}
+    for name, path in {**svs_variants, **tiffs}.items():
+        with tilescope.open(path) as s:
+            sc = s.scenes[0]
+            assert sc.compression == want[name] and sc.compression in COMPRESSIONS, name
+            assert s.metadata["scenes"][0]["compression"] == want[name]
+    with tilescope.open(svs_variants["jpeg2000-ycbcr"]) as s:
+        assert s.scenes[0].compression_raw == "33003 APERIO_JP2000_YCBC"
+    with tilescope.open(converted[1]) as s:  # the SVS's JPEG tiles, copied into DICOM
+        assert s.scenes[0].compression == "jpeg" and s.scenes[0].compression_raw == "1.2.840.10008.1.2.4.50"

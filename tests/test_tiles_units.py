@@ -226,3 +226,45 @@ def test_level_view_slicing(scene):
         view[0, 0, 0, 0]
     green = scene.level(0, channels=[1])
     np.testing.assert_array_equal(green[100:110, 200:210], scene.read((200, 100, 10, 10))[..., 1:2])
+
+
+@pytest.mark.parametrize("mpp,nominal", [(0.499, 20.0), (0.2527, 40.0), (0.263, 40.0), (0.2431, 40.0),
+                                         (1.0, 10.0), (0.159, 63.0), (0.3, None), (0.1, 100.0)])
+def test_derived_magnification_is_nominal(fixtures_dir, mpp, nominal):
+    """10 / mpp snaps to the objective power within 5 % (0.499 um -> 20x, not 20.04x); farther off it
+    stays as derived."""
+    from tilescope import synth
+
+    path = str(fixtures_dir / f"mpp{mpp}.tiff")
+    synth.write_tiff(path, 600, 400, mpp=mpp, downsamples=(1, 2))
+    with tilescope.open(path) as s:
+        sc = s.scenes[0]
+        assert sc.magnification is None and sc.magnification_source == "mpp"
+        assert sc.native_magnification == pytest.approx(nominal if nominal else MAG_FROM_MPP / mpp, rel=1e-3)
+
+
+def test_a_nominal_magnification_reads_native_pixels(converted, fixtures_dir):
+    """A DICOM slide without an objective power (mpp 0.499): 20x reads level 0's own pixels, 5x level
+    1's, tiles at 20x are level-0 tiles; an SVS whose level 1 is not exactly 4x smaller (AppMag 20) reads it
+    at 5x as stored. mpp requests stay exact."""
+    from tilescope import synth
+
+    _, folder = converted
+    with tilescope.open(folder) as s:
+        sc = s.scenes[0]
+        assert sc.magnification is None and sc.native_magnification == 20.0
+        assert [lv.magnification for lv in sc.levels] == [20.0, 5.0]
+        np.testing.assert_array_equal(sc.read((100, 50, 512, 300), magnification=20),
+                                      sc.read_level(0, (100, 50, 512, 300)))
+        np.testing.assert_array_equal(sc.read(magnification=5), sc.read_level(1))
+        tiles = sc.tiles(256, magnification=20)
+        assert tiles.level == 0 and tiles.scale == (1.0, 1.0) and tiles.grid == (5, 4)
+        np.testing.assert_array_equal(tiles.tile(1, 1).array, sc.read_level(0, (256, 256, 256, 256)))
+        assert sc.read(magnification=20.5).shape == (900, 1100, 3)  # within 5 %: still level 0 as stored
+        assert sc.read(mpp=0.5).shape == (898, 1098, 3)  # exact: 0.499 -> 0.5 um resamples
+    path = str(fixtures_dir / "odd.svs")
+    synth.write_svs(path, 2903, 1801, downsamples=(1, 4))
+    with tilescope.open(path) as s:
+        sc = s.scenes[0]
+        assert sc.levels[1].scale[0] != 4.0 and sc.levels[1].scale[0] == pytest.approx(4, rel=0.01)
+        np.testing.assert_array_equal(sc.read(magnification=5), sc.read_level(1))

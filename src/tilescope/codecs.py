@@ -29,6 +29,24 @@ _TIFF_IMAGE_CODECS = {
 }
 _TIFF_BYTE_CODECS = {1: "none", 5: "lzw", 8: "deflate", 32946: "deflate", 32773: "packbits",
                      34925: "lzma", 50000: "zstd"}
+# ``Scene.compression`` speaks one vocabulary for every format: these names (the codec families),
+# "rle", "jpegls", or for an encoding outside them the format's own name in lower case; the
+# format's raw value (TIFF tag, DICOM transfer syntax UID, ...) is ``Scene.compression_raw``.
+COMPRESSIONS = ("none", "jpeg", "jpeg2000", "jpegls", "jpegxl", "jpegxr", "rle", "lzw", "deflate", "zstd",
+                "packbits", "lzma", "png", "webp", "lerc")
+
+
+def tiff_compression(code: int) -> str:
+    """The vocabulary's name of a TIFF Compression tag value."""
+    name = _TIFF_IMAGE_CODECS.get(code) or _TIFF_BYTE_CODECS.get(code)
+    if name is None:
+        from tifffile import TIFF
+
+        try:
+            name = TIFF.COMPRESSION(code).name.lower()
+        except ValueError:
+            name = str(code)
+    return name
 
 
 @dataclass(frozen=True, eq=False)

@@ -58,7 +58,8 @@ class Scene:
 
     def __init__(self, slide: Slide, *, name: str, levels: list[Level], channel_names: Sequence[str],
                  dtype, mpp: tuple[float, float] | None = None, magnification: float | None = None,
-                 compression: str = "", rect: tuple[int, int, int, int] | None = None,
+                 compression: str = "", compression_raw: str | None = None,
+                 rect: tuple[int, int, int, int] | None = None,
                  num_z_slices: int = 1, num_t_frames: int = 1, z_resolution: float | None = None,
                  t_resolution: float | None = None, brightfield: bool = False,
                  channel_colors: Sequence[str | None] | None = None, image_channels: int | None = None,
@@ -77,7 +78,8 @@ class Scene:
             (self.dtype,) * len(self.channel_names)
         self.mpp = mpp
         self.magnification = magnification
-        self.compression = compression
+        self.compression = compression  # one vocabulary for every format (codecs.COMPRESSIONS)
+        self.compression_raw = compression if compression_raw is None else compression_raw  # the format's own
         self.size = levels[0].size
         self.rect = rect if rect is not None else (0, 0, *self.size)
         self.num_z_slices = num_z_slices
@@ -302,7 +304,8 @@ class Scene:
             "channels": list(self.channel_names), "channel_colors": list(self.channel_colors),
             "dtype": str(self.dtype),
             "mpp": list(self.mpp) if self.mpp else None, "magnification": self.magnification,
-            "compression": self.compression, "num_z_slices": self.num_z_slices,
+            "compression": self.compression, "compression_raw": self.compression_raw,
+            "num_z_slices": self.num_z_slices,
             "num_t_frames": self.num_t_frames, "z_resolution": self.z_resolution,
             "t_resolution": self.t_resolution,
             "levels": [{"size": list(lv.size), "downsample": lv.downsample, "tile_size": list(lv.tile_size)}

@@ -10,8 +10,10 @@ scale: ``Scale(level=2)`` for level-2 pixels, ``Scale(magnification=10)`` for pi
 
 Magnification: a scene's ``magnification`` is what the file says, or None. When the file gives
 mpp but no magnification, :func:`native_magnification` derives it as ``10 / mpp`` (the usual
-microscope convention: a 10x objective images 1 µm per pixel on a 10 µm camera pixel), and says
-so; the scene's ``magnification`` attribute stays None.
+microscope convention: a 10x objective images 1 µm per pixel on a 10 µm camera pixel), snapped to
+the nominal objective power within ``MAG_TOLERANCE`` (0.499 µm -> 20x, not 20.04x), and says so;
+the scene's ``magnification`` attribute stays None. Magnifications are nominal: a requested one
+within ``MAG_TOLERANCE`` of a level's reads that level's own pixels (``mpp`` requests are exact).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from .model import Scene
 
 MAG_FROM_MPP = 10.0  # magnification = MAG_FROM_MPP / mpp where the file gives none
+NOMINAL_MAGNIFICATIONS = (1.25, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 63.0, 100.0)  # objective powers
+MAG_TOLERANCE = 0.05  # relative: how far a derived or requested magnification may be off nominal
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,9 @@ def native_magnification(scene: Scene) -> tuple[float | None, str | None]:
     if scene.magnification:
         return scene.magnification, "file"
     if scene.mpp:
-        return MAG_FROM_MPP / scene.mpp[0], "mpp"
+        mag = MAG_FROM_MPP / scene.mpp[0]
+        nominal = min(NOMINAL_MAGNIFICATIONS, key=lambda m: abs(math.log(mag / m)))
+        return (nominal if abs(mag / nominal - 1) <= MAG_TOLERANCE else mag), "mpp"
     return None, None
 
 
@@ -86,7 +92,11 @@ def factor(scene: Scene, scale) -> tuple[float, float]:
         mag, _ = native_magnification(scene)
         if mag is None:
             raise InvalidRequestError(f"{where}: the file gives neither magnification nor mpp")
-        return mag / s.magnification, mag / s.magnification
+        f = mag / s.magnification
+        for lv in scene.levels:  # nominal: a level's magnification within tolerance is that level
+            if abs(f / lv.scale[0] - 1) <= MAG_TOLERANCE:
+                return lv.scale
+        return f, f
     if s.mpp is not None:
         if not scene.mpp:
             raise InvalidRequestError(f"{where}: the file gives no pixel size (mpp)")

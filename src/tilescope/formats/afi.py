@@ -82,7 +82,8 @@ def open(probe, options) -> Slide:
     slide = Slide(src, NAME, options, raw_metadata=xml, vendor="aperio",
                   properties={"afi": {"files": [p for p, _, _ in channels], "channels": names}})
     scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=first.dtype,
-                  mpp=first.mpp, magnification=first.magnification, compression=first.compression)
+                  mpp=first.mpp, magnification=first.magnification, compression=first.compression,
+                  compression_raw=first.compression_raw)
     slide._set_contents([scene], {})
     return slide
 

@@ -343,7 +343,8 @@ def _scene(slide, source, root, s: int, entries: list[_Entry], name: str) -> Sce
     mpp = (um["X"], um["Y"]) if "X" in um and "Y" in um else None
     return Scene(slide, name=name, levels=make_levels(specs), channel_names=_channel_names(root, cs, spp),
                  dtype=np.result_type(*dtypes), mpp=mpp, magnification=_magnification(root),
-                 compression=_COMPRESSIONS.get(entries[0].compression, "?"), rect=(x0, y0, w0, h0),
+                 compression=_COMPRESSIONS.get(entries[0].compression, "?").removesuffix("0").removesuffix("1"),
+                 compression_raw=_COMPRESSIONS.get(entries[0].compression, "?"), rect=(x0, y0, w0, h0),
                  num_z_slices=len(zs), num_t_frames=len(ts), z_resolution=um.get("Z"),
                  t_resolution=_t_increment(root) if root is not None else None, brightfield=spp >= 3,
                  channel_colors=_channel_colors(root, cs, spp))

@@ -53,6 +53,15 @@ _NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 _RLE = "1.2.840.10008.1.2.5"
 
 
+def compression(syntax: str) -> str:
+    """A transfer syntax's encoding in the one vocabulary of ``Scene.compression``."""
+    for family, name in ((_JPEG, "jpeg"), (_J2K, "jpeg2000"), (_JPEGLS, "jpegls"), (_NATIVE, "none"),
+                         ({_RLE}, "rle")):
+        if syntax in family:
+            return name
+    return syntax
+
+
 def is_dicom_file(path: str) -> bool:
     try:
         with builtins.open(path, "rb") as f:
@@ -659,7 +668,8 @@ def _assemble(slide: Slide, levels, instances, derived, make_level) -> Slide:
     specs, unplaced = _with_derived(specs, derived, make_level, names, dtypes, info)
     scene = DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names,
                        dtype=levels[0][0].dtype, mpp=mpp, magnification=objective,
-                       compression=levels[0][0].syntax, num_z_slices=len(axes.planes),
+                       compression=compression(levels[0][0].syntax), compression_raw=levels[0][0].syntax,
+                       num_z_slices=len(axes.planes),
                        z_resolution=axes.spacing, brightfield=spp == 3 and image_channels == 3,
                        image_channels=image_channels, channel_dtypes=dtypes)
     scene._setup(base)

@@ -20,6 +20,8 @@ from ..model import Scene, Slide, make_levels
 from ..source import Pieces
 
 NAME = "GDAL"
+# the encoding of a driver's files where GDAL reports no compression
+_DRIVER_CODECS = {"JP2OpenJPEG": "jpeg2000", "JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
 
 def _rasterio():
     """rasterio, imported when a file first reaches this driver (GDAL costs ~20 MB and 0.2 s to
@@ -90,6 +92,7 @@ def open(probe, options) -> Slide:
         res = ds.res
         tags = ds.tags()
         interp = [c.name for c in ds.colorinterp]
+        stored = ds.compression.name.lower() if ds.compression else _DRIVER_CODECS.get(driver, "none")
     dtype = np.result_type(*[np.dtype(t) for t in dtypes])
     codec = Codec(f"gdal-{driver.lower()}", dtype, count, lambda data, h, w, out: data)
     specs = []
@@ -106,6 +109,6 @@ def open(probe, options) -> Slide:
                   properties={"gdal": {"driver": driver, "pixel_size": list(res), **tags}})
     scene = Scene(slide, name="main", levels=make_levels(specs),
                   channel_names=["R", "G", "B", "A"][:count] if rgb else names, dtype=dtype,
-                  compression=driver.lower(), brightfield=rgb)
+                  compression=stored, compression_raw=f"{driver} {stored}", brightfield=rgb)
     slide._set_contents([scene], {})
     return slide

@@ -142,7 +142,7 @@ def _scene(slide, probe, image, series, name, objectives) -> Scene:
         mag = objectives.get(os_.get("ID"))
     return Scene(slide, name=name, levels=make_levels(specs), channel_names=channel_names, dtype=key.dtype,
                  mpp=(mx, my) if mx and my else None, magnification=mag,
-                 compression=tiff.compression_name(key), num_z_slices=nz, num_t_frames=nt,
+                 **tiff.compression_of(key), num_z_slices=nz, num_t_frames=nt,
                  z_resolution=_quantity(px, "PhysicalSizeZ", _LENGTH_UM, "µm"),
                  t_resolution=_quantity(px, "TimeIncrement", _TIME_S, "s"),
                  brightfield=spp > 1 and tiff.is_brightfield(key))

@@ -116,7 +116,7 @@ def open(probe, options) -> Slide:
                   properties={"philips": props, "tiff": tags},
                   icc_profile=tiff.icc_profile(first))
     scene = Scene(slide, name="main", levels=levels, channel_names=tiff.channel_names(first),
-                  dtype=first.dtype, mpp=mpp, compression=tiff.compression_name(first),
+                  dtype=first.dtype, mpp=mpp, **tiff.compression_of(first),
                   brightfield=tiff.is_brightfield(first))
     slide._set_contents([scene], _associated(probe, tf, kinds))
     return slide

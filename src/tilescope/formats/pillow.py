@@ -22,6 +22,7 @@ from ..source import Pieces
 
 NAME = "Pillow"
 
+_COMPRESSION = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "lzw", "BMP": "none"}
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
 # Pillow mode -> (mode converted to, dtype, channel names)
 _MODES = {"1": ("L", np.uint8, ("Y",)), "L": ("L", np.uint8, ("Y",)), "LA": ("LA", np.uint8, ("Y", "A")),
@@ -85,6 +86,7 @@ def open(probe, options) -> Slide:
     slide = Slide(probe.source, NAME, options, vendor=fmt.lower(), properties={"pillow": props},
                   icc_profile=icc)
     scene = Scene(slide, name="main", levels=make_levels([((w, h), (w, h), layout)]), channel_names=names,
-                  dtype=dtype, compression=fmt.lower(), brightfield=len(names) >= 3)
+                  dtype=dtype, compression=_COMPRESSION.get(fmt, fmt.lower()), compression_raw=fmt,
+                  brightfield=len(names) >= 3)
     slide._set_contents([scene], {})
     return slide

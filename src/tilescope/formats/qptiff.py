@@ -86,7 +86,7 @@ def open(probe, options) -> Slide:
     slide = Slide(probe.source, NAME, options, raw_metadata=first.description, vendor="akoya",
                   properties={"qptiff": base[0][1], "tiff": tiff.tag_properties(first)})
     scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=first.dtype,
-                  mpp=mpp, magnification=mag, compression=tiff.compression_name(first),
+                  mpp=mpp, magnification=mag, **tiff.compression_of(first),
                   brightfield=nc == 1 and first.samplesperpixel >= 3, channel_colors=colors)
     slide._set_contents([scene], associated)
     return slide

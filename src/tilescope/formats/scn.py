@@ -141,5 +141,5 @@ def _scene(slide, probe, pages, image, ns, name, dims, view, props, first: bool)
     brightfield = (source or "brightfield").lower() == "brightfield" and len(channels) == 1
     names = tiff.channel_names(page0) if len(channels) == 1 else [f"C{c}" for c in channels]
     return Scene(slide, name=name, levels=make_levels(specs), channel_names=names, dtype=page0.dtype,
-                 mpp=(nm_x / 1000, nm_y / 1000), magnification=mag, compression=tiff.compression_name(page0),
+                 mpp=(nm_x / 1000, nm_y / 1000), magnification=mag, **tiff.compression_of(page0),
                  rect=(round(vx / nm_x), round(vy / nm_y), w, h), brightfield=brightfield)

@@ -78,6 +78,6 @@ def open(probe, options) -> Slide:
     mpp = number(props.get("MPP"))
     scene = Scene(slide, name="main", levels=levels, channel_names=tiff.channel_names(p0), dtype=p0.dtype,
                   mpp=(mpp, mpp) if mpp else None, magnification=number(props.get("AppMag")),
-                  compression=tiff.compression_name(p0), brightfield=True)
+                  **tiff.compression_of(p0), brightfield=True)
     slide._set_contents([scene], associated)
     return slide

@@ -84,12 +84,13 @@ def associated_image(page, probe, name: str) -> AssociatedImage:
                            kf.samplesperpixel)
 
 
-def compression_name(page) -> str:
+def compression_of(page) -> dict[str, str]:
+    """Scene keywords: the page's compression in the one vocabulary (:data:`codecs.COMPRESSIONS`)
+    and, raw, its TIFF Compression tag (value and tifffile's name for it)."""
     kf = page.keyframe
-    try:
-        return kf.compression.name.lower()
-    except AttributeError:
-        return str(kf.compression)
+    code = int(kf.compression)
+    return {"compression": codecs.tiff_compression(code),
+            "compression_raw": f"{code} {getattr(kf.compression, 'name', '')}".strip()}
 
 
 def channel_names(page) -> list[str]:
@@ -169,6 +170,6 @@ def open(probe, options) -> Slide:
                   properties={"tiff": tag_properties(p0)}, icc_profile=icc_profile(p0))
     levels = make_levels([level_spec(p, probe, f"level {i}") for i, p in enumerate(pages)])
     scene = Scene(slide, name="main", levels=levels, channel_names=channel_names(p0), dtype=p0.dtype,
-                  mpp=resolution_mpp(p0), compression=compression_name(p0), brightfield=is_brightfield(p0))
+                  mpp=resolution_mpp(p0), **compression_of(p0), brightfield=is_brightfield(p0))
     slide._set_contents([scene], {})
     return slide

@@ -168,7 +168,7 @@ def open(probe, options) -> Slide:
     slide = Slide(probe.source, NAME, options, raw_metadata=raw, vendor="ventana",
                   properties={"ventana": props, "tiff": tiff.tag_properties(page0)})
     scene = Scene(slide, name="main", levels=specs, channel_names=tiff.channel_names(page0),
-                  dtype=page0.dtype, mpp=mpp, magnification=mag, compression=tiff.compression_name(page0),
+                  dtype=page0.dtype, mpp=mpp, magnification=mag, **tiff.compression_of(page0),
                   brightfield=True)
     slide._set_contents([scene], associated)
     return slide
