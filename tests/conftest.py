@@ -248,36 +248,26 @@ def clutter(converted, segmentations, tmp_path_factory):
 
 def _zeiss_metadata(path: str, fluor: str, excitation: float) -> None:
     """Give a pylibCZIrw-written CZI the acquisition metadata a Zen-written one has and
-    wsidicomizer requires (date, microscope, objective, fluorophore, z interval): a new metadata
-    segment appended, and the file header pointed at it."""
-    import struct
+    wsidicomizer requires (date, microscope, objective, fluorophore, z interval)."""
     from xml.etree import ElementTree as ET
 
-    import pylibCZIrw.czi as pyczi
-
-    with pyczi.open_czi(path) as d:
-        root = ET.fromstring(d.raw_metadata)
-    info = root.find("Metadata/Information")
-    image = info.find("Image")
-    ET.SubElement(image, "AcquisitionDateAndTime").text = "2026-11-23T10:00:00"
-    ET.SubElement(image, "MicroscopeRef", Id="Microscope:1")
-    ET.SubElement(ET.SubElement(image, "ObjectiveSettings"), "ObjectiveRef", Id="Objective:1")
-    for channel in image.find("Dimensions/Channels"):
-        ET.SubElement(channel, "Fluor").text = fluor
-        ET.SubElement(channel, "ExcitationWavelength").text = str(excitation)
-    interval = ET.SubElement(ET.SubElement(ET.SubElement(image.find("Dimensions"), "Z"), "Positions"), "Interval")
-    ET.SubElement(interval, "Start").text, ET.SubElement(interval, "Increment").text = "0", "1"
-    instrument = ET.SubElement(info, "Instrument")
-    ET.SubElement(ET.SubElement(instrument, "Microscopes"), "Microscope", Id="Microscope:1", Name="Axioscan 7")
-    objective = ET.SubElement(ET.SubElement(instrument, "Objectives"), "Objective", Id="Objective:1")
-    ET.SubElement(objective, "NominalMagnification").text = "20"
-    xml = ET.tostring(root)
-    body = struct.pack("<ii", len(xml), 0) + bytes(248) + xml
-    with open(path, "r+b") as f:
-        at = f.seek(0, 2)
-        f.write(b"ZISRAWMETADATA".ljust(16, b"\0") + struct.pack("<qq", len(body), len(body)) + body)
-        f.seek(32 + 60)  # the file header's metadata position
-        f.write(struct.pack("<q", at))
+    def edit(root):
+        info = root.find("Metadata/Information")
+        image = info.find("Image")
+        ET.SubElement(image, "AcquisitionDateAndTime").text = "2026-11-23T10:00:00"
+        ET.SubElement(image, "MicroscopeRef", Id="Microscope:1")
+        ET.SubElement(ET.SubElement(image, "ObjectiveSettings"), "ObjectiveRef", Id="Objective:1")
+        for channel in image.find("Dimensions/Channels"):
+            ET.SubElement(channel, "Fluor").text = fluor
+            ET.SubElement(channel, "ExcitationWavelength").text = str(excitation)
+        interval = ET.SubElement(ET.SubElement(ET.SubElement(image.find("Dimensions"), "Z"), "Positions"),
+                                 "Interval")
+        ET.SubElement(interval, "Start").text, ET.SubElement(interval, "Increment").text = "0", "1"
+        instrument = ET.SubElement(info, "Instrument")
+        ET.SubElement(ET.SubElement(instrument, "Microscopes"), "Microscope", Id="Microscope:1", Name="Axioscan 7")
+        objective = ET.SubElement(ET.SubElement(instrument, "Objectives"), "Objective", Id="Objective:1")
+        ET.SubElement(objective, "NominalMagnification").text = "20"
+    synth.patch_czi_metadata(path, edit)
 
 
 @pytest.fixture(scope="session")

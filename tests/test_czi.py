@@ -294,3 +294,97 @@ def test_mosaic_equals_aicspylibczi(czi_files):
         for c, z in ((0, 0), (1, 2)):
             ref = czi.read_mosaic(region=(bb.x, bb.y, bb.w, bb.h), C=c, Z=z, scale_factor=1.0)
             np.testing.assert_array_equal(sc.read(channels=[c], z=z)[..., 0], ref.reshape(bb.h, bb.w))
+
+
+@pytest.fixture(scope="module")
+def named_czis(tmp_path_factory):
+    """pylibCZIrw files with what Zen adds to the XML: two named Bgr24 channels (brightfield and
+    polarized) over three time points listed as offsets (0, 60.075, 120.15 s); two fluorescence
+    channels named by their light source (LED555, LED385) with their dyes (Fluor, DyeName) and
+    wavelengths, and a regular time interval. Each plane is filled with 10 * c + t."""
+    from xml.etree import ElementTree as ET
+
+    from tilescope import synth
+
+    d = tmp_path_factory.mktemp("czi-named")
+    rgb, fluo = str(d / "rgb.czi"), str(d / "fluo.czi")
+    with pyczi.create_czi(rgb, exist_ok=True) as w:
+        for c in range(2):
+            for t in range(3):
+                w.write(data=np.full((64, 80, 3), 10 * c + t, np.uint8), plane={"C": c, "T": t}, location=(0, 0))
+        w.write_metadata(document_name="rgb", channel_names={0: "Bright", 1: "Polarized"}, scale_x=0.25,
+                         scale_y=0.25)
+    with pyczi.create_czi(fluo, exist_ok=True) as w:
+        for c in range(2):
+            for t in range(2):
+                w.write(data=np.full((64, 80, 1), 10 * c + t, np.uint16), plane={"C": c, "T": t}, location=(0, 0))
+        w.write_metadata(document_name="fluo", channel_names={0: "LED555", 1: "LED385"}, scale_x=0.25,
+                         scale_y=0.25)
+
+    def times(root, positions):
+        dims = root.find("Metadata/Information/Image/Dimensions")
+        ET.SubElement(ET.SubElement(dims, "T"), "Positions").append(positions)
+
+    offsets = ET.Element("List")
+    ET.SubElement(offsets, "Offsets").text = "0 60.075 120.15"
+    synth.patch_czi_metadata(rgb, lambda root: times(root, offsets))
+
+    def dyes(root):
+        interval = ET.Element("Interval")
+        ET.SubElement(interval, "Start").text, ET.SubElement(interval, "Increment").text = "0", "30"
+        times(root, interval)
+        channels = root.find("Metadata/Information/Image/Dimensions/Channels")
+        for ch, (fluor, ex, em) in zip(channels, [("AF555", 553, 568), (None, 353, 465)], strict=True):
+            if fluor:
+                ET.SubElement(ch, "Fluor").text = fluor
+            ET.SubElement(ch, "ExcitationWavelength").text = str(ex)
+            ET.SubElement(ch, "EmissionWavelength").text = str(em)
+        shown = ET.SubElement(ET.SubElement(root.find("Metadata"), "DisplaySetting"), "Channels")
+        for k, dye in enumerate(["AF555", "DAPI"]):  # Zen's display settings name the dye too
+            ET.SubElement(ET.SubElement(shown, "Channel", Id=f"Channel:{k}"), "DyeName").text = dye
+    synth.patch_czi_metadata(fluo, dyes)
+    return {"rgb": rgb, "fluo": fluo}
+
+
+def test_named_rgb_channels_and_listed_times(named_czis):
+    """Named colour channels are name:R/G/B and read by name; t_resolution from the listed offsets,
+    which are exposed; pixels per (c, t) against pylibCZIrw and the plane labels."""
+    from xml.etree import ElementTree as ET
+
+    p = named_czis["rgb"]
+    with pyczi.open_czi(p) as d:
+        xml_names = [c.get("Name") for c in ET.fromstring(d.raw_metadata).iterfind(
+            "Metadata/Information/Image/Dimensions/Channels/Channel")]
+    with tilescope.open(p) as s:
+        sc = s.scenes[0]
+        assert xml_names == ["Bright", "Polarized"]
+        assert sc.channel_names == tuple(f"{n}:{s}" for n in xml_names for s in "RGB")
+        assert sc.num_t_frames == 3 and sc.t_resolution == pytest.approx(60.075)
+        assert sc.t_offsets == pytest.approx((0.0, 60.075, 120.15))
+        assert s.metadata["scenes"][0]["t_offsets"] == pytest.approx([0.0, 60.075, 120.15])
+        assert [c["id"] for c in sc.channel_info] == ["Channel:0"] * 3 + ["Channel:1"] * 3
+        for c, name in enumerate(xml_names):
+            for t in range(3):
+                got = sc.read(channels=[name], t=t)
+                assert got.shape == (64, 80, 3) and (got == 10 * c + t).all()
+                np.testing.assert_array_equal(got, _ref(p, plane={"C": c, "T": t})[..., ::-1])
+        assert (sc.read(channels="Polarized:G", t=1) == 11).all()
+        with pytest.raises(tilescope.InvalidRequestError, match="no channel named 'Dark'"):
+            sc.read(channels="Dark")
+
+
+def test_fluorescence_names_dyes_and_interval(named_czis):
+    p = named_czis["fluo"]
+    with tilescope.open(p) as s:
+        sc = s.scenes[0]
+        assert sc.channel_names == ("LED555", "LED385")  # the XML names, as slideio shows them
+        assert [c["fluor"] for c in sc.channel_info] == ["AF555", "DAPI"]  # Fluor, else DyeName
+        assert [c["excitation_wavelength"] for c in sc.channel_info] == [553, 353]
+        assert [c["emission_wavelength"] for c in sc.channel_info] == [568, 465]
+        assert s.metadata["scenes"][0]["channel_info"][0]["fluor"] == "AF555"
+        assert sc.t_resolution == 30 and sc.t_offsets is None
+        for c in range(2):
+            for t in range(2):
+                got = sc.read(channels="LED385" if c else "LED555", t=t)
+                np.testing.assert_array_equal(got, _ref(p, plane={"C": c, "T": t}))
+                assert (got == 10 * c + t).all()

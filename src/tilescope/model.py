@@ -63,7 +63,8 @@ class Scene:
                  num_z_slices: int = 1, num_t_frames: int = 1, z_resolution: float | None = None,
                  t_resolution: float | None = None, brightfield: bool = False,
                  channel_colors: Sequence[str | None] | None = None, image_channels: int | None = None,
-                 channel_dtypes: Sequence | None = None):
+                 channel_dtypes: Sequence | None = None, channel_info: Sequence[dict] | None = None,
+                 t_offsets: Sequence[float] | None = None):
         self._slide = slide
         self.name = name
         self.channel_names = tuple(channel_names)
@@ -85,7 +86,11 @@ class Scene:
         self.num_z_slices = num_z_slices
         self.num_t_frames = num_t_frames
         self.z_resolution = z_resolution
-        self.t_resolution = t_resolution
+        self.t_resolution = t_resolution  # s between time points (their mean step where irregular)
+        self.t_offsets = tuple(t_offsets) if t_offsets is not None else None  # s from the first, where listed
+        # per channel: what the format records of it beyond name and colour (dye, wavelengths, ...)
+        self.channel_info = tuple(channel_info) if channel_info is not None else tuple(
+            {"name": n, "color": c} for n, c in zip(self.channel_names, self.channel_colors, strict=True))
         self.background = background_for(self.dtype, brightfield)
         mag, self.magnification_source = _units.native_magnification(self)
         self.native_magnification = mag
@@ -123,6 +128,11 @@ class Scene:
         for c in channels:
             if isinstance(c, str):
                 if c not in self.channel_names:
+                    # a channel stored as samples ("Bright:R", "Bright:G", ...) is asked for by its name
+                    samples = [i for i, n in enumerate(self.channel_names) if n.rpartition(":")[0] == c]
+                    if samples:
+                        out += samples
+                        continue
                     raise InvalidRequestError(f"{self._where}: no channel named {c!r} "
                                               f"(channels: {', '.join(self.channel_names)})")
                 c = self.channel_names.index(c)
@@ -307,7 +317,8 @@ class Scene:
             "compression": self.compression, "compression_raw": self.compression_raw,
             "num_z_slices": self.num_z_slices,
             "num_t_frames": self.num_t_frames, "z_resolution": self.z_resolution,
-            "t_resolution": self.t_resolution,
+            "t_resolution": self.t_resolution, "t_offsets": list(self.t_offsets) if self.t_offsets else None,
+            "channel_info": [dict(c) for c in self.channel_info],
             "levels": [{"size": list(lv.size), "downsample": lv.downsample, "tile_size": list(lv.tile_size)}
                        for lv in self.levels],
         }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import imagecodecs
 import numpy as np
@@ -947,6 +947,27 @@ def write_scanimage(path, width: int = 128, height: int = 96, *, channels: int =
             f.write(frame.tobytes())
             prev_next = pos + hsize + esize * len(tags)
     return path
+
+
+def patch_czi_metadata(path, edit: Callable) -> None:
+    """Change a CZI's XML metadata the way a later save does: ``edit(root)`` changes the parsed
+    document, which is appended as a new metadata segment with the file header pointed at it
+    (pylibCZIrw writes only some of what Zen writes)."""
+    import struct
+    from xml.etree import ElementTree as ET
+
+    import pylibCZIrw.czi as pyczi
+
+    with pyczi.open_czi(os.fspath(path)) as d:
+        root = ET.fromstring(d.raw_metadata)
+    edit(root)
+    xml = ET.tostring(root)
+    body = struct.pack("<ii", len(xml), 0) + bytes(248) + xml
+    with open(path, "r+b") as f:
+        at = f.seek(0, 2)
+        f.write(b"ZISRAWMETADATA".ljust(16, b"\0") + struct.pack("<qq", len(body), len(body)) + body)
+        f.seek(32 + 60)  # the file header's metadata position
+        f.write(struct.pack("<q", at))
 
 
 def main(argv=None) -> None:

@@ -42,6 +42,7 @@ _PIXEL_TYPES = {0: ("Gray8", np.uint8, 1), 1: ("Gray16", np.uint16, 1), 2: ("Gra
                 3: ("Bgr24", np.uint8, 3), 4: ("Bgr48", np.uint16, 3), 8: ("Bgr96Float", np.float32, 3),
                 9: ("Bgra32", np.uint8, 4), 12: ("Gray32", np.uint32, 1), 13: ("Gray64", np.float64, 1)}
 _COMPRESSIONS = {0: "none", 1: "jpeg", 2: "lzw", 4: "jpegxr", 5: "zstd0", 6: "zstd1"}
+_VOCABULARY = {"zstd0": "zstd", "zstd1": "zstd"}  # Scene.compression's names of CZI's own
 _ENTRY = struct.Struct("<2siqiiB5xi")  # DV schema, pixel type, file position, part, compression, pyramid
 _DIM = struct.Struct("<4siifi")  # dimension, start, size, start coordinate, stored size
 
@@ -341,22 +342,57 @@ def _scene(slide, source, root, s: int, entries: list[_Entry], name: str) -> Sce
     dtypes = [np.dtype(_PIXEL_TYPES[next(iter(ptypes[c]))][1]) for c in cs]
     um = _micrometres(root) if root is not None else {}
     mpp = (um["X"], um["Y"]) if "X" in um and "Y" in um else None
-    return Scene(slide, name=name, levels=make_levels(specs), channel_names=_channel_names(root, cs, spp),
+    names, colors = _channel_names(root, cs, spp), _channel_colors(root, cs, spp)
+    step, offsets = _times(root, len(ts))
+    stored = _COMPRESSIONS.get(entries[0].compression, "?")
+    return Scene(slide, name=name, levels=make_levels(specs), channel_names=names,
                  dtype=np.result_type(*dtypes), mpp=mpp, magnification=_magnification(root),
-                 compression=_COMPRESSIONS.get(entries[0].compression, "?").removesuffix("0").removesuffix("1"),
-                 compression_raw=_COMPRESSIONS.get(entries[0].compression, "?"), rect=(x0, y0, w0, h0),
+                 compression=_VOCABULARY.get(stored, stored), compression_raw=stored, rect=(x0, y0, w0, h0),
                  num_z_slices=len(zs), num_t_frames=len(ts), z_resolution=um.get("Z"),
-                 t_resolution=_t_increment(root) if root is not None else None, brightfield=spp >= 3,
-                 channel_colors=_channel_colors(root, cs, spp))
+                 t_resolution=step, t_offsets=offsets, brightfield=spp >= 3, channel_colors=colors,
+                 channel_info=_channel_info(root, cs, names, colors))
+
+
+_CHANNELS = "Metadata/Information/Image/Dimensions/Channels/Channel"
 
 
 def _channel_names(root, cs: list[int], spp: int) -> list[str]:
+    """The XML's channel names; a colour channel's samples as name:R, name:G, name:B (R, G, B for
+    a single one, as every brightfield scene)."""
+    els = list(root.iterfind(_CHANNELS)) if root is not None else []
+    names = [(els[c].get("Name") if c < len(els) else None) or f"C{c}" for c in cs]
     if spp >= 3:
         rgb = ["R", "G", "B", "A"][:spp]
-        return rgb if len(cs) == 1 else [f"C{c}:{n}" for c in cs for n in rgb]
-    path = "Metadata/Information/Image/Dimensions/Channels/Channel"
-    els = list(root.iterfind(path)) if root is not None else []
-    return [(els[c].get("Name") if c < len(els) else None) or f"C{c}" for c in cs]
+        return rgb if len(cs) == 1 else [f"{n}:{s}" for n in names for s in rgb]
+    return names
+
+
+def _channel_info(root, cs: list[int], names: list[str], colors) -> list[dict]:
+    """Per channel: XML id, fluorophore (Fluor, else the display settings' DyeName), excitation and
+    emission wavelengths (nm), colour."""
+    els = list(root.iterfind(_CHANNELS)) if root is not None else []
+    dyes = {el.get("Id"): (el.findtext("DyeName") or "").strip()
+            for el in (root.iterfind("Metadata/DisplaySetting/Channels/Channel") if root is not None else [])}
+    per = max(1, len(names) // max(1, len(cs)))
+    out = []
+    for k, name in enumerate(names):
+        c = cs[k // per]
+        el = els[c] if c < len(els) else None
+        ident = el.get("Id") if el is not None else None
+        fluor = ((el.findtext("Fluor") or "").strip() if el is not None else "") or dyes.get(ident) or None
+        out.append({"name": name, "id": ident, "fluor": fluor,
+                    "excitation_wavelength": _float(el, "ExcitationWavelength"),
+                    "emission_wavelength": _float(el, "EmissionWavelength"),
+                    "color": colors[k] if colors else None})
+    return out
+
+
+def _float(el, path: str) -> float | None:
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        v = float(el.findtext(path))
+        if math.isfinite(v):
+            return v
+    return None
 
 
 def _channel_colors(root, cs: list[int], spp: int) -> list[str | None] | None:
@@ -378,13 +414,20 @@ def _channel_colors(root, cs: list[int], spp: int) -> list[str | None] | None:
     return [found.get(order[c]) if c < len(order) else None for c in cs]
 
 
-def _t_increment(root) -> float | None:
-    """Seconds between time points (Dimensions/T/Positions/Interval/Increment), if recorded."""
-    with contextlib.suppress(TypeError, ValueError):
-        v = float(root.findtext("Metadata/Information/Image/Dimensions/T/Positions/Interval/Increment"))
-        if math.isfinite(v) and v > 0:
-            return v
-    return None
+def _times(root, n: int) -> tuple[float | None, list[float] | None]:
+    """(seconds between time points, each time point's offset in seconds where listed) from the T
+    dimension: Positions/Interval/Increment, or a Positions/List of offsets (then the mean step)."""
+    t = root.find("Metadata/Information/Image/Dimensions/T") if root is not None else None
+    if t is None:
+        return None, None
+    step = _float(t, "Positions/Interval/Increment")
+    if step is not None and step > 0:
+        return step, None
+    with contextlib.suppress(AttributeError, ValueError):
+        offsets = [float(v) for v in (t.findtext("Positions/List/Offsets") or "").split()]
+        if len(offsets) == n > 1 and all(map(math.isfinite, offsets)) and offsets[-1] > offsets[0]:
+            return (offsets[-1] - offsets[0]) / (n - 1), [v - offsets[0] for v in offsets]
+    return None, None
 
 
 def _magnification(root) -> float | None:

@@ -313,7 +313,6 @@ class DicomScene(Scene):
     channel: type OPTICAL_PATH (identifier, description, wavelength), SEGMENT (number, label,
     property_type, segmentation_type, max_fractional_value) or PARAMETER (label, unit)."""
 
-    channel_info: tuple[dict, ...] = ()
     focal_planes: tuple[float, ...] = (0.0,)  # z index -> focal plane offset, micrometres
 
     def _setup(self, ds) -> None:
@@ -671,9 +670,8 @@ def _assemble(slide: Slide, levels, instances, derived, make_level) -> Slide:
                        compression=compression(levels[0][0].syntax), compression_raw=levels[0][0].syntax,
                        num_z_slices=len(axes.planes),
                        z_resolution=axes.spacing, brightfield=spp == 3 and image_channels == 3,
-                       image_channels=image_channels, channel_dtypes=dtypes)
+                       image_channels=image_channels, channel_dtypes=dtypes, channel_info=info)
     scene._setup(base)
-    scene.channel_info = tuple(info)
     scene.focal_planes = tuple(axes.planes)
     if unplaced:
         slide.properties["dicom"]["unplaced"] = unplaced
