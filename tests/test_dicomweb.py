@@ -152,6 +152,25 @@ def test_derived_layers_over_dicomweb(orthanc, derived):
             assert s.scenes[0].channel_names == ("R", "G", "B")
 
 
+def test_segmentations_over_dicomweb(converted, segmentations, tmp_path):
+    """BINARY frames packed across byte boundaries and a LABELMAP with its segments, from a server
+    of their own: read like the files."""
+    folder = converted[1]
+    with _orthanc(folder, tmp_path) as (url, base):
+        for name in ("binary_full", "labelmap_sparse"):
+            _upload(base, segmentations[name])
+        files = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+        with tilescope.open([*files, segmentations["binary_full"], segmentations["labelmap_sparse"]]) as local:
+            props = local.properties["dicom"]
+            with tilescope.open(url, study=props["StudyInstanceUID"], series=props["SeriesInstanceUID"]) as s:
+                sc, lc = s.scenes[0], local.scenes[0]
+                assert sc.channel_names == lc.channel_names and len(sc.channel_names) == 3 + 2 + 4
+                derived = list(sc.channel_names[3:])
+                want = lc.read_level(1, channels=derived)
+                assert want[..., :2].sum() == 18641
+                np.testing.assert_array_equal(sc.read_level(1, channels=derived), want)
+
+
 def test_authentication_header_is_passed_through(converted, tmp_path):
     """An Orthanc that requires HTTP basic authentication: refused without the header (401, a
     RemoteError naming the server), read with it."""

@@ -201,6 +201,12 @@ def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return offsets, ends[last] - offsets, split, np.zeros(n, np.int8)
 
 
+def realign(data: bytes, shift: int) -> bytes:
+    """Bits packed least significant first, from bit ``shift`` of ``data`` on, as whole bytes."""
+    bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[shift:]
+    return np.packbits(bits, bitorder="little").tobytes()
+
+
 class Frames(Pieces):
     """Frames of a level, possibly in several files (concatenations); a frame split over several
     fragments is read in one range and its item headers are dropped; a 1-bit frame that starts
@@ -213,8 +219,7 @@ class Frames(Pieces):
     def fetch(self, source, index: int) -> bytes:
         data = super().fetch(source, index)
         if self.shift[index]:
-            bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[self.shift[index]:]
-            return np.packbits(bits, bitorder="little").tobytes()
+            return realign(data, int(self.shift[index]))
         if not self.split[index]:
             return data
         parts, pos = [], 0

@@ -174,8 +174,9 @@ class WebFrames(Pieces):
 
 
 class WholeInstance(WebFrames):
-    """Frames of an instance whose frames the server does not serve one by one (float pixel data
-    on Orthanc 1.10): the instance is retrieved once, its pixel data kept while the slide is open."""
+    """Frames of an instance whose frames the server does not serve one by one (float and 1-bit
+    pixel data on Orthanc 1.10): the instance is retrieved once, its pixel data kept while the
+    slide is open; 1-bit frames are packed back to back and start where the previous one ends."""
 
     _pixels: bytes | None = None
 
@@ -190,8 +191,14 @@ class WholeInstance(WebFrames):
                 if element is None:
                     raise CorruptDataError(f"{client.url}: instance {uid} has no pixel data")
                 self._pixels = bytes(element.value)
-                self._frame = len(self._pixels) // int(ds.get("NumberOfFrames", 1))
-        return {n: self._pixels[(n - 1) * self._frame:n * self._frame] for n in numbers}
+                self._bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * \
+                    int(ds.get("BitsAllocated", 8))  # float pixel data: 32 or 64
+        out = {}
+        for n in numbers:
+            start = (n - 1) * self._bits
+            data = self._pixels[start // 8:-(-(start + self._bits) // 8)]
+            out[n] = dicom.realign(data, start % 8) if start % 8 else data
+        return out
 
 
 def _syntax(frame: bytes) -> str:
@@ -299,8 +306,8 @@ def _instances(meta: list, client: _Client, study: str, series: str, keep) -> li
                 probe = client.call(f"instance {uid} frame 1", client.api.retrieve_instance_frames, study,
                                     series, uid, frame_numbers=[1], media_types=_OCTETS)
                 syntax = _syntax(bytes(probe[0]))
-            except RemoteError:  # Orthanc 1.10 serves no frames of float pixel data: take the instance
-                if "PixelData" in ds:
+            except RemoteError:  # Orthanc 1.10 serves no frames of float or 1-bit data: take the instance
+                if "PixelData" in ds and int(ds.get("BitsAllocated", 8)) != 1:
                     raise
                 syntax, whole = "1.2.840.10008.1.2.1", True
             if concatenation:
