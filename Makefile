@@ -13,14 +13,14 @@ $(BIN)/.installed: pyproject.toml
 
 demo: $(BIN)/.installed
 	mkdir -p demo
-	$(BIN)/python -m tilescope.synth svs demo/sample.svs --width 8000 --height 6000
+	$(BIN)/python -m tools.synth svs demo/sample.svs --width 8000 --height 6000
 	$(BIN)/tilescope info demo/sample.svs
 	$(BIN)/tilescope thumbnail demo/sample.svs demo/thumbnail.png --max-size 1024
 	$(BIN)/tilescope region demo/sample.svs demo/region.png --rect 3000,2000,1024,1024
 	$(BIN)/tilescope region demo/sample.svs demo/overview.png --rect 0,0,8000,6000 --size 2000,0
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests tools benchmarks
 	$(BIN)/python -m pytest -q
 
 .PHONY: demo test

@@ -531,7 +531,8 @@ def main() -> int:
         print("RESULT " + json.dumps(run_cell(a.cell[0], a.cell[1], a.slide, a.quick)))
         return 0
     if not os.path.exists(a.slide):
-        from tilescope import synth
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from tools import synth  # the repository's fixture writers
 
         os.makedirs(os.path.dirname(a.slide), exist_ok=True)
         print(f"writing {a.slide} (40000x30000, once)", flush=True)

@@ -106,7 +106,8 @@ def request_cost(n: int = 200) -> None:
     import requests
 
     import tilescope
-    from tilescope import synth
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tools import synth  # the repository's fixture writers
 
     data = os.path.join(HERE, "data", "small")
     folder = os.path.join(data, "dicom")

@@ -4,7 +4,7 @@ the workloads of shared/bench/scanimage/.
 
     python benchmarks/scanimage_bench.py     # writes benchmarks/data/si_stack.tif once (2.1 GB)
 
-The stack: 4096 int16 512x512 frames in ScanImage's layout (tilescope.synth.write_scanimage: static
+The stack: 4096 int16 512x512 frames in ScanImage's layout (tools.synth.write_scanimage: static
 block, per-frame IFD + descriptions + one strip). Workloads: the whole stack into memory, a
 100-frame interval (frames 1000-1099), and all 4096 per-frame descriptions (from a fresh open).
 Each (reader, workload) in a fresh process, page cache warm, best of 3 (descriptions: 1 run).
@@ -92,7 +92,8 @@ def main() -> int:
         return 0
     path = os.path.join(HERE, "data", "si_stack.tif")
     if not os.path.exists(path):
-        from tilescope import synth
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from tools import synth  # the repository's fixture writers
 
         os.makedirs(os.path.dirname(path), exist_ok=True)
         rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Fixtures: slides written once per test session by tilescope.synth (tifffile + imagecodecs)."""
+"""Fixtures: slides written once per test session by tools.synth (tifffile + imagecodecs)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,28 @@ import os
 import numpy as np
 import pytest
 
-from tilescope import synth
+from tools import synth
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (CI=true) a test skipped because a reference reader or fixture writer is missing
+    fails: .ci/run installs every one, so such a skip is an install step gone wrong. Elsewhere
+    (``pip install -e . && pytest``) those tests skip cleanly."""
+    outcome = yield
+    _missing_is_failure(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _missing_is_failure(outcome.get_result())
+
+
+def _missing_is_failure(report) -> None:
+    if os.environ.get("CI") and report.skipped and "could not import" in str(report.longrepr):
+        report.outcome = "failed"
+
 
 # sizes deliberately not multiples of the 256 px tile size
 SVS_SIZE = (2900, 2150)
@@ -98,7 +119,7 @@ def _turbojpeg() -> None:
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory):
     _turbojpeg()
-    from wsidicomizer import WsiDicomizer
+    WsiDicomizer = pytest.importorskip("wsidicomizer").WsiDicomizer
 
     d = tmp_path_factory.mktemp("dicom")
     svs = synth.write_svs(d / "source.svs", 1100, 900, downsamples=(1, 4), seed=5)
@@ -115,7 +136,7 @@ def derived(converted, tmp_path_factory):
     import shutil
 
     hd = pytest.importorskip("highdicom")
-    import pydicom
+    pydicom = pytest.importorskip("pydicom")
     from pydicom.sr.codedict import codes
 
     _, folder = converted
@@ -158,7 +179,7 @@ def segmentations(converted, tmp_path_factory):
     FRACTIONAL sparse, LABELMAP tiled-full and sparse with a palette. Returns {name: file}; the
     slide's own instances are in ``converted``."""
     hd = pytest.importorskip("highdicom")
-    import pydicom
+    pydicom = pytest.importorskip("pydicom")
     from pydicom.sr.codedict import codes
 
     _, folder = converted
@@ -204,7 +225,7 @@ def clutter(converted, segmentations, tmp_path_factory):
     truncated copy of the level-0 instance, a text file, and another patient's slide (a pydicom
     copy of level 1 with a frame of reference of its own). Returns {name: file}."""
     hd = pytest.importorskip("highdicom")
-    import pydicom
+    pydicom = pytest.importorskip("pydicom")
     from pydicom.sr.codedict import codes
 
     _, folder = converted
@@ -279,11 +300,11 @@ def fluorescent(tmp_path_factory):
     at its excitation wavelength (wsidicomizer's CZI source writes one brightfield path; its
     metadata hook fixes that). Returns the DICOM folder and the CZI of each channel."""
     _turbojpeg()
-    import pylibCZIrw.czi as pyczi
+    pyczi = pytest.importorskip("pylibCZIrw.czi")
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
     from wsidicom.codec import Channels, JpegLsSettings
-    from wsidicomizer import WsiDicomizer
+    WsiDicomizer = pytest.importorskip("wsidicomizer").WsiDicomizer
 
     d = tmp_path_factory.mktemp("fluorescent")
     out = d / "dcm"
@@ -338,7 +359,7 @@ def orthanc_wsi_dicomizer() -> str:
 @pytest.fixture(scope="session")
 def rle(converted, tmp_path_factory):
     """The converted level-1 instance re-encoded by pydicom as RLE Lossless (RGB), in a folder."""
-    import pydicom
+    pydicom = pytest.importorskip("pydicom")
     from pydicom.uid import RLELossless
 
     import tilescope

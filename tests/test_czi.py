@@ -304,7 +304,7 @@ def named_czis(tmp_path_factory):
     wavelengths, and a regular time interval. Each plane is filled with 10 * c + t."""
     from xml.etree import ElementTree as ET
 
-    from tilescope import synth
+    from tools import synth
 
     d = tmp_path_factory.mktemp("czi-named")
     rgb, fluo = str(d / "rgb.czi"), str(d / "fluo.czi")

@@ -7,10 +7,11 @@ import os
 import re
 
 import numpy as np
-import openslide
 import pytest
 
 import tilescope
+
+openslide = pytest.importorskip("openslide")
 
 pydicom = pytest.importorskip("pydicom")
 wsidicom = pytest.importorskip("wsidicom")

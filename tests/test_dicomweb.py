@@ -19,6 +19,9 @@ import pytest
 
 import tilescope
 
+pytest.importorskip("pydicom")  # the [dicom] extra: pydicom and dicomweb-client
+pytest.importorskip("dicomweb_client")
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -239,7 +242,7 @@ def test_orthanc_wsi_dicomizer_pushes_to_orthanc(orthanc_wsi_dicomizer, tmp_path
     """OrthancWSIDicomizer's own route: it converts an SVS and stores the instances in Orthanc over
     its REST API; read back over DICOMweb (no frame of reference, frames placed per frame) equal
     to the SVS."""
-    from tilescope import synth
+    from tools import synth
 
     source = synth.write_svs(tmp_path / "pushed.svs", 1100, 900, downsamples=(1, 4), seed=8)
     (tmp_path / "empty").mkdir()

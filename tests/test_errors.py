@@ -17,8 +17,8 @@ from tilescope import (
     TilescopeError,
     TooLargeError,
     UnsupportedFormatError,
-    synth,
 )
+from tools import synth
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import tilescope
-from tilescope.synth import area_downsample
+from tools.synth import area_downsample
 
 
 def _picture(h=300, w=500):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tilescope import synth
+from tools import synth
 
 README = Path(__file__).parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)

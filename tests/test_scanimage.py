@@ -1,4 +1,4 @@
-"""ScanImage stacks written in ScanImage's layout by tilescope.synth, checked against
+"""ScanImage stacks written in ScanImage's layout by tools.synth, checked against
 ScanImageTiffReader (Vidrio's reader) and tifffile's ScanImage parser on the same files."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 import tilescope
-from tilescope import synth
+from tools import synth
 
 SITR = pytest.importorskip("ScanImageTiffReader").ScanImageTiffReader
 

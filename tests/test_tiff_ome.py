@@ -4,12 +4,13 @@ own series interpretation of the same file."""
 from __future__ import annotations
 
 import numpy as np
-import openslide
 import pytest
 import tifffile
-import tiffslide
 
 import tilescope
+
+openslide = pytest.importorskip("openslide")
+tiffslide = pytest.importorskip("tiffslide")
 
 
 def _crop(a, rect):

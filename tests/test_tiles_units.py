@@ -84,7 +84,7 @@ def test_magnification_derived_from_mpp_only_when_absent(tiffs, ome):
 
 
 def test_no_mpp_means_none_and_clear_errors(fixtures_dir):
-    from tilescope import synth
+    from tools import synth
 
     path = str(fixtures_dir / "nompp.tiff")
     synth.write_tiff(path, 600, 400, mpp=None, downsamples=(1, 2))
@@ -233,7 +233,7 @@ def test_level_view_slicing(scene):
 def test_derived_magnification_is_nominal(fixtures_dir, mpp, nominal):
     """10 / mpp snaps to the objective power within 5 % (0.499 um -> 20x, not 20.04x); farther off it
     stays as derived."""
-    from tilescope import synth
+    from tools import synth
 
     path = str(fixtures_dir / f"mpp{mpp}.tiff")
     synth.write_tiff(path, 600, 400, mpp=mpp, downsamples=(1, 2))
@@ -247,7 +247,7 @@ def test_a_nominal_magnification_reads_native_pixels(converted, fixtures_dir):
     """A DICOM slide without an objective power (mpp 0.499): 20x reads level 0's own pixels, 5x level
     1's, tiles at 20x are level-0 tiles; an SVS whose level 1 is not exactly 4x smaller (AppMag 20) reads it
     at 5x as stored. mpp requests stay exact."""
-    from tilescope import synth
+    from tools import synth
 
     _, folder = converted
     with tilescope.open(folder) as s:

@@ -4,8 +4,8 @@ Realistic enough that decode cost and pixel statistics resemble real slides: H&E
 (Beer-Lambert mix of haematoxylin nuclei and eosin stroma) in islands on a noisy near-white
 background, or fluorescence blobs per channel. Used by the tests, ``make demo`` and benchmarks.
 
-    python -m tilescope.synth svs OUT.svs --width 40000 --height 30000
-    python -m tilescope.synth ome OUT.ome.tiff --width 4000 --height 3000 --channels 3 --z 2 --t 2
+    python -m tools.synth svs OUT.svs --width 40000 --height 30000
+    python -m tools.synth ome OUT.ome.tiff --width 4000 --height 3000 --channels 3 --z 2 --t 2
 """
 
 from __future__ import annotations
@@ -971,7 +971,7 @@ def patch_czi_metadata(path, edit: Callable) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tilescope.synth", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tools.synth", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kind", choices=["svs", "ome", "tiff"])
     ap.add_argument("out")
