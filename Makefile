@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   venv + install, write a sample slide, print its info, save a thumbnail and a region
-#   make test   venv + install (with the reference readers), ruff, the test suite
+#   make test   venv + install (with the reference readers), ruff, mypy, the test suite
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,6 +21,7 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests tools benchmarks
+	$(BIN)/mypy src/tilescope
 	$(BIN)/python -m pytest -q
 
 .PHONY: demo test

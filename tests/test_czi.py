@@ -153,7 +153,7 @@ def test_corrupt_czi(czi_files, tmp_path):
     assert os.path.exists(cut)
     # a subblock whose zstd data is garbage: the read names the file, the plane and the piece
     with tilescope.open(czi_files["gaps"]) as s:
-        pos = int(s.scenes[0].levels[0].layout.planes[(0, 0)][0].pieces.offsets[1])
+        pos = int(s.scenes[0].levels[0].layout.planes[(0, 0)][0].pieces.positions[1])
     b = bytearray(data)
     used = int.from_bytes(b[pos + 24:pos + 32], "little")
     b[pos + 32 + 256:pos + 32 + used] = b"\xff" * (used - 256)  # metadata and data

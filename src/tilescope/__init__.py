@@ -159,15 +159,17 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
         if not source:
             raise InvalidRequestError("open: an empty list of files")
         files = [os.fspath(p) for p in source]
-        source = files[0]
-    folder = os.fspath(source) if files is None and os.path.isdir(source) else None
-    source = _in_folder(source)
+        given = files[0]
+    else:
+        given = os.fspath(source)  # type: ignore[arg-type]  # a str or PathLike here
+    folder = given if files is None and os.path.isdir(given) else None
+    path = _in_folder(given)
     fields = {f.name for f in dataclasses.fields(Options)}
     unknown = set(overrides) - fields
     if unknown:
         raise InvalidRequestError(f"unknown option(s) {sorted(unknown)}; known: {sorted(fields)}")
     opts = dataclasses.replace(options, **overrides)
-    src = FileSource(source)
+    src = FileSource(path)
     probe = None
     key = (src.identity, driver.upper() if driver else None, folder is not None)
     with _parsed_lock:
@@ -175,7 +177,7 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
         if parsed is not None:
             _PARSED.move_to_end(key)
     # a slide gathered from its folder is parsed again once the folder changed (files added)
-    if parsed is not None and (mtime is None or mtime == _folder_mtime(source)):
+    if parsed is not None and (mtime is None or mtime == _folder_mtime(path)):
         return parsed._bind(src, opts)
     try:
         probe = _probe_driver(src)
@@ -194,7 +196,7 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
         try:
             if files is not None:
                 return mod.open(probe, opts, files=files)
-            mtime = _folder_mtime(source) if multi else None  # before the parse: changes during it count
+            mtime = _folder_mtime(path) if multi else None  # before the parse: changes during it count
             slide = mod.open(probe, opts)
             with _parsed_lock:
                 _PARSED[key] = slide._bind(None, opts), mtime

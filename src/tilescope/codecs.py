@@ -14,6 +14,7 @@ import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -43,7 +44,7 @@ def tiff_compression(code: int) -> str:
         from tifffile import TIFF
 
         try:
-            name = TIFF.COMPRESSION(code).name.lower()
+            name = TIFF.COMPRESSION(code).name.lower()  # type: ignore[attr-defined]  # tifffile's enum
         except ValueError:
             name = str(code)
     return name
@@ -63,11 +64,11 @@ class Codec:
     name: str
     dtype: np.dtype
     samples: int
-    _decode: Callable[[bytes, int, int, np.ndarray | None], np.ndarray]
+    _decode: Callable[[Any, int, int, np.ndarray | None], np.ndarray]  # bytes (or a library's array)
     writes_out: bool = False
-    _scaled: Callable[[int], Codec] | None = None
+    _scaled: Callable[[int], Codec | None] | None = None
 
-    def decode(self, data: bytes, h: int, w: int, out: np.ndarray | None = None) -> np.ndarray:
+    def decode(self, data: bytes | np.ndarray, h: int, w: int, out: np.ndarray | None = None) -> np.ndarray:
         a = self._decode(data, h, w, out)
         if a.ndim == 2:
             a = a[:, :, None]
@@ -141,7 +142,7 @@ def jpeg(tables: bytes | None = None, *, colorspace=None, outcolorspace=None, sa
             return imagecodecs.jpeg8_decode(data, tables=tables, colorspace=colorspace,
                                             outcolorspace=outcolorspace)
 
-    scaled = None
+    scaled: Callable[[int], Codec | None] | None = None
     # reduced decode only where both libraries pick the same colour conversion: libjpeg's default
     # (JFIF YCbCr -> RGB) or greyscale
     if colorspace is None and (samples, outcolorspace) in ((3, "RGB"), (1, None), (1, "GRAY")):

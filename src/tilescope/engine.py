@@ -22,7 +22,7 @@ from .cache import TileCache
 from .codecs import Codec
 from .errors import CorruptDataError, InvalidRequestError, SlideClosedError, TilescopeError, TooLargeError
 from .geometry import LEVEL_TOLERANCE, best_level
-from .source import FileSource, Pieces
+from .source import Pieces, Source
 
 _uid = itertools.count()
 
@@ -84,24 +84,25 @@ class Layout:
 
     def reduced(self, k: int) -> Layout | None:
         """The level decoded at 1/k (see :meth:`Plane.reduced`), or None if a plane cannot be."""
-        planes = {}
+        planes: dict[tuple[int, int], tuple[Plane, ...]] = {}
         for zt, ps in self.planes.items():
-            rs = tuple(p.reduced(k) for p in ps)
-            if None in rs:
+            rs = [p.reduced(k) for p in ps]
+            if any(r is None for r in rs):
                 return None
-            planes[zt] = rs
+            planes[zt] = tuple(r for r in rs if r is not None)
         return Layout(planes, self.channel_map)
 
     def select(self, channels: list[int]) -> Layout | None:
         """A layout of just ``channels`` (in that order), or None if one is not stored at this
         level (``channel_map`` entry None: a derived layer kept at other levels only)."""
-        if any(self.channel_map[c] is None for c in channels):
+        where = [self.channel_map[c] for c in channels]
+        if any(w is None for w in where):
             return None
-        used = sorted({self.channel_map[c][0] for c in channels})
+        stored = [w for w in where if w is not None]
+        used = sorted({p for p, _ in stored})
         index = {p: i for i, p in enumerate(used)}
         planes = {zt: tuple(ps[p] for p in used) for zt, ps in self.planes.items()}
-        return Layout(planes, tuple((index[self.channel_map[c][0]], self.channel_map[c][1])
-                                    for c in channels))
+        return Layout(planes, tuple((index[p], s) for p, s in stored))
 
     @classmethod
     def single(cls, plane: Plane) -> Layout:
@@ -153,7 +154,7 @@ _executor = LazyPool(max(1, (os.cpu_count() or 2) - 1), "tilescope")
 class Reader:
     """Reads levels of one slide: its open file, options and cache."""
 
-    def __init__(self, source: FileSource, options: Options):
+    def __init__(self, source: Source, options: Options):
         self.source = source
         self.path = source.path
         self.options = options
@@ -163,12 +164,12 @@ class Reader:
         self._files_lock = threading.Lock()
 
     def _source_of(self, pieces: Pieces, index: int = 0):
-        """Where piece ``index`` is read from: the slide's file, or another file (or library
-        handle, one per thread where the library needs it) opened on first use."""
-        file = pieces.files[index] if pieces.files is not None else pieces.file
-        if file is None:
+        """Where piece ``index`` is read from: the slide's own source, or its home (another file, a
+        server, a library handle; one per thread where the library needs it) opened on first use."""
+        home = pieces.home(index)
+        if home is None:
             return self.source
-        key = (file, pieces, threading.get_ident()) if pieces.per_thread else file
+        key = (home.key, threading.get_ident()) if home.per_thread else home.key
         src = self._files.get(key)
         if src is None:
             with self._files_lock:
@@ -176,7 +177,7 @@ class Reader:
                     raise SlideClosedError(f"{self.path}: slide is closed")
                 src = self._files.get(key)
                 if src is None:
-                    src = self._files[key] = pieces.opener(file)
+                    src = self._files[key] = home.open()
         return src
 
     def close(self) -> None:
@@ -239,13 +240,16 @@ class Reader:
         # group requested channels by plane: plane index -> (samples, output channels)
         groups: dict[int, tuple[list[int], list[int]]] = {}
         for oc, c in enumerate(channels):
-            p, s = layout.channel_map[c]
+            stored = layout.channel_map[c]
+            if stored is None:
+                raise InvalidRequestError(f"{self.path}: channel {c} is not stored at this level")
+            p, s = stored
             groups.setdefault(p, ([], []))[0].append(s)
             groups[p][1].append(oc)
         if out is None:
             out = np.empty((h, w, len(channels)), dtype)
-        tasks = []
-        ordered = []  # placed pieces that overlap each other: pasted in drawing order
+        tasks: list[tuple] = []
+        ordered: list[tuple] = []  # placed pieces that overlap each other: pasted in drawing order
         filled = False
         for p, (samples, ocs) in groups.items():
             plane = planes[p]
@@ -258,7 +262,7 @@ class Reader:
             if ix1 <= ix0 or iy1 <= iy0:
                 continue
             sel = _selector(samples, ocs, plane.codec.samples, len(channels))
-            if placed:
+            if plane.rects is not None:
                 r = plane.rects
                 x0, y0, x1, y1 = r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]
                 hit = np.flatnonzero((x0 < ix1) & (x1 > ix0) & (y0 < iy1) & (y1 > iy0))
@@ -272,7 +276,7 @@ class Reader:
                     tasks.append((plane, ty * nx + tx, tx * tw, ty * th, min((tx + 1) * tw, pw),
                                   min((ty + 1) * th, ph), sel))
 
-        if any(planes[p].pieces.prefetch is not None for p in groups):
+        if any(planes[p].pieces.prefetches for p in groups):
             self._prefetch(tasks)
 
         def run(batch):
@@ -288,8 +292,9 @@ class Reader:
                 for plane, index, *_ in batch:
                     pieces[plane.uid, index] = self._piece(plane, index)
             self._parallel(ordered, decode, threads)
-            for task in ordered:
-                self._paste(out, rect, *task, background, pieces[task[0].uid, task[1]])
+            for plane, index, x0, y0, x1, y1, sel in ordered:
+                self._paste(out, rect, plane, index, x0, y0, x1, y1, sel, background,
+                            pieces[plane.uid, index])
         return out
 
     def _prefetch(self, tasks: list) -> None:
@@ -297,7 +302,7 @@ class Reader:
         can be asked for in few requests before the decoding threads want them."""
         wanted: dict = {}
         for plane, index, *_ in tasks:
-            if plane.pieces.prefetch is not None and (plane.uid, index) not in self.cache:
+            if plane.pieces.prefetches and (plane.uid, index) not in self.cache:
                 wanted.setdefault(plane.uid, (plane, []))[1].append(index)
         for plane, todo in wanted.values():
             plane.pieces.prefetch(self._source_of(plane.pieces, todo[0]), todo)
@@ -456,7 +461,8 @@ def resample(src: np.ndarray, box: tuple[float, float, float, float], out: np.nd
     fy = (y1 - y0) / oh
     pil = src.dtype == np.uint8 and c in _PIL_MODES
     if pil:
-        ims = [(slice(None), Image.fromarray(src[..., 0] if c == 1 else src, _PIL_MODES[c]))]
+        ims: list[tuple[slice | int, Image.Image]] = [
+            (slice(None), Image.fromarray(src[..., 0] if c == 1 else src, _PIL_MODES[c]))]
     else:
         ims = [(i, Image.fromarray(np.ascontiguousarray(src[..., i], dtype=np.float32), "F"))
                for i in range(c)]

@@ -23,7 +23,7 @@ def _int(v, what: str, where: str) -> int:
     if isinstance(v, numbers.Integral):
         return int(v)
     if float(v).is_integer():
-        return int(v)
+        return int(float(v))
     raise InvalidRequestError(f"{where}: {what} must be a whole number of pixels, got {v!r}")
 
 

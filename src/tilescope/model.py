@@ -15,7 +15,7 @@ from . import units as _units
 from .engine import Layout, Options, Reader
 from .errors import CorruptDataError, InvalidRequestError, SlideClosedError
 from .geometry import LEVEL_TOLERANCE, normalize_rect, plane_indices, resolve_size
-from .source import FileSource
+from .source import Detached, Source
 from .units import Scale
 
 
@@ -252,12 +252,12 @@ class Scene:
         chans = self._channels(channels)
         layout, dtype, background = lv.layout, self.dtype, self.background
         if not all(c < self.image_channels for c in chans):
-            layout = lv.layout.select(chans)
-            if layout is None:
+            selected = lv.layout.select(chans)
+            if selected is None:
                 raise InvalidRequestError(f"{self._where}: level {level} does not hold all of channels "
                                           f"{chans}")
             dtype, background = self._mixed(chans)
-            chans = list(range(len(chans)))
+            chans, layout = list(range(len(chans))), selected
         out = reader.read([(1.0, 1.0, layout)], rect, rect[2:], chans, planes, dtype, background)
         return out.reshape(*lead, *out.shape[1:])
 
@@ -371,7 +371,7 @@ class Slide:
     """An opened image file: its scenes, associated images and metadata. Close it (or use
     ``with``) to release the file; reads after ``close()`` raise SlideClosedError."""
 
-    def __init__(self, source: FileSource, driver: str, options: Options, *, raw_metadata: str = "",
+    def __init__(self, source: Source, driver: str, options: Options, *, raw_metadata: str = "",
                  vendor: str | None = None, properties: dict[str, Any] | None = None,
                  icc_profile: bytes | None = None):
         self._source = source
@@ -390,13 +390,13 @@ class Slide:
         self.scenes = tuple(scenes)
         self._associated = associated
 
-    def _bind(self, source: FileSource | None, options: Options) -> Slide:
+    def _bind(self, source: Source | None, options: Options) -> Slide:
         """This parsed slide on another descriptor of the same file (re-opening skips parsing);
-        ``None`` gives a detached copy that holds no file."""
+        ``None`` gives a detached copy that holds no file (what the parse cache keeps)."""
         new = copy.copy(self)
-        new._source = source
-        new._reader = Reader(source, options) if source is not None else None
-        new.path = source.path if source is not None else self.path
+        new._source = source if source is not None else Detached(self.path)
+        new._reader = Reader(new._source, options)
+        new.path = new._source.path
         new.scenes = tuple(sc._bind(new) for sc in self.scenes)
         return new
 
@@ -413,7 +413,8 @@ class Slide:
             try:
                 profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
                 transform = self._srgb[icc] = ImageCms.buildTransform(
-                    profile, ImageCms.createProfile("sRGB"), "RGB", "RGB", ImageCms.getDefaultIntent(profile))
+                    profile, ImageCms.createProfile("sRGB"), "RGB", "RGB",
+                    ImageCms.Intent(ImageCms.getDefaultIntent(profile)))
             except (OSError, ImageCms.PyCMSError) as e:
                 raise CorruptDataError(f"{self.path}: the ICC profile cannot be used: {e}") from None
         from PIL import Image
@@ -456,10 +457,7 @@ class Slide:
         return self.scenes[key]
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-        else:
-            self._source.close()
+        self._reader.close()
 
     @property
     def closed(self) -> bool:

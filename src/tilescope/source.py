@@ -2,15 +2,20 @@
 
 A file is read with ``os.pread`` on one descriptor, which needs no lock and no seek, so any number
 of threads read one slide at once. Drivers hand the engine a :class:`Pieces` per plane of a level:
-the byte ranges of its encoded pieces in one source.
+its encoded pieces and where each is read from (:class:`Home`); :class:`ByteRanges` is the byte
+range table most formats are, :class:`PieceList` the defaults for pieces of another kind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -101,52 +106,137 @@ class FileSource:
             os.close(fd)
 
 
-class Pieces:
-    """The encoded pieces of one plane: byte ranges in the slide's file, indexed row-major over
-    the grid. They name no open file, so a parsed slide can be re-bound to a new descriptor.
+class Source(Protocol):
+    """Where a slide's own bytes are: a local file (:class:`FileSource`), a DICOMweb server
+    (``formats.dicomweb.UrlSource``), an object store tomorrow. The engine reads only through the
+    :class:`Pieces` of a level; a Source is what their ``fetch`` gets when they live in the
+    slide's own source, and what ``close()`` ends."""
 
-    ``label`` names the plane in error messages (for example ``"level 1"``). ``file`` names
-    another file the bytes are in, for formats spread over several files; the slide's reader opens
-    it on first use and closes it with the slide.
-    A piece with no bytes is missing: an error, unless ``missing_ok`` (sparse formats), in which
-    case the engine fills it with background.
-    """
+    path: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class Detached:
+    """The source of a parsed slide kept without an open file (the parse cache): closed."""
+
+    closed = True
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def close(self) -> None:
+        pass
+
+
+class Handle(Protocol):
+    """Anything a piece is fetched from: a Source, another file, a library's open dataset."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Home:
+    """Where some pieces are read from when not the slide's own source: another file, a server,
+    a library handle. The reader opens one handle per ``key`` on first use (one per thread and key
+    with ``per_thread``: libraries whose handles are not thread-safe) and closes it with the slide."""
+
+    key: Hashable
+    open: Callable[[], Handle]
+    per_thread: bool = False
+
+
+class Pieces(Protocol):
+    """The encoded pieces of one plane, indexed row-major over its grid (or in drawing order for
+    placed pieces): how many, which are missing, where each is read from and how its bytes (or
+    decoded array, for libraries that decode themselves) are fetched. Pieces name no open handle,
+    so a parsed slide can be re-bound to a new descriptor."""
+
+    label: str  # names the plane in error messages ("level 1")
+    missing_ok: bool  # a missing piece is background (sparse formats), not an error
+    prefetches: bool  # fetches are cheaper together: the engine calls ``prefetch`` before decoding
+
+    def __len__(self) -> int: ...
+
+    def is_missing(self, index: int) -> bool: ...
+
+    def home(self, index: int) -> Home | None:
+        """Where piece ``index`` is read from; None: the slide's own source."""
+        ...
+
+    def fetch(self, handle: Any, index: int) -> bytes | np.ndarray: ...
+
+    def prefetch(self, handle: Any, indices: list[int]) -> None:
+        """Start fetching ``indices`` (one read's uncached pieces, in decoding order)."""
+        ...
+
+
+class PieceList:
+    """Defaults for :class:`Pieces`: every piece present, in the slide's own source, no prefetch."""
+
+    missing_ok = False
+    prefetches = False
+
+    def __init__(self, n: int, label: str):
+        self._n, self.label = n, label
+
+    def __len__(self) -> int:
+        return self._n
+
+    def is_missing(self, index: int) -> bool:
+        return False
+
+    def home(self, index: int) -> Home | None:
+        return None
+
+    def prefetch(self, handle: Any, indices: list[int]) -> None:
+        pass
+
+
+def file_home(path: str) -> Home:
+    """Pieces in another local file, opened by offset like the slide's own."""
+    return Home(path, functools.partial(FileSource, path))
+
+
+class ByteRanges(PieceList):
+    """Pieces that are byte ranges of a file: the slide's own, or ``file`` (AFI channels, DICOM
+    instances), or per piece ``files`` (a level spread over several files). A piece with no bytes
+    is missing: an error, unless ``missing_ok`` (sparse formats: background)."""
 
     def __init__(self, offsets, counts, label: str, missing_ok: bool = False, file: str | None = None):
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.counts = np.asarray(counts, dtype=np.int64)
-        self.label = label
+        super().__init__(len(self.offsets), label)
         self.missing_ok = missing_ok
-        self.file = file  # None: the slide's own file; else another file's path (AFI channels)
-        self.files: list[str] | None = None  # per piece, when a plane's pieces span several files
-
-    # what the reader opens for ``file``, and whether one per thread (libraries whose handles are
-    # not thread-safe); ``fetch`` gets it as its ``source``
-    per_thread = False
-
-    def opener(self, path: str):
-        return FileSource(path)
-
-    # pieces whose fetches are cheaper together (a network round trip) define
-    # ``prefetch(source, indices)``: the engine calls it with every piece a read is about to decode
-    prefetch = None
-
-    def __len__(self) -> int:
-        return len(self.offsets)
+        self.file = file
+        self.files: list[str] | None = None
+        self._homes: dict[str, Home] = {}
 
     def is_missing(self, index: int) -> bool:
         return self.counts[index] <= 0 or self.offsets[index] <= 0
 
-    def fetch(self, source: FileSource, index: int) -> bytes:
+    def home(self, index: int) -> Home | None:
+        path = self.files[index] if self.files is not None else self.file
+        if path is None:
+            return None
+        home = self._homes.get(path)
+        if home is None:
+            home = self._homes[path] = file_home(path)
+        return home
+
+    def fetch(self, handle: FileSource, index: int) -> bytes:
         """The encoded bytes of piece ``index``; CorruptDataError if it is missing or truncated."""
         count = int(self.counts[index])
         offset = int(self.offsets[index])
         if count <= 0 or offset <= 0:
             raise CorruptDataError(
-                f"{source.path}: {self.label}: piece {index} has no data "
+                f"{handle.path}: {self.label}: piece {index} has no data "
                 f"(offset {offset}, {count} bytes)")
-        if offset + count > source.size:
+        if offset + count > handle.size:
             raise CorruptDataError(
-                f"{source.path}: {self.label}: piece {index} ends at byte {offset + count}, "
-                f"past the end of the file ({source.size} bytes): the file is truncated")
-        return source.pread(offset, count)
+                f"{handle.path}: {self.label}: piece {index} ends at byte {offset + count}, "
+                f"past the end of the file ({handle.size} bytes): the file is truncated")
+        return handle.pread(offset, count)

@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import os
 
-from ..engine import Layout
+from ..engine import Layout, Plane
 from ..errors import CorruptDataError, SourceNotFoundError, TilescopeError
 from ..model import Scene, Slide, make_levels
 from . import parse_xml
@@ -70,10 +70,11 @@ def open(probe, options) -> Slide:
                 f"as {first_path}")
     specs = []
     for li, lv in enumerate(first.levels):
-        planes, cmap = [], []
+        planes: list[Plane] = []
+        cmap: list[tuple[int, int]] = []
         for path, _, sc in channels:
             layout = sc.levels[li].layout
-            cmap += [(len(planes) + p, s) for p, s in layout.channel_map]
+            cmap += [(len(planes) + m[0], m[1]) for m in layout.channel_map if m is not None]
             planes += [_in_file(p, path) for p in layout.planes[(0, 0)]]
         specs.append((lv.size, lv.tile_size, Layout({(0, 0): tuple(planes)}, tuple(cmap))))
     names = []

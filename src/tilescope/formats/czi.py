@@ -31,7 +31,7 @@ from ..codecs import Codec, scratch
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
-from ..source import Pieces
+from ..source import ByteRanges, PieceList
 from . import parse_xml
 
 NAME = "CZI"
@@ -64,16 +64,17 @@ def _segment(source, pos: int, want: bytes, what: str, extra: int = 0) -> tuple[
     return used, head[32:]
 
 
-class Subblocks(Pieces):
+class Subblocks(PieceList):
     """Subblock segments: the pixel data's place is read from each segment's own header when the
     piece is fetched, so opening a file reads the directory only."""
 
     def __init__(self, positions, ndims, label: str):
-        super().__init__(positions, np.ones(len(positions), np.int64), label)
+        super().__init__(len(positions), label)
+        self.positions = np.asarray(positions, np.int64)
         self.ndims = np.asarray(ndims, np.int64)
 
     def fetch(self, source, index: int) -> bytes:
-        pos = int(self.offsets[index])
+        pos = int(self.positions[index])
         used, head = _segment(source, pos, b"ZISRAWSUBBLOCK", f"{self.label} subblock {index}", 16)
         meta, _att, size = struct.unpack("<iiq", head)
         start = pos + 32 + max(256, 16 + _ENTRY.size + _DIM.size * int(self.ndims[index])) + meta
@@ -95,8 +96,8 @@ def _codec(pixel_type: int, compression: int, where: str) -> Codec:
         raise UnsupportedFormatError(f"{where}: CZI pixel type {pixel_type} is not supported")
     if compression not in _COMPRESSIONS or compression == 2:
         raise UnsupportedFormatError(f"{where}: CZI compression {compression} is not supported")
-    name, dtype, samples = _PIXEL_TYPES[pixel_type]
-    dtype = np.dtype(dtype)
+    name, stored, samples = _PIXEL_TYPES[pixel_type]
+    dtype = np.dtype(stored)
     bgr = samples >= 3
     order = [2, 1, 0, 3][:samples]
 
@@ -144,7 +145,21 @@ def _codec(pixel_type: int, compression: int, where: str) -> Codec:
 
 
 class _Entry:
+    """One subblock directory entry: pixel type, file position, compression, dimension indices,
+    X/Y start, size and stored size."""
+
     __slots__ = ("compression", "h", "idx", "ndims", "pixel_type", "pos", "sh", "sw", "w", "x", "y")
+    pixel_type: int
+    pos: int
+    compression: int
+    ndims: int
+    idx: dict[str, int]
+    x: int
+    y: int
+    w: int
+    h: int
+    sw: int
+    sh: int
 
 
 def _directory(source, pos: int, base: int = 0) -> list[_Entry]:
@@ -268,7 +283,7 @@ def _attachments(slide, source, pos: int) -> dict[str, AssociatedImage]:
             out[name] = AssociatedImage(sc.size, sc.levels[0].layout, sc.dtype, sc.num_channels)
         else:
             h, w = simplejpeg.decode_jpeg_header(source.pread(start, min(size, 1 << 16)))[:2]
-            plane = Plane(Pieces([start], [size], f"attachment {name}"), codecs.jpeg(outcolorspace="RGB"),
+            plane = Plane(ByteRanges([start], [size], f"attachment {name}"), codecs.jpeg(outcolorspace="RGB"),
                           (w, h), (w, h))
             out[name] = AssociatedImage((w, h), Layout.single(plane), np.dtype(np.uint8), 3)
     return out

@@ -25,7 +25,7 @@ import os
 import struct
 import warnings
 from collections import defaultdict
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from .. import codecs
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError, InvalidRequestError, SourceNotFoundError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
-from ..source import FileSource, Pieces
+from ..source import ByteRanges, FileSource
 
 NAME = "DICOM"
 MULTI_FILE = True  # a slide is several files: gathered from the folder, or given as a list (``files=``)
@@ -207,7 +207,7 @@ def realign(data: bytes, shift: int) -> bytes:
     return np.packbits(bits, bitorder="little").tobytes()
 
 
-class Frames(Pieces):
+class Frames(ByteRanges):
     """Frames of a level, possibly in several files (concatenations); a frame split over several
     fragments is read in one range and its item headers are dropped; a 1-bit frame that starts
     inside a byte is shifted to start on one."""
@@ -319,6 +319,9 @@ class DicomScene(Scene):
     property_type, segmentation_type, max_fractional_value) or PARAMETER (label, unit)."""
 
     focal_planes: tuple[float, ...] = (0.0,)  # z index -> focal plane offset, micrometres
+    slide_origin: tuple[float, float] | None  # mm on the glass of level 0's top-left pixel
+    image_orientation: tuple[float, ...] | None  # Image Orientation (Slide): row, column direction
+    pixel_spacing: tuple[float, float] | None  # mm between rows, between columns
 
     def _setup(self, ds) -> None:
         try:
@@ -332,7 +335,7 @@ class DicomScene(Scene):
             self.slide_origin = self.image_orientation = self.pixel_spacing = None
 
     def _matrix(self, level: int) -> np.ndarray:
-        if self.pixel_spacing is None:
+        if self.pixel_spacing is None or self.image_orientation is None or self.slide_origin is None:
             raise UnsupportedFormatError(f"{self._where}: no slide coordinate system (origin, orientation, "
                                          f"spacing) in the DICOM metadata")
         sx, sy = self.levels[self._level_index(level)].scale
@@ -376,7 +379,7 @@ class DicomScene(Scene):
         return self._find("PARAMETER", label=label)
 
     def _find(self, kind: str, **match) -> list[str]:
-        return [c["name"] for c in self.channel_info if c["type"] == kind
+        return [str(c["name"]) for c in self.channel_info if c["type"] == kind
                 and all(v is None or c.get(k) == v for k, v in match.items())]
 
     def read_slide_region(self, x: float, y: float, width: float, height: float, size=None,
@@ -479,11 +482,12 @@ def open(probe, options, files: list[str] | None = None) -> Slide:
         if sop == WSI_SOP_CLASS:
             key = slide_key(first)
         else:  # a segmentation or map opens the slide of its frame of reference
-            key = next((k for k in found.slides if sop in DERIVED and k[0] is not None
-                        and k[0] == first.get("FrameOfReferenceUID")), None)
-            if key is None:
+            derived_from = next((k for k in found.slides if sop in DERIVED and k[0] is not None
+                                 and k[0] == first.get("FrameOfReferenceUID")), None)
+            if derived_from is None:
                 raise UnsupportedFormatError(f"{path}: a DICOM {sop or '?'} instance, not a VL Whole Slide "
                                              f"Microscopy Image (nor one derived from a slide beside it)")
+            key = derived_from
         if files is not None and len(found.slides) > 1:
             other = next(i for k, insts in found.slides.items() if k != key for i in insts)
             raise InvalidRequestError(f"{other.path}: not an instance of the slide of {path} (another frame "
@@ -498,7 +502,8 @@ def _slide(source, options, key: tuple, found: _Folder, where: str) -> Slide:
     _check_needed(key, instances, found.skipped)
     levels = volume_levels(instances, f"{source.path}: no VOLUME instance of this slide in {where}")
     base = levels[0][0].ds
-    props = {**attributes(base), "instances": [os.path.basename(i.path) for i in instances + derived]}
+    props: dict[str, Any] = {**attributes(base),
+                             "instances": [os.path.basename(i.path) for i in instances + derived]}
     if found.skipped:
         props["skipped"] = {os.path.basename(p): reason for p, (reason, _) in found.skipped.items()}
     slide = Slide(source, NAME, options, raw_metadata=_header_text(base), vendor="dicom",
@@ -708,7 +713,7 @@ def _derived_channels(inst: _Instance) -> list[dict]:
     ds = inst.ds
     uid = str(ds.SOPInstanceUID)
     if inst.sop_class in SEGMENTATIONS:
-        out = []
+        out: list[dict[str, Any]] = []
         if inst.sop_class == LABELMAP_SOP_CLASS:
             label = str(ds.get("ContentLabel") or "labelmap")
             out.append({"name": label, "type": "LABELMAP", "label": label,
@@ -805,7 +810,10 @@ def _path_ids(ds) -> list[str]:
 
 def slide_axes(levels: list[list[_Instance]]) -> Axes:
     """The optical paths in order of first appearance (largest level first) and the focal planes."""
-    paths, items, planes, spacing = [], [], set(), None
+    paths: list[str] = []
+    items: list = []
+    planes: set[float] = set()
+    spacing: float | None = None
     for inst in (i for insts in levels for i in insts):
         seq = list(inst.ds.get("OpticalPathSequence", []) or []) or [None]
         for ident, item in zip(_path_ids(inst.ds), seq, strict=True):

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import CorruptDataError, RemoteError, SourceNotFoundError, UnsupportedFormatError
 from ..model import Slide
-from ..source import Pieces
+from ..source import Home, PieceList
 from . import dicom
 
 NAME = "DICOMweb"
@@ -63,7 +63,7 @@ class _Client:
         self.api.set_http_retry_params(retry=False)  # retries and back-off are ours (``retries``)
         session = self.api._session
         session.verify = verify
-        session.request = functools.partial(session.request, timeout=timeout)  # every request's limit
+        session.request = functools.partial(session.request, timeout=timeout)  # type: ignore[method-assign]
 
     def call(self, what: str, fn, *args, **kw):
         import requests
@@ -114,25 +114,31 @@ class _Fetcher:
             c.close()
 
 
-class WebFrames(Pieces):
+class WebFrames(PieceList):
     """Frames of a level on the server: (instance UID, frame number) per piece. Before a read
     decodes, the engine hands over every piece it needs (:meth:`prefetch`): they are asked for in
     requests of up to ``batch`` frames, several in flight at once, and each piece's decode waits
     only for its own request."""
 
+    missing_ok = True  # TILED_SPARSE: frames not stored read as background
+    prefetches = True
+
     def __init__(self, url, study, series: dict, uids, numbers, label, client_args, batch: int = 256,
                  connections: int = 4):
-        present = np.asarray([n > 0 for n in numbers], np.int64)
-        super().__init__(present, present, label, missing_ok=True, file=url)
+        super().__init__(len(numbers), label)
         self.study, self.series, self.uids = study, series, uids
         self.numbers = np.asarray(numbers, np.int64)
         self.client_args, self.batch, self.connections = client_args, batch, connections
         self.keep = 4096  # frames asked for and not yet decoded, at most
         self._kept: OrderedDict = OrderedDict()  # (uid, number) -> Future of {number: bytes}
         self._lock = threading.Lock()
+        self._home = Home(url, functools.partial(_Fetcher, url, client_args, connections))
 
-    def opener(self, url: str) -> _Fetcher:
-        return _Fetcher(url, self.client_args, self.connections)
+    def is_missing(self, index: int) -> bool:
+        return self.numbers[index] <= 0
+
+    def home(self, index: int) -> Home:
+        return self._home
 
     def prefetch(self, fetcher: _Fetcher, indices) -> None:
         """Ask for the frames of ``indices`` (one read's pieces, in the order they will be
@@ -254,14 +260,16 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
         meta = client.call(f"study {study} series {series} metadata",
                            client.api.retrieve_series_metadata, study, series)
         instances = _instances(meta, client, study, series, lambda ds: _sop(ds) == dicom.WSI_SOP_CLASS)
-        icc = _icc(meta, client)
         more, derived = _study(client, study, series, instances) if whole_study and instances else ([], [])
         instances += more
+        source = UrlSource(f"{base}/studies/{study}/series/{series}")
+        levels = dicom.volume_levels(instances, f"{source.path}: no VOLUME instance in the series")
+        first = levels[0][0].ds
+        # level 0's profile, as for files (a label's or overview's may differ; metadata order varies)
+        icc = _icc([m for m in meta if m.get("00080018", {}).get("Value", [None])[0] == first.SOPInstanceUID]
+                   or meta, client)
     finally:
         client.close()
-    source = UrlSource(f"{base}/studies/{study}/series/{series}")
-    levels = dicom.volume_levels(instances, f"{source.path}: no VOLUME instance in the series")
-    first = levels[0][0].ds
     props = {**dicom.attributes(first), "url": base, "StudyInstanceUID": study, "SeriesInstanceUID": series,
              "instances": [i.ds.SOPInstanceUID for i in instances + derived],
              "series": sorted({str(i.ds.SeriesInstanceUID) for i in instances})}
@@ -354,7 +362,8 @@ def _study(client: _Client, study: str, series: str, instances: list) -> tuple[l
             return False
         return _sop(ds) in dicom.DERIVED or (_sop(ds) == dicom.WSI_SOP_CLASS and
                                              ds.get("ContainerIdentifier") == container)
-    more, derived = [], []
+    more: list[dicom._Instance] = []
+    derived: list[dicom._Instance] = []
     for item in found:
         other = item["0020000E"]["Value"][0]
         modality = (item.get("00080060", {}).get("Value") or [""])[0]

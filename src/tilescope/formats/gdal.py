@@ -10,6 +10,7 @@ the slide.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from ..codecs import Codec
 from ..engine import Layout, Plane
 from ..model import Scene, Slide, make_levels
-from ..source import Pieces
+from ..source import Home, PieceList
 
 NAME = "GDAL"
 # the encoding of a driver's files where GDAL reports no compression
@@ -55,20 +56,19 @@ def detect(probe) -> bool:
         return False
 
 
-class Blocks(Pieces):
-    """The block windows of one overview level, read through a per-thread GDAL handle."""
-
-    per_thread = True
+class Blocks(PieceList):
+    """The block windows of one overview level, read through a per-thread GDAL handle (GDAL
+    datasets are not thread-safe) of that overview."""
 
     def __init__(self, path: str, overview: int | None, size, block, label: str):
         (w, h), (bw, bh) = size, block
-        n = -(-w // bw) * -(-h // bh)
-        super().__init__(np.ones(n, np.int64), np.ones(n, np.int64), label, file=path)
+        super().__init__(-(-w // bw) * -(-h // bh), label)
         self.overview, self.size, self.block = overview, size, block
+        kw = {} if overview is None else {"overview_level": overview}
+        self._home = Home((path, overview), functools.partial(_open, path, **kw), per_thread=True)
 
-    def opener(self, path: str):
-        kw = {} if self.overview is None else {"overview_level": self.overview}
-        return _open(path, **kw)
+    def home(self, index: int) -> Home:
+        return self._home
 
     def fetch(self, handle, index: int) -> np.ndarray:
         (w, h), (bw, bh) = self.size, self.block

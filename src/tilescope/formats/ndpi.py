@@ -22,7 +22,7 @@ from .. import codecs
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
-from ..source import Pieces
+from ..source import ByteRanges
 from . import tiff
 
 NAME = "NDPI"
@@ -73,7 +73,7 @@ class _Header:
         return bytes(b)
 
 
-class RestartIntervals(Pieces):
+class RestartIntervals(ByteRanges):
     """The restart intervals of one JPEG strip as pieces: header + interval data + EOI."""
 
     def __init__(self, starts: np.ndarray, stops: np.ndarray, header: bytes, label: str):
@@ -99,7 +99,7 @@ def _level_plane(page, probe, source, where: str) -> Plane:
     codec = codecs.jpeg(outcolorspace="RGB")
     (mw, mh), per_row = hdr.mcu, -(-w // hdr.mcu[0])
     if not hdr.dri or per_row % hdr.dri:  # no usable restart markers: the whole strip is one piece
-        return Plane(Pieces([start], [count], where), codec, (w, h), (w, h))
+        return Plane(ByteRanges([start], [count], where), codec, (w, h), (w, h))
     tw, th = hdr.dri * mw, mh
     n = per_row // hdr.dri * -(-h // mh)
     starts = _mcu_starts(page, source, start, count, hdr, n)
@@ -162,8 +162,9 @@ def open(probe, options) -> Slide:
                                        f"plane {zs[0]}")
         specs = []
         for li, size in enumerate(sizes):
-            planes = {(zi, 0): (_level_plane(by_z[z][li], probe, source, f"level {li} z={z}"),)
-                      for zi, z in enumerate(zs)}
+            planes: dict[tuple[int, int], tuple[Plane, ...]] = {
+                (zi, 0): (_level_plane(by_z[z][li], probe, source, f"level {li} z={z}"),)
+                for zi, z in enumerate(zs)}
             tile = planes[(0, 0)][0].tile
             specs.append((size, tile, Layout(planes, tuple((0, s) for s in range(3)))))
         first = by_z[zs[0]][0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from .. import codecs
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError
 from ..model import AssociatedImage, Level, Scene, Slide
-from ..source import Pieces
+from ..source import PieceList
 from . import parse_xml, tiff
 
 NAME = "Philips"
@@ -58,11 +59,11 @@ def _numbers(text: str | None) -> list[float]:
         return []
 
 
-class _Bytes(Pieces):
+class _Bytes(PieceList):
     """One piece held in memory (a Base64 JPEG from the XML)."""
 
     def __init__(self, data: bytes, label: str):
-        super().__init__([1], [len(data)], label)
+        super().__init__(1, label)
         self.data = data
 
     def fetch(self, source, index: int) -> bytes:
@@ -76,7 +77,7 @@ def open(probe, options) -> Slide:
     props: dict[str, str] = {}
     images: list = []
     _attributes(root, "", props, images)
-    kinds = {}
+    kinds: dict[str, Any] = {}
     for im in images:
         kind = next((a.text for a in im.findall("Attribute") if a.get("Name") == "PIM_DP_IMAGE_TYPE"),
                     None)
@@ -86,7 +87,7 @@ def open(probe, options) -> Slide:
         raise CorruptDataError(f"{probe.path}: Philips XML has no DPScannedImage with PIM_DP_IMAGE_TYPE WSI")
     _attributes(wsi, "", props, [])
     # the pyramid: every tiled page; a level's scale from its pixel spacing when the XML has one
-    spacing = {}
+    spacing: dict[int, list[float]] = {}
     for key, value in props.items():
         seq = "PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE"
         if key.startswith(seq + "[") and key.endswith("].DICOM_PIXEL_SPACING"):
@@ -101,9 +102,9 @@ def open(probe, options) -> Slide:
     levels = []
     for i, page in enumerate(pages):
         size, tile, layout = _level(page, probe, f"level {i}")
-        sp = spacing.get(i)
-        if i and base_sp and sp:  # the padding is cut off: level 0's size over the true downsample
-            scale = (sp[1] / base_sp[1], sp[0] / base_sp[0])
+        level_sp = spacing.get(i)
+        if i and base_sp and level_sp:  # the padding is cut off: level 0's size over the true downsample
+            scale = (level_sp[1] / base_sp[1], level_sp[0] / base_sp[0])
             size = (min(size[0], round(w0 / scale[0])), min(size[1], round(h0 / scale[1])))
         else:
             scale = (w0 / size[0], h0 / size[1])

@@ -18,7 +18,7 @@ from ..codecs import Codec
 from ..engine import Layout, Plane
 from ..errors import TooLargeError
 from ..model import Scene, Slide, make_levels
-from ..source import Pieces
+from ..source import PieceList
 
 NAME = "Pillow"
 
@@ -35,11 +35,11 @@ _MODES = {"1": ("L", np.uint8, ("Y",)), "L": ("L", np.uint8, ("Y",)), "LA": ("LA
           "I": ("I", np.int32, ("Y",)), "F": ("F", np.float32, ("Y",))}
 
 
-class WholeFile(Pieces):
+class WholeFile(PieceList):
     """One piece: the file's bytes."""
 
     def __init__(self):
-        super().__init__([1], [1], "image")
+        super().__init__(1, "image")
 
     def fetch(self, source, index: int) -> bytes:
         return source.pread(0, source.size)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 
-from ..engine import Layout
+from ..engine import Layout, Plane
 from ..errors import CorruptDataError
 from ..model import Scene, Slide, make_levels
 from . import tiff
@@ -93,7 +93,7 @@ def open(probe, options) -> Slide:
 
 
 def _level(pages, probe, i: int):
-    planes = []
+    planes: list[Plane] = []
     for c, p in enumerate(pages):
         planes += tiff.page_planes(p, probe, f"level {i} channel {c}")
     spp = pages[0].samplesperpixel

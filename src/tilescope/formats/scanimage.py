@@ -31,7 +31,7 @@ from .. import codecs
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError, InvalidRequestError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
-from ..source import Pieces
+from ..source import ByteRanges, FileSource
 
 NAME = "ScanImage"
 MAGIC = 117637889
@@ -224,7 +224,9 @@ class _Frames:
         vsize = 8 if big else 4
         first = struct.unpack_from("<Q" if big else "<I", mm, 8 if big else 4)[0]
         size = len(mm)
-        desc, strips, layout = [], [], None
+        desc: list[tuple[int, int]] = []
+        strips: list[tuple[tuple, tuple]] = []
+        layout: tuple | None = None
         pos, seen = first, 0
         while pos:
             if pos + 8 > size or seen > size // 8:
@@ -352,6 +354,7 @@ class ScanImageScene(Scene):
             raise InvalidRequestError(f"{self._where}: frames {start}:{stop} are outside 0:{n}")
         self._reader()
         src = self._slide._source
+        assert isinstance(src, FileSource)  # ScanImage stacks are local files
         h, w = self._frames_info.shape
         out = np.empty((stop - start, h, w), self.dtype)
         flat = out.reshape(stop - start, -1).view(np.uint8)
@@ -419,7 +422,7 @@ def open(probe, options) -> Slide:
                 i = ((volume * ns + z) * fps + frame) * nc + c
                 offs, cnts = frames.strips[i]
                 rows = -(-h // len(offs))
-                row.append(Plane(Pieces(offs, cnts, f"frame {i}"), codec, (w, h), (w, rows)))
+                row.append(Plane(ByteRanges(offs, cnts, f"frame {i}"), codec, (w, h), (w, rows)))
             planes[(z, t)] = tuple(row)
     layout = Layout(planes, tuple((c, 0) for c in range(nc)))
     channel_names = [f"Channel {c}" for c in acq.channels]  # ScanImage's own numbering of saved channels

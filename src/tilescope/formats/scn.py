@@ -17,9 +17,9 @@ import base64
 import binascii
 import contextlib
 
-from ..engine import Layout
+from ..engine import Layout, Plane
 from ..errors import CorruptDataError
-from ..model import Scene, Slide, make_levels
+from ..model import AssociatedImage, Scene, Slide, make_levels
 from . import parse_xml, tiff
 
 NAME = "SCN"
@@ -59,7 +59,8 @@ def open(probe, options) -> Slide:
                 barcode = base64.b64decode(barcode, validate=True).decode("utf-8")
         props["barcode"] = barcode
     pages = list(tf.pages)
-    scenes, associated = [], {}
+    scenes: list[Scene] = []
+    associated: dict[str, AssociatedImage] = {}
     slide = Slide(probe.source, NAME, options, raw_metadata=first.description, vendor="leica",
                   properties={"leica": props})
     for k, image in enumerate(coll.findall(f"{ns}image")):
@@ -98,7 +99,8 @@ def open(probe, options) -> Slide:
     tags.pop("ImageDescription", None)  # the XML: raw_metadata (openslide lists no tiff.ImageDescription)
     slide.properties["tiff"] = tags
     mpp = scenes[0].mpp
-    props["collection-size"] = (round(cw / (mpp[0] * 1000)), round(ch / (mpp[1] * 1000)))
+    if mpp:
+        props["collection-size"] = (round(cw / (mpp[0] * 1000)), round(ch / (mpp[1] * 1000)))
     slide._set_contents(scenes, associated)
     return slide
 
@@ -108,14 +110,16 @@ def _scene(slide, probe, pages, image, ns, name, dims, view, props, first: bool)
     channels = sorted({c for _, c, _ in dims})
     specs = []
     for r in sorted({r for r, _, _ in dims}):
-        planes, cmap = [], []
+        planes: list[Plane] = []
+        cmap: list[tuple[int, int]] = []
         for c in channels:
             ifd = next((i for rr, cc, i in dims if rr == r and cc == c), None)
             if ifd is None:
                 raise CorruptDataError(f"{probe.path}: Leica <image> {name!r} has no <dimension> r={r} "
                                        f"for channel c={c}")
             ps = tiff.page_planes(pages[ifd], probe, f"image {name!r} r={r} c={c}")
-            cmap += [(len(planes) + p, s) for p, s in tiff.page_layout(pages[ifd], probe, name).channel_map]
+            cmap += [(len(planes) + m[0], m[1]) for m in tiff.page_layout(pages[ifd], probe, name).channel_map
+                     if m is not None]
             planes += ps
         page = pages[next(i for rr, _, i in dims if rr == r)]
         specs.append(((page.imagewidth, page.imagelength), planes[0].tile, Layout({(0, 0): tuple(planes)},
@@ -136,7 +140,7 @@ def _scene(slide, probe, pages, image, ns, name, dims, view, props, first: bool)
         props.update(facts)
     mag = None
     with contextlib.suppress(TypeError, ValueError):
-        mag = float(objective)
+        mag = float(objective) if objective is not None else None
     page0 = pages[next(i for rr, _, i in dims if rr == min(r for r, _, _ in dims))]
     brightfield = (source or "brightfield").lower() == "brightfield" and len(channels) == 1
     names = tiff.channel_names(page0) if len(channels) == 1 else [f"C{c}" for c in channels]

@@ -7,13 +7,13 @@ imagecodecs decodes is read.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from .. import codecs
 from ..engine import Layout, Plane
 from ..errors import UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
-from ..source import Pieces
+from ..source import ByteRanges
 
 NAME = "TIFF"
 
@@ -45,7 +45,7 @@ def page_planes(page, probe, label: str, missing_ok: bool = False) -> tuple[Plan
     nplanes = spp if separate else 1
     n = len(offsets) // nplanes
     return tuple(
-        Plane(Pieces(offsets[i * n:(i + 1) * n], counts[i * n:(i + 1) * n], label, missing_ok),
+        Plane(ByteRanges(offsets[i * n:(i + 1) * n], counts[i * n:(i + 1) * n], label, missing_ok),
               codec, (w, h), tile)
         for i in range(nplanes))
 
@@ -84,13 +84,18 @@ def associated_image(page, probe, name: str) -> AssociatedImage:
                            kf.samplesperpixel)
 
 
-def compression_of(page) -> dict[str, str]:
+class Compression(TypedDict):
+    compression: str
+    compression_raw: str
+
+
+def compression_of(page) -> Compression:
     """Scene keywords: the page's compression in the one vocabulary (:data:`codecs.COMPRESSIONS`)
     and, raw, its TIFF Compression tag (value and tifffile's name for it)."""
     kf = page.keyframe
     code = int(kf.compression)
-    return {"compression": codecs.tiff_compression(code),
-            "compression_raw": f"{code} {getattr(kf.compression, 'name', '')}".strip()}
+    return Compression(compression=codecs.tiff_compression(code),
+                       compression_raw=f"{code} {getattr(kf.compression, 'name', '')}".strip())
 
 
 def channel_names(page) -> list[str]:
@@ -123,7 +128,7 @@ def resolution_mpp(page) -> tuple[float, float] | None:
 
 def tag_properties(page) -> dict[str, Any]:
     """Textual TIFF tags of a page, as openslide exposes them (``tiff.*``)."""
-    props = {}
+    props: dict[str, Any] = {}
     for name in _TEXT_TAGS:
         tag = page.tags.get(name)
         if tag is not None and isinstance(tag.value, str):

@@ -22,6 +22,7 @@ import numpy as np
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError
 from ..model import Level, Scene, Slide
+from ..source import ByteRanges
 from . import parse_xml, tiff
 
 NAME = "Ventana"
@@ -100,6 +101,7 @@ def _areas(xml: str, tile: tuple[int, int], where: str):
 def _placed_level(page, probe, areas, adv, ds: int, label: str):
     """A level's camera tiles as placed pieces."""
     base = tiff.page_planes(page, probe, label, missing_ok=True)[0]
+    assert isinstance(base.pieces, ByteRanges)  # a TIFF page's tiles
     tw, th = base.tile
     nx = base.grid[0]
     pieces_idx, rects, crops = [], [], []
@@ -112,13 +114,13 @@ def _placed_level(page, probe, areas, adv, ds: int, label: str):
                 crops.append(((col % ds) * sw, (row % ds) * sh))
                 px, py = (x + c * adv[0]) / ds, (y + r * adv[1]) / ds
                 rects.append((math.floor(px + 0.5), math.floor(py + 0.5), sw, sh))
-    rects = np.asarray(rects, np.int64).reshape(-1, 4)
+    placed = np.asarray(rects, np.int64).reshape(-1, 4)
     offsets = base.pieces.offsets[pieces_idx]
     counts = base.pieces.counts[pieces_idx]
-    pieces = type(base.pieces)(offsets, counts, label, missing_ok=True)
-    size = (int(rects[:, 0].max() + sw), int(rects[:, 1].max() + sh)) if len(rects) else (1, 1)
-    full = np.tile(np.array([[tw, th]], np.int64), (len(rects), 1))
-    return Plane(pieces, base.codec, size, (sw, sh), rects, full, np.asarray(crops, np.int64).reshape(-1, 2))
+    pieces = ByteRanges(offsets, counts, label, missing_ok=True)
+    size = (int(placed[:, 0].max() + sw), int(placed[:, 1].max() + sh)) if len(placed) else (1, 1)
+    full = np.tile(np.array([[tw, th]], np.int64), (len(placed), 1))
+    return Plane(pieces, base.codec, size, (sw, sh), placed, full, np.asarray(crops, np.int64).reshape(-1, 2))
 
 
 def open(probe, options) -> Slide:
@@ -131,8 +133,8 @@ def open(probe, options) -> Slide:
         desc = page.description or ""
         m = re.search(r"level=(\d+)", desc)
         if m and page.is_tiled:
-            mag = re.search(r"mag=([0-9.]+)", desc)
-            levels.append((int(m.group(1)), float(mag.group(1)) if mag else None, page))
+            found = re.search(r"mag=([0-9.]+)", desc)
+            levels.append((int(m.group(1)), float(found.group(1)) if found else None, page))
         elif desc.startswith(("Label Image", "Label_Image")) and "macro" not in associated:
             associated["macro"] = tiff.associated_image(page, probe, "macro")
         elif desc.startswith("Thumbnail") and "thumbnail" not in associated:
@@ -147,8 +149,8 @@ def open(probe, options) -> Slide:
         tile = (page0.tilewidth, page0.tilelength)
         areas, adv = _areas(encode, tile, probe.path)
         mag0 = levels[0][1]
-        for i, (_, mag, page) in enumerate(levels):
-            ds = round(mag0 / mag) if mag0 and mag else 2 ** i
+        for i, (_, level_mag, page) in enumerate(levels):
+            ds = round(mag0 / level_mag) if mag0 and level_mag else 2 ** i
             plane = _placed_level(page, probe, areas, adv, ds, f"level {i}")
             specs.append(Level(i, plane.size, float(ds), plane.tile, (float(ds), float(ds)),
                                Layout.single(plane)))

@@ -49,8 +49,9 @@ class DeepZoomGenerator:
         dims = [self._slide_dims[0]]
         while dims[-1][0] > 1 or dims[-1][1] > 1:
             dims.append(tuple(max(1, math.ceil(n / 2)) for n in dims[-1]))
-        self._dims = tuple(reversed(dims))
-        self._tiles = tuple(tuple(math.ceil(n / tile_size) for n in d) for d in self._dims)
+        self._dims: tuple[tuple[int, int], ...] = tuple((int(w), int(h)) for w, h in reversed(dims))
+        self._tiles: tuple[tuple[int, int], ...] = tuple((math.ceil(w / tile_size), math.ceil(h / tile_size))
+                                                         for w, h in self._dims)
         n = len(self._dims)
         ds_from_full = [2 ** (n - i - 1) for i in range(n)]
         self._slide_level = tuple(osr.get_best_level_for_downsample(d) for d in ds_from_full)
