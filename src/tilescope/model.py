@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import units as _units
+from .cache import TileCache
 from .engine import Layout, Options, Reader
 from .errors import CorruptDataError, InvalidRequestError, SlideClosedError
 from .geometry import LEVEL_TOLERANCE, normalize_rect, plane_indices, resolve_size
@@ -373,7 +374,7 @@ class Slide:
 
     def __init__(self, source: Source, driver: str, options: Options, *, raw_metadata: str = "",
                  vendor: str | None = None, properties: dict[str, Any] | None = None,
-                 icc_profile: bytes | None = None):
+                 icc_profile: bytes | None = None, comment: str | None = None, barcode: str | None = None):
         self._source = source
         self._reader = Reader(source, options)
         self.path = source.path
@@ -382,13 +383,24 @@ class Slide:
         self.vendor = vendor
         self.properties = properties or {}
         self.icc_profile = icc_profile  # the ICC colour profile the file embeds, if any
+        self.comment = comment  # the format's free-text description of the slide, if it has one
+        self.barcode = barcode  # the slide label's barcode as the file records it
+        # (w, h) level-0 pixels of the canvas the scenes sit on at their rects (a Leica collection),
+        # or None: each scene stands alone
+        self.canvas: tuple[int, int] | None = None
         self._srgb: dict = {}  # ICC profile -> its sRGB transform, built on first use
         self.scenes: tuple[Scene, ...] = ()
         self._associated: dict[str, AssociatedImage] = {}
 
-    def _set_contents(self, scenes: Sequence[Scene], associated: dict[str, AssociatedImage]) -> None:
+    def _set_contents(self, scenes: Sequence[Scene], associated: dict[str, AssociatedImage],
+                      canvas: tuple[int, int] | None = None) -> None:
         self.scenes = tuple(scenes)
         self._associated = associated
+        self.canvas = canvas
+
+    def set_cache(self, cache: TileCache) -> None:
+        """Decode this slide's tiles into ``cache`` from now on (``TileCache(0)`` disables)."""
+        self._reader.cache = cache
 
     def _bind(self, source: Source | None, options: Options) -> Slide:
         """This parsed slide on another descriptor of the same file (re-opening skips parsing);

@@ -81,6 +81,11 @@ def by_name(name: str) -> ModuleType:
     raise InvalidRequestError(f"no driver named {name!r} (drivers: {', '.join(m.NAME for m in modules())})")
 
 
+def openslide_vendor(driver: str) -> str | None:
+    """openslide's vendor name for the format a driver reads (None: a plain image)."""
+    return by_name(driver).OPENSLIDE_VENDOR
+
+
 def detect(probe: Probe) -> ModuleType | None:
     for m in modules():
         if m.detect(probe):

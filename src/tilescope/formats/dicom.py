@@ -36,6 +36,7 @@ from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges, FileSource
 
 NAME = "DICOM"
+OPENSLIDE_VENDOR = 'dicom'  # openslide's name for the format (detect_format, openslide.vendor)
 MULTI_FILE = True  # a slide is several files: gathered from the folder, or given as a list (``files=``)
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -30,6 +30,7 @@ from ..source import Home, PieceList
 from . import dicom
 
 NAME = "DICOMweb"
+OPENSLIDE_VENDOR = 'dicom'  # openslide's name for the format (detect_format, openslide.vendor)
 SCHEME = "dicomweb+"
 _OCTETS = (("application/octet-stream", "*"),)
 

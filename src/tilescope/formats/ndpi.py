@@ -26,6 +26,7 @@ from ..source import ByteRanges
 from . import tiff
 
 NAME = "NDPI"
+OPENSLIDE_VENDOR = 'hamamatsu'  # openslide's name for the format (detect_format, openslide.vendor)
 _FORMAT_FLAG, _SOURCE_LENS, _X_OFFSET, _Y_OFFSET, _FOCAL_PLANE = 65420, 65421, 65422, 65423, 65424
 _MCU_STARTS, _REFERENCE, _MCU_STARTS_HIGH, _PROPERTY_MAP = 65426, 65427, 65432, 65449
 
@@ -180,7 +181,7 @@ def open(probe, options) -> Slide:
         mpp = _mpp(first)
         tags = tiff.tag_properties(first)
         slide = Slide(source, NAME, options, vendor="hamamatsu",
-                      properties={"hamamatsu": props, "tiff": tags})
+                      properties={"hamamatsu": props, "tiff": tags}, comment=tags.get("ImageDescription"))
         scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=["R", "G", "B"],
                       dtype=np.uint8, mpp=mpp, magnification=props["SourceLens"], compression="jpeg",
                       num_z_slices=len(zs), brightfield=True)

@@ -21,6 +21,7 @@ from ..model import Scene, Slide, make_levels
 from ..source import PieceList
 
 NAME = "Pillow"
+OPENSLIDE_VENDOR = None  # openslide reads these as ImageSlide, not as a vendor's slide
 
 _COMPRESSION = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "lzw", "BMP": "none"}
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")

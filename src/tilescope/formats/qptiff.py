@@ -19,6 +19,7 @@ from ..model import Scene, Slide, make_levels
 from . import tiff
 
 NAME = "QPTIFF"
+OPENSLIDE_VENDOR = 'qptiff'  # openslide's name for the format (detect_format, openslide.vendor)
 _ASSOCIATED = {"thumbnail": "thumbnail", "overview": "macro", "macro": "macro", "label": "label"}
 
 
@@ -84,7 +85,8 @@ def open(probe, options) -> Slide:
         if name and name not in associated:
             associated[name] = tiff.associated_image(p, probe, name)
     slide = Slide(probe.source, NAME, options, raw_metadata=first.description, vendor="akoya",
-                  properties={"qptiff": base[0][1], "tiff": tiff.tag_properties(first)})
+                  properties={"qptiff": base[0][1], "tiff": tiff.tag_properties(first)},
+                  comment=first.description or None)
     scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=first.dtype,
                   mpp=mpp, magnification=mag, **tiff.compression_of(first),
                   brightfield=nc == 1 and first.samplesperpixel >= 3, channel_colors=colors)

@@ -34,6 +34,7 @@ from ..model import Scene, Slide, make_levels
 from ..source import ByteRanges, FileSource
 
 NAME = "ScanImage"
+OPENSLIDE_VENDOR = 'scanimage'  # openslide's name for the format (detect_format, openslide.vendor)
 MAGIC = 117637889
 _TAGS = (256, 257, 258, 270, 273, 277, 279, 305, 315, 339)
 _TYPES = {1: "B", 2: "B", 3: "H", 4: "I", 16: "Q", 13: "I", 18: "Q", 6: "b", 8: "h", 9: "i", 17: "q"}

@@ -7,8 +7,8 @@ other image is a Scene named by its ``name``, with its ``rect`` in its own pixel
 (offset / pixel size), its levels from its dimensions (``r`` order; focal plane 0), fluorescence
 channels (``c``) as channels. mpp from the view size over the pixel size; magnification from the
 image's ``objective``; collection and image facts as ``leica`` properties (openslide's keys where
-openslide has them: barcode decoded from Base64, objective, aperture, device, creation date), and
-``collection-size``: the collection in the first main image's pixels.
+openslide has them: barcode decoded from Base64, objective, aperture, device, creation date); the
+collection in the first main image's pixels is the slide's ``canvas``, the barcode its ``barcode``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..model import AssociatedImage, Scene, Slide, make_levels
 from . import parse_xml, tiff
 
 NAME = "SCN"
+OPENSLIDE_VENDOR = 'leica'  # openslide's name for the format (detect_format, openslide.vendor)
 _NAMESPACES = ("http://www.leica-microsystems.com/scn/2010/10/01",
                "http://www.leica-microsystems.com/scn/2010/03/10")
 
@@ -62,7 +63,7 @@ def open(probe, options) -> Slide:
     scenes: list[Scene] = []
     associated: dict[str, AssociatedImage] = {}
     slide = Slide(probe.source, NAME, options, raw_metadata=first.description, vendor="leica",
-                  properties={"leica": props})
+                  properties={"leica": props}, barcode=props.get("barcode"))
     for k, image in enumerate(coll.findall(f"{ns}image")):
         name = image.get("name") or f"Image {k}"
         iw = f"{where}: <image> {name!r}"
@@ -99,9 +100,8 @@ def open(probe, options) -> Slide:
     tags.pop("ImageDescription", None)  # the XML: raw_metadata (openslide lists no tiff.ImageDescription)
     slide.properties["tiff"] = tags
     mpp = scenes[0].mpp
-    if mpp:
-        props["collection-size"] = (round(cw / (mpp[0] * 1000)), round(ch / (mpp[1] * 1000)))
-    slide._set_contents(scenes, associated)
+    canvas = (round(cw / (mpp[0] * 1000)), round(ch / (mpp[1] * 1000))) if mpp else None
+    slide._set_contents(scenes, associated, canvas)
     return slide
 
 

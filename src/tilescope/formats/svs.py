@@ -15,6 +15,7 @@ from ..model import Scene, Slide, make_levels
 from . import tiff
 
 NAME = "SVS"
+OPENSLIDE_VENDOR = 'aperio'  # openslide's name for the format (detect_format, openslide.vendor)
 
 
 def detect(probe) -> bool:
@@ -63,9 +64,10 @@ def open(probe, options) -> Slide:
     p0 = pages[0]
     desc = p0.description or ""
     props = parse_description(desc)
+    props.pop("Header")  # the description's first part: in comment and raw_metadata, not a key/value
     slide = Slide(probe.source, NAME, options, raw_metadata=desc, vendor="aperio",
                   properties={"aperio": props, "tiff": tiff.tag_properties(p0)},
-                  icc_profile=tiff.icc_profile(p0))
+                  icc_profile=tiff.icc_profile(p0), comment=desc or None)
     level_pages = [p for p in pages if p.is_tiled]
     levels = make_levels([tiff.level_spec(p, probe, f"level {i}") for i, p in enumerate(level_pages)])
     associated = {}

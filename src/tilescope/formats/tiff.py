@@ -16,6 +16,7 @@ from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges
 
 NAME = "TIFF"
+OPENSLIDE_VENDOR = 'generic-tiff'  # openslide's name for the format (detect_format, openslide.vendor)
 
 _TEXT_TAGS = ("ImageDescription", "Software", "DateTime", "Make", "Model", "Artist", "Copyright",
               "HostComputer", "DocumentName")
@@ -172,7 +173,8 @@ def open(probe, options) -> Slide:
     pages = pyramid_pages(tf)
     p0 = pages[0]
     slide = Slide(probe.source, NAME, options, raw_metadata=p0.description or "", vendor=None,
-                  properties={"tiff": tag_properties(p0)}, icc_profile=icc_profile(p0))
+                  properties={"tiff": tag_properties(p0)}, icc_profile=icc_profile(p0),
+                  comment=p0.description or None)
     levels = make_levels([level_spec(p, probe, f"level {i}") for i, p in enumerate(pages)])
     scene = Scene(slide, name="main", levels=levels, channel_names=channel_names(p0), dtype=p0.dtype,
                   mpp=resolution_mpp(p0), **compression_of(p0), brightfield=is_brightfield(p0))

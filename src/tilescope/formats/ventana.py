@@ -26,6 +26,7 @@ from ..source import ByteRanges
 from . import parse_xml, tiff
 
 NAME = "Ventana"
+OPENSLIDE_VENDOR = 'ventana'  # openslide's name for the format (detect_format, openslide.vendor)
 _XMP = 700
 
 
@@ -168,7 +169,8 @@ def open(probe, options) -> Slide:
         pass
     raw = _xmp(pages[0]) + ("\n" + encode if encode else "")
     slide = Slide(probe.source, NAME, options, raw_metadata=raw, vendor="ventana",
-                  properties={"ventana": props, "tiff": tiff.tag_properties(page0)})
+                  properties={"ventana": props, "tiff": tiff.tag_properties(page0)},
+                  comment=page0.description or None)
     scene = Scene(slide, name="main", levels=specs, channel_names=tiff.channel_names(page0),
                   dtype=page0.dtype, mpp=mpp, magnification=mag, **tiff.compression_of(page0),
                   brightfield=True)

@@ -25,6 +25,7 @@ from PIL import Image, ImageCms
 
 import tilescope
 from tilescope import TileCache, TilescopeError
+from tilescope.formats import openslide_vendor
 
 __all__ = [
     "PROPERTY_NAME_BACKGROUND_COLOR", "PROPERTY_NAME_BARCODE", "PROPERTY_NAME_BOUNDS_HEIGHT",
@@ -51,9 +52,6 @@ PROPERTY_NAME_BOUNDS_WIDTH = "openslide.bounds-width"
 PROPERTY_NAME_BOUNDS_HEIGHT = "openslide.bounds-height"
 PROPERTY_NAME_BARCODE = "openslide.barcode"
 
-# tilescope driver -> openslide's vendor name (others: the driver's name in lower case)
-VENDORS = {"SVS": "aperio", "TIFF": "generic-tiff", "OME": "ome-tiff", "NDPI": "hamamatsu", "SCN": "leica",
-           "CZI": "zeiss"}
 
 
 class OpenSlideError(Exception):
@@ -179,9 +177,6 @@ def _rgb8(a: np.ndarray) -> np.ndarray:
     return ((a.astype(np.float64) - info.min) * 255 / (info.max - info.min)).astype(np.uint8)
 
 
-_PLAIN_IMAGE_DRIVERS = {"Pillow"}
-
-
 class OpenSlide(AbstractSlide):
     """An open whole-slide image, read by tilescope (any format it reads)."""
 
@@ -193,12 +188,14 @@ class OpenSlide(AbstractSlide):
             raise OpenSlideUnsupportedFormatError(f"Unsupported or missing image file: {e}") from e
         except TilescopeError as e:
             raise OpenSlideError(str(e)) from e
-        if self._slide.driver in _PLAIN_IMAGE_DRIVERS:  # as openslide: plain images are ImageSlides
+        self._vendor = openslide_vendor(self._slide.driver)
+        if self._vendor is None:  # as openslide: plain images are ImageSlides
             self._slide.close()
             raise OpenSlideUnsupportedFormatError(f"Unsupported or missing image file: {filename}")
         self._scene = self._slide.scenes[0]
-        # Leica SCN: openslide shows the collection, every main image at its place, the rest transparent
-        canvas = self._slide.properties.get("leica", {}).get("collection-size")
+        # scenes on a canvas (a Leica collection): openslide shows the canvas, every scene at its
+        # place, the rest transparent
+        canvas = self._slide.canvas
         self._regions = [(sc, sc.rect) for sc in self._slide.scenes] if canvas else [(self._scene, None)]
         sc0 = self._scene.levels[0].size
         self._dims = tuple((int(canvas[0] * lv.size[0] / sc0[0]), int(canvas[1] * lv.size[1] / sc0[1]))
@@ -215,7 +212,7 @@ class OpenSlide(AbstractSlide):
             name = tilescope.detect(filename)
         except TilescopeError:
             return None
-        return VENDORS.get(name, name.lower()) if name and name not in _PLAIN_IMAGE_DRIVERS else None
+        return openslide_vendor(name) if name else None
 
     def _check(self) -> None:
         if self._slide.closed:
@@ -256,11 +253,10 @@ class OpenSlide(AbstractSlide):
 
     def _build_properties(self) -> dict[str, str]:
         s, sc = self._slide, self._scene
-        p: dict[str, str] = {PROPERTY_NAME_VENDOR: VENDORS.get(s.driver, s.driver.lower())}
+        p: dict[str, str] = {PROPERTY_NAME_VENDOR: str(self._vendor)}
         composite = self._regions[0][1] is not None
-        description = s.properties.get("tiff", {}).get("ImageDescription")
-        if description and s.driver != "OME":
-            p[PROPERTY_NAME_COMMENT] = description
+        if s.comment:
+            p[PROPERTY_NAME_COMMENT] = s.comment
         p["openslide.level-count"] = str(len(sc.levels))
         for lv, (w, h) in zip(sc.levels, self._dims, strict=True):
             p[f"openslide.level[{lv.index}].width"], p[f"openslide.level[{lv.index}].height"] = str(w), str(h)
@@ -277,8 +273,8 @@ class OpenSlide(AbstractSlide):
             x1, y1 = max(r[0] + r[2] for r in rects), max(r[1] + r[3] for r in rects)
             p[PROPERTY_NAME_BOUNDS_X], p[PROPERTY_NAME_BOUNDS_Y] = str(x0), str(y0)
             p[PROPERTY_NAME_BOUNDS_WIDTH], p[PROPERTY_NAME_BOUNDS_HEIGHT] = str(x1 - x0), str(y1 - y0)
-        if barcode := s.properties.get("leica", {}).get("barcode"):
-            p[PROPERTY_NAME_BARCODE] = barcode
+        if s.barcode:
+            p[PROPERTY_NAME_BARCODE] = s.barcode
         if sc.mpp:
             p[PROPERTY_NAME_MPP_X], p[PROPERTY_NAME_MPP_Y] = _fmt(sc.mpp[0]), _fmt(sc.mpp[1])
         if sc.magnification:
@@ -292,7 +288,7 @@ class OpenSlide(AbstractSlide):
             p["openslide.icc-size"] = str(len(s.icc_profile))
         for group, values in s.properties.items():
             for key, value in values.items():
-                if key == "Header" or value is None or isinstance(value, (list, tuple, dict)):
+                if value is None or isinstance(value, (list, tuple, dict)):
                     continue  # tilescope's own structure (a DICOM slide's instances), not properties
                 p[f"{group}.{key}"] = _fmt(value) if isinstance(value, float) else str(value)
         return p
@@ -359,7 +355,7 @@ class OpenSlide(AbstractSlide):
         if not isinstance(cache, OpenSlideCache):
             raise TypeError("Not a cache object")
         self._check()
-        self._slide._reader.cache = cache._cache
+        self._slide.set_cache(cache._cache)
 
 
 class _AssociatedImages(Mapping):
