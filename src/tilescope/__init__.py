@@ -68,8 +68,8 @@ def _folder_mtime(path) -> int:
 
 
 def drivers() -> list[str]:
-    """Driver names, in detection order."""
-    return [m.NAME for m in formats.modules()]
+    """Driver names: file formats in detection order, then the drivers of URLs."""
+    return [m.NAME for m in formats.modules() + formats.url_modules()]
 
 
 def _probe_driver(source: FileSource):
@@ -80,12 +80,13 @@ def _probe_driver(source: FileSource):
     return probe
 
 
-def _checked(overrides: dict) -> dict:
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(Options)}
+def _options(overrides: dict) -> Options:
+    """The process defaults with this slide's ``overrides``; unknown names are an error."""
+    known = {f.name for f in dataclasses.fields(Options)}
+    unknown = set(overrides) - known
     if unknown:
-        raise InvalidRequestError(f"unknown option(s) {sorted(unknown)}; known: "
-                                  f"{sorted(f.name for f in dataclasses.fields(Options))}")
-    return overrides
+        raise InvalidRequestError(f"unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return dataclasses.replace(options, **overrides)
 
 
 def _in_folder(source):
@@ -140,48 +141,62 @@ def detect(source: str | os.PathLike) -> str | None:
 
 def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | None = None,
          **overrides) -> Slide:
-    """Open an image file and return a :class:`Slide`.
+    """Open an image and return a :class:`Slide`.
 
-    The format is detected from the content (magic bytes, TIFF tags, ImageDescription); ``driver``
-    forces one (see :func:`drivers`). A folder stands for its first file a driver recognizes; a
-    list of files is the instances of one DICOM slide. ``overrides`` are :class:`Options` fields
-    for this slide: ``max_read_bytes``, ``band_bytes``, ``threads``, ``cache`` (a
-    :class:`TileCache`; by default one process-wide cache of 64 MiB is shared).
+    ``source`` is a file (the format is detected from the content: magic bytes, TIFF tags,
+    ImageDescription; ``driver`` forces one, see :func:`drivers`), a folder (its DICOM slide, or its
+    first file a driver recognizes), a list of files (the instances of one DICOM slide), or a URL a
+    driver opens (``dicomweb+http(s)://host/path``: keywords ``study``, ``series``, ``headers``,
+    ``verify``, ``timeout``, ``retries``, ``batch``, ``connections``, ``whole_study``; see the
+    README). ``overrides`` are :class:`Options` fields for this slide: ``max_read_bytes``,
+    ``band_bytes``, ``threads``, ``cache`` (a :class:`TileCache`; by default one process-wide
+    cache of 64 MiB is shared), ...
     """
-    if isinstance(source, str) and source.startswith("dicomweb+"):
-        from .formats import dicomweb
+    if isinstance(source, str) and (web := formats.for_url(source)) is not None:
+        names = {f.name for f in dataclasses.fields(web.URL_OPTIONS)}
+        url_options = web.URL_OPTIONS(**{k: overrides.pop(k) for k in list(overrides) if k in names})
+        return web.open_url(source, _options(overrides), url_options)
+    path, folder, files = _resolve(source)
+    opts = _options(overrides)
+    src = FileSource(path)
+    key = (src.identity, driver.upper() if driver else None, folder is not None)
+    parsed = _cached(key, path) if files is None else None
+    if parsed is not None:
+        return parsed._bind(src, opts)
+    try:
+        return _parse(src, opts, driver, folder, files, key)
+    except BaseException:
+        src.close()
+        raise
 
-        web = {k: overrides.pop(k) for k in ("study", "series", "headers", "verify", "timeout", "retries",
-                                              "batch", "connections", "whole_study") if k in overrides}
-        return dicomweb.open_url(source, dataclasses.replace(options, **_checked(overrides)), **web)
-    files = None
+
+def _resolve(source) -> tuple[str, str | None, list[str] | None]:
+    """(the file to open, the folder it stands for or None, the list of files or None)."""
     if isinstance(source, (list, tuple)):
         if not source:
             raise InvalidRequestError("open: an empty list of files")
         files = [os.fspath(p) for p in source]
-        given = files[0]
-    else:
-        given = os.fspath(source)  # type: ignore[arg-type]  # a str or PathLike here
-    folder = given if files is None and os.path.isdir(given) else None
-    path = _in_folder(given)
-    fields = {f.name for f in dataclasses.fields(Options)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise InvalidRequestError(f"unknown option(s) {sorted(unknown)}; known: {sorted(fields)}")
-    opts = dataclasses.replace(options, **overrides)
-    src = FileSource(path)
-    probe = None
-    key = (src.identity, driver.upper() if driver else None, folder is not None)
+        return files[0], None, files
+    given = os.fspath(source)
+    return _in_folder(given), given if os.path.isdir(given) else None, None
+
+
+def _cached(key, path: str) -> Slide | None:
+    """The parsed slide of an unchanged file (and, for slides gathered from their folder, an
+    unchanged folder: files added are seen), or None."""
     with _parsed_lock:
-        parsed, mtime = _PARSED.get(key, (None, None)) if files is None else (None, None)
+        parsed, mtime = _PARSED.get(key, (None, None))
         if parsed is not None:
             _PARSED.move_to_end(key)
-    # a slide gathered from its folder is parsed again once the folder changed (files added)
     if parsed is not None and (mtime is None or mtime == _folder_mtime(path)):
-        return parsed._bind(src, opts)
+        return parsed
+    return None
+
+
+def _parse(src: FileSource, opts: Options, driver: str | None, folder: str | None, files, key) -> Slide:
+    probe = _probe_driver(src)
+    probe.folder = folder  # the folder the caller opened (drivers of several files choose in it)
     try:
-        probe = _probe_driver(src)
-        probe.folder = folder  # the folder the caller opened (drivers of several files choose in it)
         mod = formats.by_name(driver) if driver else formats.detect(probe)
         if mod is None:
             raise UnsupportedFormatError(
@@ -196,24 +211,20 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
         try:
             if files is not None:
                 return mod.open(probe, opts, files=files)
-            mtime = _folder_mtime(path) if multi else None  # before the parse: changes during it count
+            mtime = _folder_mtime(src.path) if multi else None  # before the parse: changes during it count
             slide = mod.open(probe, opts)
-            with _parsed_lock:
-                _PARSED[key] = slide._bind(None, opts), mtime
-                while len(_PARSED) > _PARSED_MAX:
-                    _PARSED.popitem(last=False)
-            return slide
         except TilescopeError:
             raise
         except Exception as e:  # a library's parse error on damaged structure: ours, naming the file
             raise CorruptDataError(f"{src.path}: cannot read the {mod.NAME} structure: "
                                    f"{type(e).__name__}: {e}") from e
-    except BaseException:
-        src.close()
-        raise
+        with _parsed_lock:
+            _PARSED[key] = slide._bind(None, opts), mtime
+            while len(_PARSED) > _PARSED_MAX:
+                _PARSED.popitem(last=False)
+        return slide
     finally:
-        if probe is not None:
-            probe.close()
+        probe.close()
 
 
 def set_cache_size(nbytes: int) -> None:

@@ -1,6 +1,8 @@
-"""Format drivers: one module per format, each with ``NAME``, ``detect(probe)`` and
-``open(probe, options)``. Detection asks the drivers in ``DRIVERS`` order, most specific first,
-so a file reaches the driver that knows most about it (an Aperio SVS is a TIFF too)."""
+"""Format drivers: one module per format, each with ``NAME``, ``OPENSLIDE_VENDOR``, ``detect(probe)``
+and ``open(probe, options)``. Detection asks the drivers in ``DRIVERS`` order, most specific first,
+so a file reaches the driver that knows most about it (an Aperio SVS is a TIFF too). Drivers of
+URLs (``URL_DRIVERS``) declare the ``SCHEMES`` they open, their keywords as a dataclass
+``URL_OPTIONS``, and ``open_url(url, options, url_options)``."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from ..source import FileSource
 # detection order: vendor dialects of TIFF and other formats first, the generic TIFF reader last
 DRIVERS = ("svs", "ome", "ndpi", "philips", "qptiff", "scn", "ventana", "scanimage", "czi", "afi", "dicom",
            "tiff", "pillow", "gdal")
+
+URL_DRIVERS = ("dicomweb",)
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -68,10 +72,21 @@ def parse_xml(text: str | bytes, where: str, what: str):
 
 
 def modules() -> list[ModuleType]:
+    """The drivers of files, in detection order."""
     return _MODULES
 
 
+def url_modules() -> list[ModuleType]:
+    return _URL_MODULES
+
+
+def for_url(source: str) -> ModuleType | None:
+    """The driver whose URL scheme ``source`` starts with, if any."""
+    return next((m for m in _URL_MODULES if source.startswith(m.SCHEMES)), None)
+
+
 _MODULES = [importlib.import_module(f"{__name__}.{m}") for m in DRIVERS]
+_URL_MODULES = [importlib.import_module(f"{__name__}.{m}") for m in URL_DRIVERS]
 
 
 def by_name(name: str) -> ModuleType:

@@ -16,11 +16,13 @@ extra (pydicom, dicomweb-client).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import threading
 import time
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,6 +34,29 @@ from . import dicom
 NAME = "DICOMweb"
 OPENSLIDE_VENDOR = 'dicom'  # openslide's name for the format (detect_format, openslide.vendor)
 SCHEME = "dicomweb+"
+SCHEMES = ("dicomweb+http://", "dicomweb+https://")
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    """What ``tilescope.open(url, ...)`` takes for a DICOMweb slide: which one (``study``,
+    ``series``; default the first slide-microscopy series listed), how to reach the server
+    (``headers``, ``verify``, ``timeout`` s, ``retries``), how frames are asked for (``batch``
+    frames per request, ``connections`` in flight) and whether the study's other series add the
+    slide's instances and derived layers (``whole_study``)."""
+
+    study: str | None = None
+    series: str | None = None
+    headers: dict | None = None
+    verify: bool | str = True
+    timeout: float = 30.0
+    retries: int = 2
+    batch: int = 256
+    connections: int = 4
+    whole_study: bool = True
+
+
+URL_OPTIONS = WebOptions
 _OCTETS = (("application/octet-stream", "*"),)
 
 
@@ -230,9 +255,7 @@ def _syntax(frame: bytes) -> str:
     return "1.2.840.10008.1.2.1"
 
 
-def open_url(url: str, options, *, study: str | None = None, series: str | None = None,
-             headers: dict | None = None, verify=True, timeout: float = 30.0, retries: int = 2,
-             batch: int = 256, connections: int = 4, whole_study: bool = True) -> Slide:
+def open_url(url: str, options, web: WebOptions) -> Slide:
     """The slide of ``series`` (of ``study``) on the DICOMweb server at ``url``
     (``dicomweb+http(s)://host:port/path``); without ``series``, the first SM series (of
     ``study``) the server lists. With ``whole_study``, the study's other series add the slide's
@@ -244,9 +267,10 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
     except ImportError:
         raise UnsupportedFormatError(f"{url}: DICOMweb needs the [dicom] extra (pydicom, dicomweb-client)") \
             from None
+    study, series = web.study, web.series
     base = url[len(SCHEME):] if url.startswith(SCHEME) else url
-    args = (headers, verify, timeout, retries)
-    fetching = (args, batch, connections)
+    args = (web.headers, web.verify, web.timeout, web.retries)
+    fetching = (args, web.batch, web.connections)
     client = _Client(base, *args)
     try:
         if series is None or study is None:
@@ -261,7 +285,8 @@ def open_url(url: str, options, *, study: str | None = None, series: str | None 
         meta = client.call(f"study {study} series {series} metadata",
                            client.api.retrieve_series_metadata, study, series)
         instances = _instances(meta, client, study, series, lambda ds: _sop(ds) == dicom.WSI_SOP_CLASS)
-        more, derived = _study(client, study, series, instances) if whole_study and instances else ([], [])
+        more, derived = _study(client, study, series, instances) if web.whole_study and instances else \
+            ([], [])
         instances += more
         source = UrlSource(f"{base}/studies/{study}/series/{series}")
         levels = dicom.volume_levels(instances, f"{source.path}: no VOLUME instance in the series")
@@ -390,15 +415,14 @@ def _level(insts, base, study, fetching, label, axes=None):
     return dicom.level_layout(insts, axes, make_pieces)
 
 
-def find_slides(url: str, options, *, study_instance_uid: str | None = None, patient_id: str | None = None,
-                study_id: str | None = None, container_id: str | None = None, headers: dict | None = None,
-                verify=True, timeout: float = 30.0, retries: int = 2, batch: int = 256,
-                connections: int = 4, whole_study: bool = True) -> list[Slide]:
+def find_slides(url: str, options, web: WebOptions, *, study_instance_uid: str | None = None,
+                patient_id: str | None = None, study_id: str | None = None,
+                container_id: str | None = None) -> list[Slide]:
     """Every slide-microscopy series on the server matching the filters, opened (QIDO-RS series
     search on study, patient and study ID; the container identifier is checked in each series'
     metadata, which QIDO-RS does not search)."""
     base = url[len(SCHEME):] if url.startswith(SCHEME) else url
-    client = _Client(base, headers, verify, timeout, retries)
+    client = _Client(base, web.headers, web.verify, web.timeout, web.retries)
     filters = {"Modality": "SM"}
     if patient_id:
         filters["PatientID"] = patient_id
@@ -414,9 +438,7 @@ def find_slides(url: str, options, *, study_instance_uid: str | None = None, pat
         study, series = item["0020000D"]["Value"][0], item["0020000E"]["Value"][0]
         if series in seen:  # already part of a slide found through another of its series
             continue
-        slide = open_url(url, options, study=study, series=series, headers=headers, verify=verify,
-                         timeout=timeout, retries=retries, batch=batch,
-                         connections=connections, whole_study=whole_study)
+        slide = open_url(url, options, dataclasses.replace(web, study=study, series=series))
         seen.update(slide.properties["dicom"]["series"])
         if container_id is None or slide.properties["dicom"].get("ContainerIdentifier") == container_id:
             slides.append(slide)
