@@ -7,7 +7,7 @@ import pytest
 
 import tilescope
 from tilescope import InvalidRequestError
-from tilescope.tiles import otsu
+from tilescope.tissue import otsu
 from tilescope.units import MAG_FROM_MPP, Scale
 
 

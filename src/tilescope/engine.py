@@ -12,7 +12,6 @@ import itertools
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +21,7 @@ from .cache import TileCache
 from .codecs import Codec
 from .errors import CorruptDataError, InvalidRequestError, SlideClosedError, TilescopeError, TooLargeError
 from .geometry import LEVEL_TOLERANCE, best_level
+from .pool import LazyPool
 from .source import Pieces, Source
 
 _uid = itertools.count()
@@ -130,21 +130,6 @@ class Options:
 
 DEFAULT_CACHE = TileCache(64 << 20)
 _REDUCTIONS = (2, 4, 8, 16, 32)  # DCT scaling stops at 8; block means (mosaics) go on
-
-
-class LazyPool:
-    """A process-wide thread pool, started on first use."""
-
-    def __init__(self, workers: int, name: str):
-        self._workers, self._name = workers, name
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def __call__(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=self._name)
-            return self._pool
 
 
 # the calling thread decodes one share itself, so cpu_count - 1 workers fill the cores

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -13,10 +12,13 @@ import numpy as np
 
 from . import units as _units
 from .cache import TileCache
+from .color import ToSrgb
 from .engine import Layout, Options, Reader
-from .errors import CorruptDataError, InvalidRequestError, SlideClosedError
+from .errors import InvalidRequestError, SlideClosedError
 from .geometry import LEVEL_TOLERANCE, normalize_rect, plane_indices, resolve_size
 from .source import Detached, Source
+from .tiles import LevelView, Tiles
+from .tissue import tissue_mask
 from .units import Scale
 
 
@@ -93,11 +95,13 @@ class Scene:
         self.channel_info = tuple(channel_info) if channel_info is not None else tuple(
             {"name": n, "color": c} for n, c in zip(self.channel_names, self.channel_colors, strict=True))
         self.background = background_for(self.dtype, brightfield)
-        mag, self.magnification_source = _units.native_magnification(self)
+        mag, self.magnification_source = _units.native_magnification(self.magnification, self.mpp)
         self.native_magnification = mag
         self.levels = tuple(
             replace(lv, mpp=(mpp[0] * lv.scale[0], mpp[1] * lv.scale[1]) if (mpp := self.mpp) else None,
                     magnification=mag / lv.scale[0] if mag else None) for lv in levels)
+        self._units = _units.Geometry(self.location, self.size, self.mpp, mag,
+                                      tuple(lv.scale for lv in self.levels))
 
     def _bind(self, slide: Slide) -> Scene:
         new = copy.copy(self)
@@ -113,14 +117,17 @@ class Scene:
                 f"z={self.num_z_slices} t={self.num_t_frames} levels={len(self.levels)}>")
 
     @property
-    def _where(self) -> str:
+    def location(self) -> str:
+        """The slide's path and this scene's name, as error messages name them."""
         return f"{self._slide.path} [scene {self.name!r}]"
 
     def _reader(self) -> Reader:
         self._slide._check_open()
         return self._slide._reader
 
-    def _channels(self, channels) -> list[int]:
+    def channel_indices(self, channels=None) -> list[int]:
+        """Indices of ``channels`` (names or indices, one or a list; None: the image channels; a
+        name of a channel stored as samples gives its samples); InvalidRequestError otherwise."""
         if channels is None:
             return list(range(self.image_channels))
         if isinstance(channels, int | str):
@@ -134,25 +141,29 @@ class Scene:
                     if samples:
                         out += samples
                         continue
-                    raise InvalidRequestError(f"{self._where}: no channel named {c!r} "
+                    raise InvalidRequestError(f"{self.location}: no channel named {c!r} "
                                               f"(channels: {', '.join(self.channel_names)})")
                 c = self.channel_names.index(c)
             elif isinstance(c, bool) or not isinstance(c, int | np.integer) \
                     or not 0 <= c < self.num_channels:
                 raise InvalidRequestError(
-                    f"{self._where}: channel {c!r} is outside 0..{self.num_channels - 1}")
+                    f"{self.location}: channel {c!r} is outside 0..{self.num_channels - 1}")
             out.append(int(c))
         return out
 
-    def _level_index(self, level) -> int:
+    def level_index(self, level) -> int:
+        """``level`` checked: an int index of ``levels``; InvalidRequestError otherwise."""
         if isinstance(level, bool) or not isinstance(level, int | np.integer) \
                 or not 0 <= level < len(self.levels):
-            raise InvalidRequestError(f"{self._where}: level {level!r} is outside 0..{len(self.levels) - 1}")
+            raise InvalidRequestError(
+                f"{self.location}: level {level!r} is outside 0..{len(self.levels) - 1}")
         return int(level)
 
-    def _planes(self, z, t):
-        zs, zr = plane_indices(z, self.num_z_slices, "z", self._where)
-        ts, tr = plane_indices(t, self.num_t_frames, "t", self._where)
+    def planes(self, z=0, t=0) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
+        """The (z, t) planes ``z`` and ``t`` (an index or a (start, stop) range each) select, t
+        outer, and the leading axes a read adds for the ranges; InvalidRequestError otherwise."""
+        zs, zr = plane_indices(z, self.num_z_slices, "z", self.location)
+        ts, tr = plane_indices(t, self.num_t_frames, "t", self.location)
         lead = (len(ts),) * tr + (len(zs),) * zr
         return [(zz, tt) for tt in ts for zz in zs], lead
 
@@ -178,26 +189,29 @@ class Scene:
             out_scale = _units.as_scale(units)  # pixels at a scale come out at that scale
         if out_scale is not None:
             if size is not None:
-                raise InvalidRequestError(f"{self._where}: give an output size or a scale, not both")
-            fx, fy = _units.factor(self, out_scale)
+                raise InvalidRequestError(f"{self.location}: give an output size or a scale, not both")
+            fx, fy = _units.factor(self._units, out_scale)
             size = (max(1, round(rect[2] / fx)), max(1, round(rect[3] / fy)))
-        out_size = resolve_size(size, rect[2:], self._where)
-        return self._read(rect, out_size, channels, z, t)
+        out_size = resolve_size(size, rect[2:], self.location)
+        return self.read_box(rect, out_size, channels, z, t)
 
-    def _read(self, rect, out_size, channels, z, t, threads: int | None = None) -> np.ndarray:
+    def read_box(self, box, out_size, channels=None, z=0, t=0, threads: int | None = None) -> np.ndarray:
+        """Pixels of ``box`` ((x, y, w, h) level-0 pixels, fractional allowed) at exactly ``out_size``
+        ((w, h)), on ``threads`` decode threads (default the slide's option): what :meth:`read`
+        does after its units and scales are resolved, for layers that resolve them themselves."""
         reader = self._reader()
-        chans = self._channels(channels)
-        planes, lead = self._planes(z, t)
+        chans = self.channel_indices(channels)
+        planes, lead = self.planes(z, t)
         if all(c < self.image_channels for c in chans):
             levels = [(lv.scale[0], lv.scale[1], lv.layout) for lv in self.levels]
-            out = reader.read(levels, rect, out_size, chans, planes, self.dtype, self.background, threads)
+            out = reader.read(levels, box, out_size, chans, planes, self.dtype, self.background, threads)
         else:  # derived layers: the levels that hold every channel asked for
             levels = [(lv.scale[0], lv.scale[1], sel) for lv in self.levels
                       if (sel := lv.layout.select(chans)) is not None]
             if not levels:
-                raise InvalidRequestError(f"{self._where}: no level holds all of channels {chans}")
+                raise InvalidRequestError(f"{self.location}: no level holds all of channels {chans}")
             dtype, background = self._mixed(chans)
-            out = reader.read(levels, rect, out_size, list(range(len(chans))), planes, dtype, background,
+            out = reader.read(levels, box, out_size, list(range(len(chans))), planes, dtype, background,
                               threads)
         if reader.options.srgb and self.channel_names[:3] == ("R", "G", "B") and chans == [0, 1, 2]:
             self._slide._to_srgb(out)
@@ -207,33 +221,35 @@ class Scene:
         given = {k: v for k, v in (("magnification", magnification), ("mpp", mpp), ("downsample", downsample))
                  if v is not None}
         if (scale is not None and given) or len(given) > 1:
-            raise InvalidRequestError(f"{self._where}: give one output scale, got {scale!r} and {given}")
+            raise InvalidRequestError(f"{self.location}: give one output scale, got {scale!r} and {given}")
         return _units.as_scale(scale) if scale is not None else Scale(**given) if given else None
 
     # -- units and scales ---------------------------------------------------------------------
     def to_base(self, rect=None, units="px") -> tuple:
         """``rect`` in ``units`` (see :meth:`read`) as level-0 pixels: ints for "px", else floats."""
         if units in ("px", None):
-            return normalize_rect(rect, self.size, self._where)
+            return normalize_rect(rect, self.size, self.location)
         if rect is None:
             return (0, 0, *self.size)
-        return _units.convert(self, normalize_rect(rect, self.size, self._where, integral=False), units, "px")
+        box = normalize_rect(rect, self.size, self.location, integral=False)
+        return _units.convert(self._units, box, units, "px")
 
     def convert(self, rect, src="px", dst="px") -> tuple[float, float, float, float]:
         """A rect given in ``src`` units in ``dst`` units: "px", "um", "mm", "fraction" or a Scale.
         ``scene.convert(r, "px", Scale(magnification=5))`` gives r in pixels at 5x."""
-        return _units.convert(self, normalize_rect(rect, self.size, self._where, integral=False), src, dst)
+        box = normalize_rect(rect, self.size, self.location, integral=False)
+        return _units.convert(self._units, box, src, dst)
 
     def scale_factor(self, scale) -> tuple[float, float]:
         """Level-0 pixels per pixel at ``scale`` (a Scale or dict), per axis."""
-        return _units.factor(self, scale)
+        return _units.factor(self._units, scale)
 
     def best_level(self, magnification: float | None = None, mpp: float | None = None,
                    downsample: float | None = None, *, scale=None, nearest: bool = False) -> int:
         """The level for a target resolution: by default the coarsest one not coarser than the
         target (what reads use); ``nearest=True`` the closest one in log scale."""
         target = self._output_scale(scale, magnification, mpp, downsample) or Scale()
-        f = max(_units.factor(self, target))
+        f = max(_units.factor(self._units, target))
         ds = [max(lv.scale) for lv in self.levels]
         if nearest:
             return min(range(len(ds)), key=lambda i: abs(math.log(ds[i] / f)))
@@ -244,18 +260,18 @@ class Scene:
         """Pixels of ``rect`` in level ``level``'s own pixel grid, exactly as stored (no
         resampling). A fractional x or y reads the nearest level pixels."""
         reader = self._reader()
-        lv = self.levels[self._level_index(level)]
-        x, y, w, h = normalize_rect(rect, lv.size, self._where, integral=False)
-        w, h = normalize_rect((0, 0, w, h), lv.size, self._where)[2:]  # sizes are whole pixels
+        lv = self.levels[self.level_index(level)]
+        x, y, w, h = normalize_rect(rect, lv.size, self.location, integral=False)
+        w, h = normalize_rect((0, 0, w, h), lv.size, self.location)[2:]  # sizes are whole pixels
         x, y = (int(v) if float(v).is_integer() else v for v in (x, y))
         rect = (x, y, w, h)
-        planes, lead = self._planes(z, t)
-        chans = self._channels(channels)
+        planes, lead = self.planes(z, t)
+        chans = self.channel_indices(channels)
         layout, dtype, background = lv.layout, self.dtype, self.background
         if not all(c < self.image_channels for c in chans):
             selected = lv.layout.select(chans)
             if selected is None:
-                raise InvalidRequestError(f"{self._where}: level {level} does not hold all of channels "
+                raise InvalidRequestError(f"{self.location}: level {level} does not hold all of channels "
                                           f"{chans}")
             dtype, background = self._mixed(chans)
             chans, layout = list(range(len(chans))), selected
@@ -278,8 +294,6 @@ class Scene:
         "pad". ``tissue=0.5`` keeps tiles at least half tissue (see :meth:`tissue_mask`);
         ``positions`` keeps given (col, row) grid positions. Iterating decodes ``prefetch`` tiles
         ahead (default 2 per core; 0 = on access). Returns a :class:`tilescope.tiles.Tiles`."""
-        from .tiles import Tiles
-
         return Tiles(self, tile_size, overlap, region=region, units=units,
                      scale=self._output_scale(scale, magnification, mpp, downsample), channels=channels,
                      z=z, t=t, edges=edges, tissue=tissue, tissue_mask=tissue_mask, positions=positions,
@@ -296,16 +310,12 @@ class Scene:
                           positions=positions, prefetch=prefetch)
 
     def tissue_mask(self, max_size: int = 1024):
-        """A :class:`tilescope.tiles.TissueMask` from a low-resolution read (Otsu threshold on
+        """A :class:`tilescope.tissue.TissueMask` from a low-resolution read (Otsu threshold on
         saturation for brightfield, on the brightest channel otherwise)."""
-        from .tiles import tissue_mask
-
         return tissue_mask(self, max_size)
 
     def level(self, index: int, *, channels=None, z=0, t=0):
         """A numpy-style view of one level: ``scene.level(1)[y0:y1, x0:x1]`` reads only those tiles."""
-        from .tiles import LevelView
-
         return LevelView(self, index, channels, z, t)
 
     def describe(self) -> dict[str, Any]:
@@ -388,7 +398,7 @@ class Slide:
         # (w, h) level-0 pixels of the canvas the scenes sit on at their rects (a Leica collection),
         # or None: each scene stands alone
         self.canvas: tuple[int, int] | None = None
-        self._srgb: dict = {}  # ICC profile -> its sRGB transform, built on first use
+        self._srgb = ToSrgb(self.path)  # ICC profile -> sRGB transforms, built on first use
         self.scenes: tuple[Scene, ...] = ()
         self._associated: dict[str, AssociatedImage] = {}
 
@@ -415,24 +425,7 @@ class Slide:
     def _to_srgb(self, a: np.ndarray, icc: bytes | None = None) -> None:
         """Convert uint8 RGB pixels (..., 3) from ``icc`` (default: the slide's ICC profile) to sRGB,
         in place."""
-        icc = icc or self.icc_profile
-        if icc is None or a.dtype != np.uint8 or a.size == 0:
-            return
-        transform = self._srgb.get(icc)
-        if transform is None:
-            from PIL import ImageCms
-
-            try:
-                profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-                transform = self._srgb[icc] = ImageCms.buildTransform(
-                    profile, ImageCms.createProfile("sRGB"), "RGB", "RGB",
-                    ImageCms.Intent(ImageCms.getDefaultIntent(profile)))
-            except (OSError, ImageCms.PyCMSError) as e:
-                raise CorruptDataError(f"{self.path}: the ICC profile cannot be used: {e}") from None
-        from PIL import Image
-
-        flat = np.ascontiguousarray(a).reshape(-1, a.shape[-2], 3)  # stacked planes: one tall image
-        a[...] = np.asarray(transform.apply(Image.fromarray(flat, "RGB"))).reshape(a.shape)
+        self._srgb.apply(a, icc or self.icc_profile)
 
     def _check_open(self) -> None:
         if self._source.closed:

@@ -1,5 +1,5 @@
-"""Access patterns on top of Scene.read: tile iteration, a grid sampler, tissue masks, and
-numpy-style slicing of a level. Nothing here decodes by itself; every pixel comes from the engine.
+"""Access patterns on top of the public Scene API: tile iteration, a grid sampler and numpy-style
+slicing of a level. Nothing here decodes by itself; every pixel comes from the engine.
 
 Tile geometry (``Scene.tiles``): the region is cut, at the iteration scale, into a grid of
 ``tile_size`` cores starting at the region's top-left. Each tile adds ``overlap`` pixels of context
@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .engine import LazyPool
 from .errors import InvalidRequestError
 from .geometry import best_level
+from .pool import LazyPool
+from .tissue import TissueMask
 
 if TYPE_CHECKING:
     from .model import Scene
@@ -84,7 +85,7 @@ class Tiles(Sequence):
     def __init__(self, scene: Scene, tile_size=256, overlap=0, *, region=None, units="px", scale=None,
                  channels=None, z=0, t=0, edges: str = "clip", tissue: float | None = None,
                  tissue_mask: TissueMask | None = None, positions=None, prefetch: int | None = None):
-        where = scene._where
+        where = scene.location
         self.scene = scene
         self.tile_size = _pair(tile_size, "tile_size", where, minimum=1)
         self.overlap_px = _pair(overlap, "overlap", where, minimum=0)
@@ -92,8 +93,8 @@ class Tiles(Sequence):
             raise InvalidRequestError(f"{where}: edges must be 'clip' or 'pad', got {edges!r}")
         self.edges = edges
         self.channels, self.z, self.t = channels, z, t
-        scene._channels(channels)
-        scene._planes(z, t)  # validate now, not on the first tile
+        scene.channel_indices(channels)
+        scene.planes(z, t)  # validate now, not on the first tile
         self.scale = scene.scale_factor(scale)
         rx, ry, rw, rh = scene.to_base(region, units)
         fx, fy = self.scale
@@ -150,7 +151,7 @@ class Tiles(Sequence):
                     self.mpp, ov, self)
 
     def _load(self, tile: Tile, threads: int | None = None) -> np.ndarray:
-        return self.scene._read((tile.gx, tile.gy, tile.gw, tile.gh), (tile.w, tile.h), self.channels,
+        return self.scene.read_box((tile.gx, tile.gy, tile.gw, tile.gh), (tile.w, tile.h), self.channels,
                                 self.z, self.t, threads)
 
     def __len__(self) -> int:
@@ -169,7 +170,7 @@ class Tiles(Sequence):
         """The tile at grid position (col, row), whether or not the iteration keeps it."""
         if not (0 <= col < self.grid[0] and 0 <= row < self.grid[1]):
             raise InvalidRequestError(
-                f"{self.scene._where}: grid position {(col, row)} is outside {self.grid}")
+                f"{self.scene.location}: grid position {(col, row)} is outside {self.grid}")
         return self._make(-1, col, row)
 
     def __iter__(self) -> Iterator[Tile]:
@@ -203,74 +204,6 @@ def _pair(v, what: str, where: str, minimum: int) -> tuple[int, int]:
     return int(vals[0]), int(vals[1])
 
 
-# -- tissue ---------------------------------------------------------------------------------------
-def otsu(values: np.ndarray) -> float:
-    """Otsu's threshold of uint8 values: the split maximizing between-class variance."""
-    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
-    total = hist.sum()
-    if total == 0:
-        return 0.0
-    levels = np.arange(256)
-    w0 = np.cumsum(hist)
-    m0 = np.cumsum(hist * levels)
-    w1 = total - w0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (m0[-1] * w0 - m0 * total) ** 2 / (w0 * w1)
-    between[~np.isfinite(between)] = 0
-    return float(np.argmax(between))
-
-
-@dataclass
-class TissueMask:
-    """A boolean tissue mask of a scene; ``scale`` is level-0 pixels per mask pixel.
-
-    Method: the scene is read whole at a low resolution (longest side ``max_size``); brightfield
-    images are thresholded on HSV saturation (stained tissue is coloured, glass is grey), other
-    images on their brightest channel (scaled to 8 bits by its 99.9th percentile), with Otsu's
-    threshold; pixels above it are tissue.
-    """
-
-    mask: np.ndarray
-    scale: tuple[float, float]
-    threshold: float
-
-    def fraction(self, rect) -> float:
-        """Tissue fraction of a level-0 rect (0 where the rect lies outside the scene)."""
-        x, y, w, h = rect
-        fx, fy = self.scale
-        mh, mw = self.mask.shape
-        x0, y0 = max(0, math.floor(x / fx)), max(0, math.floor(y / fy))
-        x1, y1 = min(mw, math.ceil((x + w) / fx)), min(mh, math.ceil((y + h) / fy))
-        if x1 <= x0 or y1 <= y0:
-            return 0.0
-        area = math.ceil((x + w) / fx) - math.floor(x / fx)
-        area *= math.ceil((y + h) / fy) - math.floor(y / fy)
-        return float(self._integral[y1, x1] - self._integral[y0, x1] - self._integral[y1, x0]
-                     + self._integral[y0, x0]) / area
-
-    def __post_init__(self):
-        c = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.int64)
-        c[1:, 1:] = self.mask.cumsum(0).cumsum(1)
-        self._integral = c
-
-
-def tissue_mask(scene: Scene, max_size: int = 1024) -> TissueMask:
-    w, h = scene.size
-    size = (max_size, 0) if w >= h else (0, max_size)
-    img = scene.read(size=size)
-    if scene.background and img.shape[-1] >= 3 and img.dtype == np.uint8:
-        rgb = img[..., :3].astype(np.int16)
-        mx, mn = rgb.max(-1), rgb.min(-1)
-        value = np.where(mx > 0, (mx - mn) * 255 // np.maximum(mx, 1), 0).astype(np.uint8)
-    else:
-        v = img.max(-1).astype(np.float64)
-        top = np.percentile(v, 99.9) or 1.0
-        value = np.clip(v * 255.0 / top, 0, 255).astype(np.uint8)
-    thr = otsu(value)
-    oh, ow = img.shape[:2]
-    return TissueMask(value > thr, (w / ow, h / oh), thr)
-
-
 # -- numpy-style level views ------------------------------------------------------------------------
 class LevelView:
     """``scene.level(i)[y0:y1, x0:x1]`` reads just those pixels of level ``i`` (numpy semantics:
@@ -278,10 +211,10 @@ class LevelView:
     drops its axis). The third axis selects channels. ``np.asarray(view)`` reads the whole level."""
 
     def __init__(self, scene: Scene, level: int, channels=None, z=0, t=0):
-        self.scene, self.index = scene, scene._level_index(level)
-        self._channels = scene._channels(channels)
-        if scene._planes(z, t)[1]:
-            raise InvalidRequestError(f"{scene._where}: a level view takes one z and one t index")
+        self.scene, self.index = scene, scene.level_index(level)
+        self._channels = scene.channel_indices(channels)
+        if scene.planes(z, t)[1]:
+            raise InvalidRequestError(f"{scene.location}: a level view takes one z and one t index")
         self._z, self._t = z, t
         w, h = scene.levels[self.index].size
         self.shape = (h, w, len(self._channels))

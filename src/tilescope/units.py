@@ -20,12 +20,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
 from .errors import InvalidRequestError
-
-if TYPE_CHECKING:
-    from .model import Scene
 
 MAG_FROM_MPP = 10.0  # magnification = MAG_FROM_MPP / mpp where the file gives none
 NOMINAL_MAGNIFICATIONS = (1.25, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 63.0, 100.0)  # objective powers
@@ -69,63 +65,75 @@ def as_scale(v) -> Scale:
     raise InvalidRequestError(f"a scale is a Scale or a dict, got {v!r}")
 
 
-def native_magnification(scene: Scene) -> tuple[float | None, str | None]:
-    """(magnification of level 0, where it came from: "file", "mpp" or None)."""
-    if scene.magnification:
-        return scene.magnification, "file"
-    if scene.mpp:
-        mag = MAG_FROM_MPP / scene.mpp[0]
+@dataclass(frozen=True)
+class Geometry:
+    """What units and scales need of a scene (it builds one): its name in errors, level-0 size, mpp,
+    level-0 magnification (stated or derived) and each level's (x, y) scale from level 0."""
+
+    location: str
+    size: tuple[int, int]
+    mpp: tuple[float, float] | None
+    magnification: float | None
+    level_scales: tuple[tuple[float, float], ...]
+
+
+def native_magnification(magnification: float | None, mpp: tuple[float, float] | None
+                         ) -> tuple[float | None, str | None]:
+    """(magnification of level 0, where it came from: "file", "mpp" or None) from what the file
+    states."""
+    if magnification:
+        return magnification, "file"
+    if mpp:
+        mag = MAG_FROM_MPP / mpp[0]
         nominal = min(NOMINAL_MAGNIFICATIONS, key=lambda m: abs(math.log(mag / m)))
         return (nominal if abs(mag / nominal - 1) <= MAG_TOLERANCE else mag), "mpp"
     return None, None
 
 
-def factor(scene: Scene, scale) -> tuple[float, float]:
+def factor(g: Geometry, scale) -> tuple[float, float]:
     """Level-0 pixels per pixel at ``scale``, per axis."""
     s = as_scale(scale)
-    where = f"{scene._slide.path} [scene {scene.name!r}]"
+    where = g.location
     if s.level is not None:
-        if s.level >= len(scene.levels):
-            raise InvalidRequestError(f"{where}: level {s.level} is outside 0..{len(scene.levels) - 1}")
-        return scene.levels[s.level].scale
+        if s.level >= len(g.level_scales):
+            raise InvalidRequestError(f"{where}: level {s.level} is outside 0..{len(g.level_scales) - 1}")
+        return g.level_scales[s.level]
     if s.magnification is not None:
-        mag, _ = native_magnification(scene)
-        if mag is None:
+        if g.magnification is None:
             raise InvalidRequestError(f"{where}: the file gives neither magnification nor mpp")
-        f = mag / s.magnification
-        for lv in scene.levels:  # nominal: a level's magnification within tolerance is that level
-            if abs(f / lv.scale[0] - 1) <= MAG_TOLERANCE:
-                return lv.scale
+        f = g.magnification / s.magnification
+        for sc in g.level_scales:  # nominal: a level's magnification within tolerance is that level
+            if abs(f / sc[0] - 1) <= MAG_TOLERANCE:
+                return sc
         return f, f
     if s.mpp is not None:
-        if not scene.mpp:
+        if not g.mpp:
             raise InvalidRequestError(f"{where}: the file gives no pixel size (mpp)")
-        return s.mpp / scene.mpp[0], s.mpp / scene.mpp[1]
+        return s.mpp / g.mpp[0], s.mpp / g.mpp[1]
     if s.downsample is not None:
         return s.downsample, s.downsample
     return 1.0, 1.0
 
 
-def unit_factor(scene: Scene, units) -> tuple[float, float]:
+def unit_factor(g: Geometry, units) -> tuple[float, float]:
     """Level-0 pixels per one of ``units``, per axis."""
-    where = f"{scene._slide.path} [scene {scene.name!r}]"
     if units in ("px", None):
         return 1.0, 1.0
     if units in ("um", "mm"):
-        if not scene.mpp:
-            raise InvalidRequestError(f"{where}: the file gives no pixel size (mpp) for {units!r} units")
+        if not g.mpp:
+            raise InvalidRequestError(f"{g.location}: the file gives no pixel size (mpp) for {units!r} units")
         k = 1.0 if units == "um" else 1000.0
-        return k / scene.mpp[0], k / scene.mpp[1]
+        return k / g.mpp[0], k / g.mpp[1]
     if units == "fraction":
-        return float(scene.size[0]), float(scene.size[1])
+        return float(g.size[0]), float(g.size[1])
     if isinstance(units, Scale | dict):
-        return factor(scene, units)
-    raise InvalidRequestError(f"{where}: unknown units {units!r} (px, um, mm, fraction, or a Scale)")
+        return factor(g, units)
+    raise InvalidRequestError(f"{g.location}: unknown units {units!r} (px, um, mm, fraction, or a Scale)")
 
 
-def convert(scene: Scene, rect, src, dst) -> tuple[float, float, float, float]:
+def convert(g: Geometry, rect, src, dst) -> tuple[float, float, float, float]:
     """A rect given in ``src`` units expressed in ``dst`` units."""
-    ax, ay = unit_factor(scene, src)
-    bx, by = unit_factor(scene, dst)
+    ax, ay = unit_factor(g, src)
+    bx, by = unit_factor(g, dst)
     x, y, w, h = rect
     return x * ax / bx, y * ay / by, w * ax / bx, h * ay / by

@@ -337,9 +337,9 @@ class DicomScene(Scene):
 
     def _matrix(self, level: int) -> np.ndarray:
         if self.pixel_spacing is None or self.image_orientation is None or self.slide_origin is None:
-            raise UnsupportedFormatError(f"{self._where}: no slide coordinate system (origin, orientation, "
+            raise UnsupportedFormatError(f"{self.location}: no slide coordinate system (origin, orientation, "
                                          f"spacing) in the DICOM metadata")
-        sx, sy = self.levels[self._level_index(level)].scale
+        sx, sy = self.levels[self.level_index(level)].scale
         r, c = np.asarray(self.image_orientation[:3]), np.asarray(self.image_orientation[3:])
         dr, dc = self.pixel_spacing
         # x_mm = origin + column * (column spacing) * row direction + row * (row spacing) * column direction

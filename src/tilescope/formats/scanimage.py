@@ -352,7 +352,7 @@ class ScanImageScene(Scene):
         n = self.num_frames
         stop = n if stop is None else stop
         if not 0 <= start <= stop <= n:
-            raise InvalidRequestError(f"{self._where}: frames {start}:{stop} are outside 0:{n}")
+            raise InvalidRequestError(f"{self.location}: frames {start}:{stop} are outside 0:{n}")
         self._reader()
         src = self._slide._source
         assert isinstance(src, FileSource)  # ScanImage stacks are local files
