@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,49 +30,115 @@ _uid = itertools.count()
 
 @dataclass(eq=False)
 class Plane:
-    """One plane of one level: a regular grid of pieces (tiles, or strips as full-width tiles), or
-    pieces placed anywhere (mosaics).
-
-    ``size`` is the image (w, h) in level pixels, ``tile`` the (w, h) of one piece; in a grid,
-    piece ``ty * nx + tx`` covers ``[tx*tw, (tx+1)*tw) x [ty*th, (ty+1)*th)`` clipped to the image.
-    With ``rects`` ((n, 4) ints: x, y, w, h in level pixels, in drawing order), piece ``i`` covers
-    ``rects[i]``; places may overlap (a later piece is drawn over an earlier one) or leave gaps
-    (background), and ``tile`` is only the typical piece size. ``crops`` places a part of a
-    decoded piece (Ventana's lower levels hold several camera tiles per TIFF tile).
-    """
+    """One plane of one level: its pieces, their codec, the image ``size`` (w, h) in level pixels
+    and the typical piece size ``tile``. Two kinds: :class:`GridPlane` (a regular grid) and
+    :class:`PlacedPlane` (pieces anywhere); each knows which of its pieces a box needs
+    (:meth:`tasks`), what a piece decodes to (:meth:`piece_shape`) and where its pixels land
+    (:meth:`landing`), so the engine's read loop has no kind-shaped branches."""
 
     pieces: Pieces
     codec: Codec
     size: tuple[int, int]
     tile: tuple[int, int]
-    rects: np.ndarray | None = None
-    piece_sizes: np.ndarray | None = None  # (n, 2) w, h each piece decodes from, if not its rect's
-    crops: np.ndarray | None = None  # (n, 2) x, y in the decoded piece where its rect's pixels start
-    uid: int = field(default_factory=lambda: next(_uid))
-    _reduced: dict = field(default_factory=dict, repr=False)
+    uid: int = field(default_factory=lambda: next(_uid))  # its pieces' cache key (copies keep it)
+    _reduced: dict = field(default_factory=dict, init=False, repr=False)
+    prefills = False  # reads must fill background first (pieces may leave gaps)
+
+    def tasks(self, box: tuple[int, int, int, int], sel) -> tuple[list[tuple], list[tuple]]:
+        """The pieces intersecting ``box`` ((x0, y0, x1, y1) within the plane) as paste tasks
+        (plane, index, x0, y0, x1, y1, sel): (any order, in drawing order)."""
+        raise NotImplementedError
+
+    def piece_shape(self, index: int) -> tuple[int, int, int, int]:
+        """(w, h) of the buffer piece ``index`` decodes into, then (w, h) it decodes from."""
+        raise NotImplementedError
+
+    def landing(self, index: int, a: np.ndarray, own: bool, x1: int, y1: int):
+        """Decoded piece ``index`` as pasted (a part of it, for some placed pieces), whether it is
+        still the caller's own buffer, and its place's right and bottom edges."""
+        return a, own, x1, y1
+
+    def reduced(self, k: int) -> Plane | None:
+        """This plane decoded at 1/k per axis (the same pieces, with their own cache entries), or
+        None where it cannot be."""
+        if k not in self._reduced:
+            self._reduced[k] = self._reduce(k)
+        return self._reduced[k]
+
+    def _reduce(self, k: int) -> Plane | None:
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class GridPlane(Plane):
+    """A regular grid of pieces (tiles, or strips as full-width tiles): piece ``ty * nx + tx``
+    covers ``[tx*tw, (tx+1)*tw) x [ty*th, (ty+1)*th)`` clipped to the image."""
 
     @property
     def grid(self) -> tuple[int, int]:
         return -(-self.size[0] // self.tile[0]), -(-self.size[1] // self.tile[1])
 
-    def reduced(self, k: int) -> Plane | None:
-        """This plane decoded at 1/k per axis, where its codec can (JPEG's DCT scaling) and its
-        pieces divide evenly; the same pieces, with their own cache entries."""
-        if k not in self._reduced:
-            (w, h), (tw, th) = self.size, self.tile
-            size, tile = (-(-w // k), -(-h // k)), (max(1, tw // k), max(1, th // k))
-            if self.rects is not None:
-                # a mosaic has no stored pyramid to fall back on: any codec reduces its pieces
-                # (block means after decoding), placed at their origin // k
-                r = self.rects
-                rects = np.stack([r[:, 0] // k, r[:, 1] // k, -(-r[:, 2] // k), -(-r[:, 3] // k)], axis=1)
-                full = self.piece_sizes if self.piece_sizes is not None else r[:, 2:]
-                crops = self.crops // k if self.crops is not None else None
-                self._reduced[k] = Plane(self.pieces, self.codec.reduced(k), size, tile, rects, full, crops)
-            else:
-                codec = self.codec.scaled(k) if tw % k == 0 and th % k == 0 else None
-                self._reduced[k] = codec and Plane(self.pieces, codec, size, tile)
-        return self._reduced[k]
+    def tasks(self, box, sel):
+        ix0, iy0, ix1, iy1 = box
+        (tw, th), (pw, ph) = self.tile, self.size
+        nx = -(-pw // tw)
+        return [(self, ty * nx + tx, tx * tw, ty * th, min((tx + 1) * tw, pw), min((ty + 1) * th, ph), sel)
+                for ty in range(iy0 // th, (iy1 - 1) // th + 1)
+                for tx in range(ix0 // tw, (ix1 - 1) // tw + 1)], []
+
+    def piece_shape(self, index):
+        return (*self.tile, *self.tile)
+
+    def _reduce(self, k):
+        """Where the codec decodes at 1/k (JPEG's DCT scaling) and the pieces divide evenly."""
+        (w, h), (tw, th) = self.size, self.tile
+        codec = self.codec.scaled(k) if tw % k == 0 and th % k == 0 else None
+        return codec and GridPlane(self.pieces, codec, (-(-w // k), -(-h // k)), (tw // k, th // k))
+
+
+@dataclass(eq=False, kw_only=True)
+class PlacedPlane(Plane):
+    """Pieces placed anywhere (mosaics): piece ``i`` covers ``rects[i]`` ((n, 4) ints: x, y, w, h
+    in level pixels, in drawing order); places may overlap (a later piece is drawn over an earlier
+    one) or leave gaps (background), and ``tile`` is only the typical piece size. A piece decodes
+    from ``piece_sizes[i]`` (w, h; default its rect's) and its rect shows the part from
+    ``crops[i]`` (x, y; Ventana's lower levels hold several camera tiles per TIFF tile)."""
+
+    rects: np.ndarray
+    piece_sizes: np.ndarray | None = None
+    crops: np.ndarray | None = None
+    prefills = True
+
+    def tasks(self, box, sel):
+        ix0, iy0, ix1, iy1 = box
+        r = self.rects
+        x0, y0, x1, y1 = r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]
+        hit = np.flatnonzero((x0 < ix1) & (x1 > ix0) & (y0 < iy1) & (y1 > iy0))
+        mine = [(self, int(i), int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i]), sel) for i in hit]
+        return ([], mine) if _overlap(r[hit]) else (mine, [])
+
+    def piece_shape(self, index):
+        tw, th = (int(v) for v in self.rects[index, 2:])
+        dw, dh = (int(v) for v in self.piece_sizes[index]) if self.piece_sizes is not None else (tw, th)
+        return tw, th, dw, dh
+
+    def landing(self, index, a, own, x1, y1):
+        """The piece's stored size rules where it ends; a crop starts inside it."""
+        x0, y0 = (int(v) for v in self.rects[index, :2])
+        if self.crops is not None:
+            cx, cy = self.crops[index]
+            a, own = a[cy:, cx:], False
+        return a, own, min(x1, x0 + a.shape[1]), min(y1, y0 + a.shape[0])
+
+    def _reduce(self, k):
+        """Any codec: a mosaic has no stored pyramid to fall back on, so its pieces reduce by block
+        means after decoding, placed at their origin // k."""
+        (w, h), (tw, th), r = self.size, self.tile, self.rects
+        rects = np.stack([r[:, 0] // k, r[:, 1] // k, -(-r[:, 2] // k), -(-r[:, 3] // k)], axis=1)
+        return PlacedPlane(self.pieces, self.codec.reduced(k), (-(-w // k), -(-h // k)),
+                           (max(1, tw // k), max(1, th // k)), rects=rects,
+                           piece_sizes=self.piece_sizes if self.piece_sizes is not None else r[:, 2:],
+                           crops=self.crops // k if self.crops is not None else None)
 
 
 @dataclass(eq=False)
@@ -79,7 +146,7 @@ class Layout:
     """Where a level's channels are: ``planes[(z, t)]`` lists planes, and channel ``c`` is sample
     ``channel_map[c][1]`` of plane ``channel_map[c][0]`` of that list (None: not at this level)."""
 
-    planes: dict[tuple[int, int], tuple[Plane, ...]]
+    planes: Mapping[tuple[int, int], tuple[Plane, ...]]
     channel_map: tuple[tuple[int, int] | None, ...]
 
     def reduced(self, k: int) -> Layout | None:
@@ -185,11 +252,7 @@ class Reader:
         pieces = plane.pieces
         if pieces.missing_ok and pieces.is_missing(index):
             return None, False
-        if plane.rects is None:
-            tw, th = dw, dh = plane.tile
-        else:
-            tw, th = (int(v) for v in plane.rects[index, 2:])
-            dw, dh = (int(v) for v in plane.piece_sizes[index]) if plane.piece_sizes is not None else (tw, th)
+        tw, th, dw, dh = plane.piece_shape(index)
         if dw * dh > self.options.max_decode_pixels:  # before reading or decoding anything
             raise TooLargeError(
                 f"{self.path}: {pieces.label}: piece {index} is {dw}x{dh} pixels, above max_decode_pixels "
@@ -239,27 +302,16 @@ class Reader:
         for p, (samples, ocs) in groups.items():
             plane = planes[p]
             pw, ph = plane.size
-            placed = plane.rects is not None
-            if not filled and (placed or not (x >= 0 and y >= 0 and x + w <= pw and y + h <= ph)):
+            if not filled and (plane.prefills or not (x >= 0 and y >= 0 and x + w <= pw and y + h <= ph)):
                 out[...] = background  # what no piece covers
                 filled = True
             ix0, iy0, ix1, iy1 = max(x, 0), max(y, 0), min(x + w, pw), min(y + h, ph)
             if ix1 <= ix0 or iy1 <= iy0:
                 continue
-            sel = _selector(samples, ocs, plane.codec.samples, len(channels))
-            if plane.rects is not None:
-                r = plane.rects
-                x0, y0, x1, y1 = r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]
-                hit = np.flatnonzero((x0 < ix1) & (x1 > ix0) & (y0 < iy1) & (y1 > iy0))
-                mine = [(plane, int(i), int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i]), sel) for i in hit]
-                (ordered if _overlap(r[hit]) else tasks).extend(mine)
-                continue
-            tw, th = plane.tile
-            nx, _ = plane.grid
-            for ty in range(iy0 // th, (iy1 - 1) // th + 1):
-                for tx in range(ix0 // tw, (ix1 - 1) // tw + 1):
-                    tasks.append((plane, ty * nx + tx, tx * tw, ty * th, min((tx + 1) * tw, pw),
-                                  min((ty + 1) * th, ph), sel))
+            anyhow, in_order = plane.tasks((ix0, iy0, ix1, iy1),
+                                           _selector(samples, ocs, plane.codec.samples, len(channels)))
+            tasks += anyhow
+            ordered += in_order
 
         if any(planes[p].pieces.prefetches for p in groups):
             self._prefetch(tasks)
@@ -298,11 +350,8 @@ class Reader:
         x, y, w, h = rect
         a, own = self._piece(plane, index) if piece is None else piece
         src_sel, dst_sel = sel
-        if a is not None and plane.rects is not None:  # a mosaic piece's stored size rules
-            if plane.crops is not None:
-                cx, cy = plane.crops[index]
-                a, own = a[cy:, cx:], False
-            x1, y1 = min(x1, x0 + a.shape[1]), min(y1, y0 + a.shape[0])
+        if a is not None:
+            a, own, x1, y1 = plane.landing(index, a, own, x1, y1)
         ix0, iy0 = max(x, x0), max(y, y0)
         ix1, iy1 = min(x + w, x1), min(y + h, y1)
         if ix1 <= ix0 or iy1 <= iy0:

@@ -94,4 +94,4 @@ def _in_file(plane, path: str):
     """``plane`` reading its pieces from ``path`` (the same pieces, so cache entries are shared)."""
     pieces = copy.copy(plane.pieces)
     pieces.file = path
-    return dataclasses.replace(plane, pieces=pieces, _reduced={})
+    return dataclasses.replace(plane, pieces=pieces)

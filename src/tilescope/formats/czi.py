@@ -28,7 +28,7 @@ import simplejpeg
 
 from .. import codecs
 from ..codecs import Codec, scratch
-from ..engine import Layout, Plane
+from ..engine import GridPlane, Layout, PlacedPlane, Plane
 from ..errors import CorruptDataError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges, PieceList
@@ -284,8 +284,8 @@ def _attachments(slide, source, pos: int) -> dict[str, AssociatedImage]:
             out[name] = AssociatedImage(sc.size, sc.levels[0].layout, sc.dtype, sc.num_channels)
         else:
             h, w = simplejpeg.decode_jpeg_header(source.pread(start, min(size, 1 << 16)))[:2]
-            plane = Plane(ByteRanges([start], [size], f"attachment {name}"), codecs.jpeg(outcolorspace="RGB"),
-                          (w, h), (w, h))
+            plane = GridPlane(ByteRanges([start], [size], f"attachment {name}"),
+                              codecs.jpeg(outcolorspace="RGB"), (w, h), (w, h))
             out[name] = AssociatedImage((w, h), Layout.single(plane), np.dtype(np.uint8), 3)
     return out
 
@@ -340,7 +340,7 @@ def _scene(slide, source, root, s: int, entries: list[_Entry], name: str) -> Sce
         tile = (es[0].sw, es[0].sh)
         for zi, z in enumerate(zs):
             for ti, t in enumerate(ts):
-                row = []
+                row: list[Plane] = []
                 for c in cs:
                     cell = sorted(cells.get((c, z, t), []), key=lambda e: e.idx.get("M", 0))
                     label = f"scene {name!r} level {li} c={c} z={z} t={t}"
@@ -350,8 +350,8 @@ def _scene(slide, source, root, s: int, entries: list[_Entry], name: str) -> Sce
                     codec = _codec(next(iter(ptypes[c])), comps.pop(), f"{where}: {label}")
                     rects = np.array([(round((e.x - x0) / zoom), round((e.y - y0) / zoom), e.sw, e.sh)
                                       for e in cell], np.int64).reshape(-1, 4)
-                    row.append(Plane(Subblocks([e.pos for e in cell], [e.ndims for e in cell], label),
-                                     codec, (lw, lh), tile, rects))
+                    row.append(PlacedPlane(Subblocks([e.pos for e in cell], [e.ndims for e in cell], label),
+                                           codec, (lw, lh), tile, rects=rects))
                 planes[(zi, ti)] = row
         cmap = tuple((ci, si) for ci in range(len(cs)) for si in range(spp))
         specs.append(((lw, lh), tile, Layout({k: tuple(v) for k, v in planes.items()}, cmap)))

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import codecs
-from ..engine import Layout, Plane
+from ..engine import GridPlane, Layout
 from ..errors import CorruptDataError, InvalidRequestError, SourceNotFoundError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges, FileSource
@@ -878,14 +878,14 @@ def level_layout(insts: list[_Instance], axes: Axes | None, make_pieces):
     if len({(c.samples, np.dtype(c.dtype)) for c in codecs_}) > 1:
         raise UnsupportedFormatError(f"{inst0.path}: the optical paths of one level differ in samples per "
                                      f"pixel or pixel type")
-    planes = {(z, 0): tuple(Plane(make_pieces(z, op, owners[op], frames[z, op]), codecs_[op], inst0.size,
+    planes = {(z, 0): tuple(GridPlane(make_pieces(z, op, owners[op], frames[z, op]), codecs_[op], inst0.size,
                                   owners[op].tile) for op in range(nop)) for z in range(nz)}
     channel_map = tuple((op, s) for op in range(nop) for s in range(codecs_[op].samples))
     if inst0.sop_class == LABELMAP_SOP_CLASS and axes is None:
         # each segment a 0/1 channel of its own, decoded from the same frames: value == number
         numbers = [int(q.SegmentNumber) for q in _segments(inst0.ds)]
-        planes = {zt: (p, *(Plane(p.pieces, codecs.equal_to(p.codec, n), p.size, p.tile) for n in numbers))
-                  for zt, (p,) in planes.items()}
+        planes = {zt: (p, *(GridPlane(p.pieces, codecs.equal_to(p.codec, n), p.size, p.tile)
+                            for n in numbers)) for zt, (p,) in planes.items()}
         channel_map += tuple((1 + k, 0) for k in range(len(numbers)))
     return inst0.size, owners[0].tile, Layout(planes, channel_map)
 

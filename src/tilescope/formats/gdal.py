@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from ..codecs import Codec
-from ..engine import Layout, Plane
+from ..engine import GridPlane, Layout
 from ..model import Scene, Slide, make_levels
 from ..source import Home, PieceList
 
@@ -104,7 +104,7 @@ def open(probe, options) -> Slide:
             with _open(path, overview_level=i) as ov:
                 lsize, lblock = (ov.width, ov.height), ov.block_shapes[0][::-1]
         pieces = Blocks(path, i, lsize, lblock, "level 0" if i is None else f"overview {i}")
-        specs.append((lsize, lblock, Layout.single(Plane(pieces, codec, lsize, lblock))))
+        specs.append((lsize, lblock, Layout.single(GridPlane(pieces, codec, lsize, lblock))))
     rgb = count in (3, 4) and interp[:3] == ["red", "green", "blue"]
     slide = Slide(probe.source, NAME, options, vendor=driver.lower(),
                   properties={"gdal": {"driver": driver, "pixel_size": list(res), **tags}})

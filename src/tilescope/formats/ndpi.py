@@ -19,7 +19,7 @@ import struct
 import numpy as np
 
 from .. import codecs
-from ..engine import Layout, Plane
+from ..engine import GridPlane, Layout, Plane
 from ..errors import CorruptDataError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
 from ..source import ByteRanges
@@ -100,12 +100,12 @@ def _level_plane(page, probe, source, where: str) -> Plane:
     codec = codecs.jpeg(outcolorspace="RGB")
     (mw, mh), per_row = hdr.mcu, -(-w // hdr.mcu[0])
     if not hdr.dri or per_row % hdr.dri:  # no usable restart markers: the whole strip is one piece
-        return Plane(ByteRanges([start], [count], where), codec, (w, h), (w, h))
+        return GridPlane(ByteRanges([start], [count], where), codec, (w, h), (w, h))
     tw, th = hdr.dri * mw, mh
     n = per_row // hdr.dri * -(-h // mh)
     starts = _mcu_starts(page, source, start, count, hdr, n)
     stops = np.append(starts[1:], start + count)
-    return Plane(RestartIntervals(starts, stops, hdr.tile_header(tw, th), where), codec, (w, h), (tw, th))
+    return GridPlane(RestartIntervals(starts, stops, hdr.tile_header(tw, th), where), codec, (w, h), (tw, th))
 
 
 def _mcu_starts(page, source, start: int, count: int, hdr: _Header, n: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import codecs
-from ..engine import Layout, Plane
+from ..engine import GridPlane, Layout
 from ..errors import CorruptDataError
 from ..model import AssociatedImage, Level, Scene, Slide
 from ..source import PieceList
@@ -147,7 +147,7 @@ def _associated(probe, tf, kinds) -> dict[str, AssociatedImage]:
         except (binascii.Error, ValueError) as e:
             raise CorruptDataError(f"{probe.path}: Philips {kind} PIM_DP_IMAGE_DATA is not a Base64 JPEG: "
                                    f"{e}") from None
-        plane = Plane(_Bytes(data, name), codecs.jpeg(outcolorspace="RGB"), (w, h), (w, h))
+        plane = GridPlane(_Bytes(data, name), codecs.jpeg(outcolorspace="RGB"), (w, h), (w, h))
         out[name] = AssociatedImage((w, h), Layout.single(plane), np.dtype(np.uint8), 3)
     return out
 

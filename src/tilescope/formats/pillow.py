@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from ..codecs import Codec
-from ..engine import Layout, Plane
+from ..engine import GridPlane, Layout
 from ..errors import TooLargeError
 from ..model import Scene, Slide, make_levels
 from ..source import PieceList
@@ -79,7 +79,7 @@ def open(probe, options) -> Slide:
         return a.reshape(a.shape[0], a.shape[1], -1).astype(dtype, copy=False)
 
     codec = Codec(f"pillow-{fmt.lower()}", np.dtype(dtype), len(names), decode)
-    plane = Plane(WholeFile(), codec, (w, h), (w, h))
+    plane = GridPlane(WholeFile(), codec, (w, h), (w, h))
     layout = Layout.single(plane)
     props = {"format": fmt, "mode": mode, "frames": frames}
     if dpi:  # recorded, not turned into mpp: 72 or 96 dpi is a screen default, not a measurement

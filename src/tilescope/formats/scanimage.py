@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import codecs
-from ..engine import Layout, Plane
+from ..engine import GridPlane, Layout
 from ..errors import CorruptDataError, InvalidRequestError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
 from ..source import ByteRanges, FileSource
@@ -423,7 +423,7 @@ def open(probe, options) -> Slide:
                 i = ((volume * ns + z) * fps + frame) * nc + c
                 offs, cnts = frames.strips[i]
                 rows = -(-h // len(offs))
-                row.append(Plane(ByteRanges(offs, cnts, f"frame {i}"), codec, (w, h), (w, rows)))
+                row.append(GridPlane(ByteRanges(offs, cnts, f"frame {i}"), codec, (w, h), (w, rows)))
             planes[(z, t)] = tuple(row)
     layout = Layout(planes, tuple((c, 0) for c in range(nc)))
     channel_names = [f"Channel {c}" for c in acq.channels]  # ScanImage's own numbering of saved channels

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 from .. import codecs
-from ..engine import Layout, Plane
+from ..engine import GridPlane, Layout, Plane
 from ..errors import UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges
@@ -46,7 +46,7 @@ def page_planes(page, probe, label: str, missing_ok: bool = False) -> tuple[Plan
     nplanes = spp if separate else 1
     n = len(offsets) // nplanes
     return tuple(
-        Plane(ByteRanges(offsets[i * n:(i + 1) * n], counts[i * n:(i + 1) * n], label, missing_ok),
+        GridPlane(ByteRanges(offsets[i * n:(i + 1) * n], counts[i * n:(i + 1) * n], label, missing_ok),
               codec, (w, h), tile)
         for i in range(nplanes))
 

@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from ..engine import Layout, Plane
+from ..engine import GridPlane, Layout, PlacedPlane
 from ..errors import CorruptDataError
 from ..model import Level, Scene, Slide
 from ..source import ByteRanges
@@ -102,7 +102,7 @@ def _areas(xml: str, tile: tuple[int, int], where: str):
 def _placed_level(page, probe, areas, adv, ds: int, label: str):
     """A level's camera tiles as placed pieces."""
     base = tiff.page_planes(page, probe, label, missing_ok=True)[0]
-    assert isinstance(base.pieces, ByteRanges)  # a TIFF page's tiles
+    assert isinstance(base, GridPlane) and isinstance(base.pieces, ByteRanges)  # a TIFF page's tiles
     tw, th = base.tile
     nx = base.grid[0]
     pieces_idx, rects, crops = [], [], []
@@ -121,7 +121,8 @@ def _placed_level(page, probe, areas, adv, ds: int, label: str):
     pieces = ByteRanges(offsets, counts, label, missing_ok=True)
     size = (int(placed[:, 0].max() + sw), int(placed[:, 1].max() + sh)) if len(placed) else (1, 1)
     full = np.tile(np.array([[tw, th]], np.int64), (len(placed), 1))
-    return Plane(pieces, base.codec, size, (sw, sh), placed, full, np.asarray(crops, np.int64).reshape(-1, 2))
+    return PlacedPlane(pieces, base.codec, size, (sw, sh), rects=placed, piece_sizes=full,
+                       crops=np.asarray(crops, np.int64).reshape(-1, 2))
 
 
 def open(probe, options) -> Slide:
