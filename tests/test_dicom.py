@@ -137,7 +137,7 @@ def test_slide_coordinates_equal_highdicom(converted):
         o = sc.slide_origin
         rng = np.random.default_rng(0)
         for li, lv in enumerate(sc.levels):
-            spacing = (sc.pixel_spacing[0] * lv.scale[1], sc.pixel_spacing[1] * lv.scale[0])
+            spacing = (sc.pixel_spacing_mm[1] * lv.scale[1], sc.pixel_spacing_mm[0] * lv.scale[0])  # highdicom: (row, column)
             to_ref = spatial.PixelToReferenceTransformer((o[0], o[1], 0.0), sc.image_orientation, spacing)
             idx = rng.integers(0, min(lv.size), (20, 2))
             ref = to_ref(idx)[:, :2]

@@ -79,7 +79,7 @@ def test_magnification_derived_from_mpp_only_when_absent(tiffs, ome):
         sc = s.scenes[0]
         assert sc.magnification is None and sc.mpp == pytest.approx((0.25, 0.25))
         assert sc.native_magnification == pytest.approx(MAG_FROM_MPP / 0.25) and sc.magnification_source == "mpp"
-        assert sc.levels[1].magnification == pytest.approx(20.0)
+        assert sc.levels[1].magnification is None and sc.levels[1].native_magnification == pytest.approx(20.0)
         np.testing.assert_array_equal(sc.read((0, 0, 400, 400), magnification=20), sc.read_level(1, (0, 0, 200, 200)))
 
 
@@ -139,7 +139,7 @@ def test_tiles_at_a_scale_over_a_region(scene):
     t = tiles[3]
     # the region is level-1 pixels (128, 96)-(384, 288): the last row of tiles is 64 high
     assert (t.x, t.y, t.w, t.h) == (256, 224, 128, 64)
-    assert (t.gx, t.gy, t.gw, t.gh) == (1024.0, 896.0, 512.0, 256.0)
+    assert t.level0_rect == (1024.0, 896.0, 512.0, 256.0)
     assert t.magnification == 5 and t.mpp == (1.996, 1.996)
     np.testing.assert_array_equal(t.array, scene.read_level(1, (256, 224, 128, 64)))
     odd = scene.tiles(100, downsample=3, prefetch=0)  # between levels: resampled from level 0
@@ -180,7 +180,7 @@ def test_tissue_mask_and_tissue_tiles(scene):
     kept = scene.tiles(256, tissue=0.5, tissue_mask=mask, prefetch=0)
     assert 0 < len(kept) < len(all_tiles)
     for t in kept:
-        assert mask.fraction((t.gx, t.gy, t.gw, t.gh)) >= 0.5
+        assert mask.fraction(t.level0_rect) >= 0.5
     # kept tiles are darker (stained) than the dropped ones
     kept_pos = {(t.col, t.row) for t in kept}
     dropped = [t for t in all_tiles if (t.col, t.row) not in kept_pos]
@@ -200,20 +200,20 @@ def test_fluorescence_tissue_mask(ome):
 
 # -- sampler ------------------------------------------------------------------------------------
 def test_sampler_gives_equal_padded_regions(scene):
-    sampler = scene.sampler(224, padding=16, magnification=10, region=(512, 512, 1024, 512))
+    sampler = scene.sampler(224, overlap=16, magnification=10, region=(512, 512, 1024, 512))
     assert sampler.grid == (3, 2) and len(sampler) == 6
     items = [t.array for t in sampler]
     assert {a.shape for a in items} == {(256, 256, 3)}
     t = sampler[0]
     assert (t.x, t.y) == (256 - 16, 256 - 16)
-    np.testing.assert_array_equal(items[0], scene.read((t.gx, t.gy, t.gw, t.gh), size=(256, 256)))
+    np.testing.assert_array_equal(items[0], scene.read(t.level0_rect, size=(256, 256)))
     some = scene.sampler(224, 16, magnification=10, positions=[(0, 0), (4, 3)])
     assert [(t.col, t.row) for t in some] == [(0, 0), (4, 3)]
 
 
 # -- level views ----------------------------------------------------------------------------------
 def test_level_view_slicing(scene):
-    view = scene.level(1)
+    view = scene.view(1)
     full = scene.read_level(1)
     assert view.shape == full.shape == (384, 512, 3) and len(view) == 384
     for key in [np.s_[10:50, 20:80], np.s_[-30:, -40:], np.s_[::7, 3:400:5], np.s_[5], np.s_[5, 6],
@@ -224,7 +224,7 @@ def test_level_view_slicing(scene):
         view[384]
     with pytest.raises(IndexError):
         view[0, 0, 0, 0]
-    green = scene.level(0, channels=[1])
+    green = scene.view(0, channels=[1])
     np.testing.assert_array_equal(green[100:110, 200:210], scene.read((200, 100, 10, 10))[..., 1:2])
 
 
@@ -253,7 +253,8 @@ def test_a_nominal_magnification_reads_native_pixels(converted, fixtures_dir):
     with tilescope.open(folder) as s:
         sc = s.scenes[0]
         assert sc.magnification is None and sc.native_magnification == 20.0
-        assert [lv.magnification for lv in sc.levels] == [20.0, 5.0]
+        assert [lv.native_magnification for lv in sc.levels] == [20.0, 5.0]
+        assert [lv.magnification for lv in sc.levels] == [None, None]  # the file states none
         np.testing.assert_array_equal(sc.read((100, 50, 512, 300), magnification=20),
                                       sc.read_level(0, (100, 50, 512, 300)))
         np.testing.assert_array_equal(sc.read(magnification=5), sc.read_level(1))
@@ -268,3 +269,20 @@ def test_a_nominal_magnification_reads_native_pixels(converted, fixtures_dir):
         sc = s.scenes[0]
         assert sc.levels[1].scale[0] != 4.0 and sc.levels[1].scale[0] == pytest.approx(4, rel=0.01)
         np.testing.assert_array_equal(sc.read(magnification=5), sc.read_level(1))
+
+
+def test_one_rect_convention_and_mpp_pairs(scene):
+    """Tiles.region and Tile.rect / level0_rect are (x, y, w, h); mpp requests take one value or an
+    (x, y) pair; a level's lazy array is scene.view(level)."""
+    tiles = scene.tiles(256, region=(100, 50, 1000, 600), downsample=2)
+    assert tiles.region == (50, 25, 500, 300)
+    t = tiles.tile(1, 0)
+    assert t.rect == (306, 25, 244, 256) and t.level0_rect == (612.0, 50.0, 488.0, 512.0)
+    mpp = scene.mpp[0] * 2
+    np.testing.assert_array_equal(scene.read((0, 0, 400, 400), mpp=mpp), scene.read((0, 0, 400, 400), mpp=(mpp, mpp)))
+    assert scene.read((0, 0, 400, 400), mpp=(mpp, 2 * mpp)).shape == (100, 200, 3)
+    with pytest.raises(InvalidRequestError, match="mpp"):
+        scene.read((0, 0, 10, 10), mpp=(1.0, -1.0))
+    view = scene.view(1)
+    assert view.shape == (*scene.levels[1].size[::-1], 3)
+    assert not hasattr(scene, "level")

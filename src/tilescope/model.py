@@ -26,7 +26,9 @@ from .units import Scale
 class Level:
     """One resolution of a scene. ``downsample`` is openslide's: the mean of the width and height
     ratios to level 0; ``scale`` is the exact (x, y) ratio the engine maps coordinates with;
-    ``mpp`` and ``magnification`` are level 0's divided by ``scale`` (None when unknown)."""
+    ``mpp``, ``magnification`` (stated by the file) and ``native_magnification`` (stated or
+    derived from mpp: see ``Scene.native_magnification``) are level 0's divided by ``scale``
+    (None when unknown)."""
 
     index: int
     size: tuple[int, int]
@@ -36,6 +38,7 @@ class Level:
     layout: Layout = field(repr=False, compare=False)
     mpp: tuple[float, float] | None = None
     magnification: float | None = None
+    native_magnification: float | None = None
 
 
 def make_levels(specs: Sequence[tuple[tuple[int, int], tuple[int, int], Layout]]) -> list[Level]:
@@ -99,7 +102,8 @@ class Scene:
         self.native_magnification = mag
         self.levels = tuple(
             replace(lv, mpp=(mpp[0] * lv.scale[0], mpp[1] * lv.scale[1]) if (mpp := self.mpp) else None,
-                    magnification=mag / lv.scale[0] if mag else None) for lv in levels)
+                    magnification=self.magnification / lv.scale[0] if self.magnification else None,
+                    native_magnification=mag / lv.scale[0] if mag else None) for lv in levels)
         self._units = _units.Geometry(self.location, self.size, self.mpp, mag,
                                       tuple(lv.scale for lv in self.levels))
 
@@ -168,7 +172,7 @@ class Scene:
         return [(zz, tt) for tt in ts for zz in zs], lead
 
     def read(self, rect=None, size=None, *, channels=None, z=0, t=0, units="px", scale=None,
-             magnification: float | None = None, mpp: float | None = None,
+             magnification: float | None = None, mpp: float | tuple[float, float] | None = None,
              downsample: float | None = None) -> np.ndarray:
         """Pixels of ``rect`` (x, y, w, h; default the whole scene) at output ``size`` (w, h; a 0
         keeps the aspect ratio; default the rect's size), as (h, w, c).
@@ -244,7 +248,7 @@ class Scene:
         """Level-0 pixels per pixel at ``scale`` (a Scale or dict), per axis."""
         return _units.factor(self._units, scale)
 
-    def best_level(self, magnification: float | None = None, mpp: float | None = None,
+    def best_level(self, magnification: float | None = None, mpp: float | tuple[float, float] | None = None,
                    downsample: float | None = None, *, scale=None, nearest: bool = False) -> int:
         """The level for a target resolution: by default the coarsest one not coarser than the
         target (what reads use); ``nearest=True`` the closest one in log scale."""
@@ -285,7 +289,8 @@ class Scene:
 
     # -- access patterns (tiles.py) ------------------------------------------------------------
     def tiles(self, tile_size=256, overlap=0, *, region=None, units="px", scale=None,
-              magnification: float | None = None, mpp: float | None = None, downsample: float | None = None,
+              magnification: float | None = None, mpp: float | tuple[float, float] | None = None,
+              downsample: float | None = None,
               channels=None, z=0, t=0, edges: str = "clip", tissue: float | None = None,
               tissue_mask=None, positions=None, prefetch: int | None = None):
         """Tiles of ``tile_size`` (int or (w, h), output pixels) over ``region`` (in ``units``;
@@ -299,13 +304,14 @@ class Scene:
                      z=z, t=t, edges=edges, tissue=tissue, tissue_mask=tissue_mask, positions=positions,
                      prefetch=prefetch)
 
-    def sampler(self, size, padding=0, *, region=None, units="px", scale=None,
-                magnification: float | None = None, mpp: float | None = None, downsample: float | None = None,
+    def sampler(self, size, overlap=0, *, region=None, units="px", scale=None,
+                magnification: float | None = None, mpp: float | tuple[float, float] | None = None,
+              downsample: float | None = None,
                 positions=None, channels=None, z=0, t=0, prefetch: int | None = None):
         """A grid of equal regions (dicomslide-style): cells of ``size`` output pixels, each read with
-        ``padding`` pixels from its neighbours on every side (background beyond the scene), within
-        ``region`` or at the given grid ``positions``; every item is ``size + 2 * padding``."""
-        return self.tiles(size, padding, region=region, units=units, scale=scale, magnification=magnification,
+        ``overlap`` pixels from its neighbours on every side (background beyond the scene), within
+        ``region`` or at the given grid ``positions``; every item is ``size + 2 * overlap``."""
+        return self.tiles(size, overlap, region=region, units=units, scale=scale, magnification=magnification,
                           mpp=mpp, downsample=downsample, channels=channels, z=z, t=t, edges="pad",
                           positions=positions, prefetch=prefetch)
 
@@ -314,9 +320,10 @@ class Scene:
         saturation for brightfield, on the brightest channel otherwise)."""
         return tissue_mask(self, max_size)
 
-    def level(self, index: int, *, channels=None, z=0, t=0):
-        """A numpy-style view of one level: ``scene.level(1)[y0:y1, x0:x1]`` reads only those tiles."""
-        return LevelView(self, index, channels, z, t)
+    def view(self, level: int = 0, *, channels=None, z=0, t=0) -> LevelView:
+        """A lazy numpy-style array of one level (``levels[i]`` describes it):
+        ``scene.view(1)[y0:y1, x0:x1]`` reads only those tiles."""
+        return LevelView(self, level, channels, z, t)
 
     def describe(self) -> dict[str, Any]:
         """This scene's normalized metadata (JSON-serializable)."""

@@ -36,9 +36,10 @@ _prefetch_executor = LazyPool(os.cpu_count() or 2, "tilescope-prefetch")
 
 @dataclass(eq=False)
 class Tile:
-    """One tile of an iteration. ``x, y, w, h`` are output pixels at the iteration scale (the
-    returned array's place in the scene at that scale), ``gx, gy, gw, gh`` level-0 pixels,
-    ``col, row`` the grid position and ``index`` the position in the iteration."""
+    """One tile of an iteration. ``x, y, w, h`` (``rect``) are output pixels at the iteration
+    scale (the returned array's place in the scene at that scale), ``level0_rect`` the same place
+    as (x, y, w, h) level-0 pixels, ``col, row`` the grid position and ``index`` the position in
+    the iteration."""
 
     index: int
     col: int
@@ -47,18 +48,21 @@ class Tile:
     y: int
     w: int
     h: int
-    gx: float
-    gy: float
-    gw: float
-    gh: float
+    level0_rect: tuple[float, float, float, float]
     level: int
     scale: tuple[float, float]
-    magnification: float | None
+    magnification: float | None  # stated by the file, at this scale
+    native_magnification: float | None  # stated or derived from mpp, at this scale
     mpp: tuple[float, float] | None
     overlap: dict[str, int]
     _tiles: Tiles = field(repr=False)
     _future: Future | None = field(default=None, repr=False)
     _array: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def rect(self) -> tuple[int, int, int, int]:
+        """(x, y, w, h) in output pixels at the iteration scale."""
+        return self.x, self.y, self.w, self.h
 
     @property
     def array(self) -> np.ndarray:
@@ -99,14 +103,16 @@ class Tiles(Sequence):
         rx, ry, rw, rh = scene.to_base(region, units)
         fx, fy = self.scale
         eps = 1e-9
-        self.region = (math.floor(rx / fx + eps), math.floor(ry / fy + eps),
-                       math.ceil((rx + rw) / fx - eps), math.ceil((ry + rh) / fy - eps))
-        ox0, oy0, ox1, oy1 = self.region
+        ox0, oy0 = math.floor(rx / fx + eps), math.floor(ry / fy + eps)
+        ox1, oy1 = math.ceil((rx + rw) / fx - eps), math.ceil((ry + rh) / fy - eps)
+        self.region = (ox0, oy0, ox1 - ox0, oy1 - oy0)  # (x, y, w, h), output pixels at the scale
         tw, th = self.tile_size
         self.grid = (max(1, -(-(ox1 - ox0) // tw)), max(1, -(-(oy1 - oy0) // th)))
         self.level = best_level([lv.scale for lv in scene.levels], min(fx, fy))
         lv0 = scene.levels[0]
-        self.magnification = scene.native_magnification / fx if scene.native_magnification else None
+        # as for levels: the stated magnification at this scale, and the stated-or-derived one
+        self.magnification = scene.magnification / fx if scene.magnification else None
+        self.native_magnification = scene.native_magnification / fx if scene.native_magnification else None
         self.mpp = (lv0.mpp[0] * fx, lv0.mpp[1] * fy) if lv0.mpp else None
         if positions is None:
             positions = [(c, r) for r in range(self.grid[1]) for c in range(self.grid[0])]
@@ -128,7 +134,8 @@ class Tiles(Sequence):
 
     def _geometry(self, col: int, row: int):
         """(output rect, base rect, applied overlap) of grid position (col, row)."""
-        ox0, oy0, ox1, oy1 = self.region
+        ox0, oy0, rw, rh = self.region
+        ox1, oy1 = ox0 + rw, oy0 + rh
         tw, th = self.tile_size
         ovx, ovy = self.overlap_px
         cx, cy = ox0 + col * tw, oy0 + row * th
@@ -146,12 +153,12 @@ class Tiles(Sequence):
             {"left": left, "top": top, "right": right, "bottom": bottom}
 
     def _make(self, index: int, col: int, row: int) -> Tile:
-        (x, y, w, h), (gx, gy, gw, gh), ov = self._geometry(col, row)
-        return Tile(index, col, row, x, y, w, h, gx, gy, gw, gh, self.level, self.scale, self.magnification,
-                    self.mpp, ov, self)
+        (x, y, w, h), level0, ov = self._geometry(col, row)
+        return Tile(index, col, row, x, y, w, h, level0, self.level, self.scale, self.magnification,
+                    self.native_magnification, self.mpp, ov, self)
 
     def _load(self, tile: Tile, threads: int | None = None) -> np.ndarray:
-        return self.scene.read_box((tile.gx, tile.gy, tile.gw, tile.gh), (tile.w, tile.h), self.channels,
+        return self.scene.read_box(tile.level0_rect, (tile.w, tile.h), self.channels,
                                 self.z, self.t, threads)
 
     def __len__(self) -> int:

@@ -34,7 +34,7 @@ class Scale:
 
     level: int | None = None
     magnification: float | None = None
-    mpp: float | None = None
+    mpp: float | tuple[float, float] | None = None  # one value, or (x, y) as Scene.mpp is
     downsample: float | None = None
 
     def __post_init__(self):
@@ -42,11 +42,17 @@ class Scale:
         if len(given) > 1:
             raise InvalidRequestError(
                 f"a scale names one of level, magnification, mpp, downsample; got {given}")
+
+        def positive(v) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
         for name in given:
             v = getattr(self, name)
-            number = isinstance(v, int | float) and not isinstance(v, bool)
-            ok = (number and isinstance(v, int) and v >= 0) if name == "level" else \
-                (number and math.isfinite(v) and v > 0)
+            if name == "level":
+                ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            elif name == "mpp" and isinstance(v, tuple | list):
+                ok = len(v) == 2 and all(positive(c) for c in v)
+            else:
+                ok = positive(v)
             if not ok:
                 raise InvalidRequestError(f"scale {name}={v!r} is not valid")
 
@@ -109,7 +115,8 @@ def factor(g: Geometry, scale) -> tuple[float, float]:
     if s.mpp is not None:
         if not g.mpp:
             raise InvalidRequestError(f"{where}: the file gives no pixel size (mpp)")
-        return s.mpp / g.mpp[0], s.mpp / g.mpp[1]
+        mx, my = (s.mpp, s.mpp) if isinstance(s.mpp, int | float) else s.mpp
+        return mx / g.mpp[0], my / g.mpp[1]
     if s.downsample is not None:
         return s.downsample, s.downsample
     return 1.0, 1.0

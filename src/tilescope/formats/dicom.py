@@ -319,29 +319,32 @@ class DicomScene(Scene):
     channel: type OPTICAL_PATH (identifier, description, wavelength), SEGMENT (number, label,
     property_type, segmentation_type, max_fractional_value) or PARAMETER (label, unit)."""
 
-    focal_planes: tuple[float, ...] = (0.0,)  # z index -> focal plane offset, micrometres
     slide_origin: tuple[float, float] | None  # mm on the glass of level 0's top-left pixel
     image_orientation: tuple[float, ...] | None  # Image Orientation (Slide): row, column direction
-    pixel_spacing: tuple[float, float] | None  # mm between rows, between columns
+    pixel_spacing_mm: tuple[float, float] | None  # (x, y): mm between columns, between rows
 
-    def _setup(self, ds) -> None:
+    def __init__(self, slide: Slide, *, ds, focal_planes: tuple[float, ...] = (0.0,), **scene):
+        """A Scene (``scene``: its keywords) with the slide coordinate system of level-0 dataset
+        ``ds`` and ``focal_planes`` (z index -> focal plane offset, micrometres)."""
+        super().__init__(slide, **scene)
+        self.focal_planes = tuple(focal_planes)
         try:
             o = ds.TotalPixelMatrixOriginSequence[0]
             self.slide_origin = (float(o.XOffsetInSlideCoordinateSystem),
                                  float(o.YOffsetInSlideCoordinateSystem))
             self.image_orientation = tuple(float(v) for v in ds.ImageOrientationSlide)
             sp = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-            self.pixel_spacing = (float(sp[0]), float(sp[1]))  # mm between rows, between columns
+            self.pixel_spacing_mm = (float(sp[1]), float(sp[0]))  # DICOM lists rows' spacing first
         except (AttributeError, IndexError, KeyError, TypeError, ValueError):
-            self.slide_origin = self.image_orientation = self.pixel_spacing = None
+            self.slide_origin = self.image_orientation = self.pixel_spacing_mm = None
 
     def _matrix(self, level: int) -> np.ndarray:
-        if self.pixel_spacing is None or self.image_orientation is None or self.slide_origin is None:
+        if self.pixel_spacing_mm is None or self.image_orientation is None or self.slide_origin is None:
             raise UnsupportedFormatError(f"{self.location}: no slide coordinate system (origin, orientation, "
                                          f"spacing) in the DICOM metadata")
         sx, sy = self.levels[self.level_index(level)].scale
         r, c = np.asarray(self.image_orientation[:3]), np.asarray(self.image_orientation[3:])
-        dr, dc = self.pixel_spacing
+        dc, dr = self.pixel_spacing_mm
         # x_mm = origin + column * (column spacing) * row direction + row * (row spacing) * column direction
         return np.array([[r[0] * dc * sx, c[0] * dr * sy, self.slide_origin[0]],
                          [r[1] * dc * sx, c[1] * dr * sy, self.slide_origin[1]], [0.0, 0.0, 1.0]])
@@ -350,9 +353,9 @@ class DicomScene(Scene):
     def physical_size(self) -> tuple[float, float] | None:
         """(width, height) of the imaged area in mm: level 0's columns x column spacing, rows x
         row spacing (its offset on the glass is ``slide_origin``)."""
-        if self.pixel_spacing is None:
+        if self.pixel_spacing_mm is None:
             return None
-        return self.size[0] * self.pixel_spacing[1], self.size[1] * self.pixel_spacing[0]
+        return self.size[0] * self.pixel_spacing_mm[0], self.size[1] * self.pixel_spacing_mm[1]
 
     def pixel_to_slide(self, indices, level: int = 0) -> np.ndarray:
         """(N, 2) (column, row) pixel indices of ``level`` -> (N, 2) (x, y) slide coordinates, mm."""
@@ -676,14 +679,13 @@ def _assemble(slide: Slide, levels, instances, derived, make_level) -> Slide:
     image_channels = len(names)
     dtypes = [levels[0][0].dtype] * image_channels
     specs, unplaced = _with_derived(specs, derived, make_level, names, dtypes, info)
-    scene = DicomScene(slide, name="main", levels=make_levels(specs), channel_names=names,
+    scene = DicomScene(slide, ds=base, focal_planes=tuple(axes.planes), name="main",
+                       levels=make_levels(specs), channel_names=names,
                        dtype=levels[0][0].dtype, mpp=mpp, magnification=objective,
                        compression=compression(levels[0][0].syntax), compression_raw=levels[0][0].syntax,
                        num_z_slices=len(axes.planes),
                        z_resolution=axes.spacing, brightfield=spp == 3 and image_channels == 3,
                        image_channels=image_channels, channel_dtypes=dtypes, channel_info=info)
-    scene._setup(base)
-    scene.focal_planes = tuple(axes.planes)
     if unplaced:
         slide.properties["dicom"]["unplaced"] = unplaced
     slide._set_contents([scene], associated)

@@ -318,7 +318,12 @@ class ScanImageScene(Scene):
     """A ScanImage stack: a Scene (channels, z = slices, t = volumes x frames per slice) plus the
     raw frame sequence, per-frame descriptions and the acquisition settings."""
 
-    def _setup(self, frames: _Frames, settings: dict, roi_groups: dict, acq: Acquisition):
+    def __init__(self, slide: Slide, *, frames: _Frames, settings: dict, roi_groups: dict,
+                 acquisition: Acquisition, **scene):
+        """A Scene (``scene``: its keywords) with the stack's frames, parsed settings, ROI groups
+        and what the settings say of its layout."""
+        super().__init__(slide, **scene)
+        acq = acquisition
         self._frames_info = frames
         self._acq = acq
         self.scanimage = settings
@@ -432,10 +437,10 @@ def open(probe, options) -> Slide:
     slide = Slide(src, NAME, options, raw_metadata=settings_text + ("\n" + roi_text if roi_text else ""),
                   vendor="scanimage", properties={"scanimage": settings})
     levels = make_levels([((w, h), planes[(0, 0)][0].tile, layout)])
-    scene = ScanImageScene(slide, name="main", levels=levels, channel_names=channel_names, dtype=dtype,
+    scene = ScanImageScene(slide, frames=frames, settings=settings, roi_groups=roi, acquisition=acq,
+                           name="main", levels=levels, channel_names=channel_names, dtype=dtype,
                            compression="none", num_z_slices=ns, num_t_frames=nt,
                            z_resolution=acq.z_step if ns > 1 else None, t_resolution=t_res)
-    scene._setup(frames, settings, roi, acq)
     slide._set_contents([scene], {})
     return slide
 
