@@ -420,8 +420,8 @@ def test_concatenation_and_tiled_sparse(converted, tmp_path):
 
 
 def test_rle_and_frames_in_several_fragments(converted, rle, tmp_path):
-    """pydicom writes the same level as RLE Lossless, and as JPEG frames split over three
-    fragments each, with and without a Basic Offset Table."""
+    """pydicom writes the same level as RLE Lossless, as JPEG frames split over three fragments
+    each, with and without a Basic Offset Table, and with an Extended Offset Table."""
     import copy
 
     from pydicom.encaps import encapsulate, generate_frames
@@ -439,6 +439,15 @@ def test_rle_and_frames_in_several_fragments(converted, rle, tmp_path):
         d.save_as(tmp_path / f"split{bot}" / "level.dcm", enforce_file_format=True)
         with tilescope.open(str(tmp_path / f"split{bot}")) as s:
             np.testing.assert_array_equal(s.scenes[0].read_level(0), want)
+    # an Extended Offset Table (pydicom's encapsulate_extended: 64-bit offsets, an empty BOT)
+    from pydicom.encaps import encapsulate_extended
+
+    d = copy.deepcopy(ds)
+    d.PixelData, d.ExtendedOffsetTable, d.ExtendedOffsetTableLengths = encapsulate_extended(frames)
+    (tmp_path / "eot").mkdir()
+    d.save_as(tmp_path / "eot" / "level.dcm", enforce_file_format=True)
+    with tilescope.open(str(tmp_path / "eot")) as s:  # (wsidicom is no reference for these frames:
+        np.testing.assert_array_equal(s.scenes[0].read_level(0), want)  # it follows their Adobe marker)
     with tilescope.open(rle) as s:
         assert s.scenes[0].compression == "rle" and s.scenes[0].compression_raw == RLELossless
         np.testing.assert_array_equal(s.scenes[0].read_level(0), want)

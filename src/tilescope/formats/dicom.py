@@ -8,9 +8,9 @@ smaller than all of them ends it; LABEL, OVERVIEW and THUMBNAIL are the associat
 ``label``, ``macro`` and ``thumbnail``. Frames are pieces read from their own files (the engine
 opens them on first use): TILED_FULL frames in the standard's order (columns, rows, focal planes,
 optical paths), TILED_SPARSE frames (or frames with per-frame positions) placed by their plane
-positions (absent tiles read as background). Encapsulated pixel data is walked once over a memory
-map to find each frame's fragments (one per frame, or several: by the Basic Offset Table, else by
-codestream start markers); native pixel data is addressed directly. Transfer syntaxes: JPEG
+positions (absent tiles read as background). Encapsulated pixel data's items are found by
+pydicom.encaps, each frame's fragments (one per frame, or several) by the Basic or Extended Offset
+Table, else by codestream start markers; native pixel data is addressed directly. Transfer syntaxes: JPEG
 baseline, JPEG 2000, JPEG-LS, RLE Lossless, explicit and implicit VR little endian.
 Segmentations and Parametric Maps of the frame of reference are derived channels. Needs the
 ``[dicom]`` extra (pydicom).
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import mmap
 import os
 import struct
 import warnings
@@ -162,30 +161,45 @@ def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         first_bit = np.arange(n, dtype=np.int64) * nbits
         shift = first_bit % 8
         return start + first_bit // 8, (shift + nbits + 7) // 8, np.zeros(n, bool), shift.astype(np.int8)
-    with builtins.open(inst.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        pos, items = start, []
-        while True:
-            if pos + 8 > len(mm):
-                raise CorruptDataError(f"{inst.path}: the file is truncated: encapsulated pixel data "
-                                       f"ends at byte {pos} without its sequence delimiter")
-            group, elem, length = struct.unpack_from("<HHI", mm, pos)
-            if (group, elem) == (0xFFFE, 0xE0DD):
-                break
-            if (group, elem) != (0xFFFE, 0xE000) or pos + 8 + length > len(mm):
-                raise CorruptDataError(f"{inst.path}: encapsulated pixel data is broken at byte {pos}")
-            items.append((pos, length))
-            pos += 8 + length
-        if len(items) < 2:
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+
+    with builtins.open(inst.path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(start)
+        try:
+            table = np.asarray(parse_basic_offsets(f), np.int64)
+            count, found = parse_fragments(f)
+        except (ValueError, struct.error) as e:
+            raise CorruptDataError(f"{inst.path}: encapsulated pixel data is broken: {e}") from None
+        if count == 0:
             raise CorruptDataError(f"{inst.path}: encapsulated pixel data without fragments")
-        (bot_at, bot_len), fragments = items[0], items[1:]
-        heads = [bytes(mm[p + 8:p + 12]) for p, _ in fragments]
-        table = np.frombuffer(mm[bot_at + 8:bot_at + 8 + bot_len], "<u4").astype(np.int64)
-    where = np.asarray([p for p, _ in fragments], np.int64)
-    if len(table) == inst.frames and len(where):  # Basic Offset Table: from the first fragment's item
+        where = np.asarray(found, np.int64)
+        # pydicom's parser stops quietly at the end of the file: the last item and the sequence
+        # delimiter after it must be whole
+        f.seek(int(where[-1]) + 4)
+        end = int(where[-1]) + 8 + struct.unpack("<I", f.read(4).ljust(4, b"\xff"))[0]
+        f.seek(end)
+        if end + 8 > size or f.read(4) != b"\xfe\xff\xdd\xe0":
+            raise CorruptDataError(f"{inst.path}: the file is truncated: encapsulated pixel data ends "
+                                   f"without its sequence delimiter")
+        eot = inst.ds.get("ExtendedOffsetTable")
+        heads = []
+        if eot is None and len(table) != inst.frames and count not in (inst.frames, 1):
+            for at in where:  # no table: each fragment's first bytes tell where codestreams start
+                f.seek(int(at) + 8)
+                heads.append(f.read(8))
+    if eot is not None:  # Extended Offset Table: 64-bit offsets from the first fragment's item
+        table = np.frombuffer(bytes(eot), "<u8").astype(np.int64)
+        if len(table) != inst.frames:
+            raise CorruptDataError(f"{inst.path}: the Extended Offset Table lists {len(table)} of "
+                                   f"{inst.frames} frames")
+    ends = np.r_[where[1:], end]  # each item's end: the next item's start, the last one's length
+    fragments = where
+    if len(table) == inst.frames:  # an offset table: from the first fragment's item
         if not np.isin(where[0] + table, where).all():
-            raise CorruptDataError(f"{inst.path}: the Basic Offset Table does not point at fragments")
+            raise CorruptDataError(f"{inst.path}: the offset table does not point at fragments")
         first = np.searchsorted(where, where[0] + table)
-    elif len(fragments) == inst.frames:
+    elif count == inst.frames:
         first = np.arange(inst.frames)
     elif inst.frames == 1:
         first = np.zeros(1, np.int64)
@@ -193,10 +207,9 @@ def _frame_ranges(inst: _Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         first = np.flatnonzero([h[:2] == b"\xff\xd8" or h[:4] == b"\xff\x4f\xff\x51" or h[4:8] == b"jP  "
                                 for h in heads])
         if len(first) != inst.frames:
-            raise CorruptDataError(f"{inst.path}: {len(fragments)} fragments for {inst.frames} frames and no "
-                                   f"Basic Offset Table to tell where each frame starts")
+            raise CorruptDataError(f"{inst.path}: {count} fragments for {inst.frames} frames and no "
+                                   f"offset table to tell where each frame starts")
     last = np.r_[first[1:], len(fragments)] - 1
-    ends = np.asarray([p + 8 + n for p, n in fragments], np.int64)
     split = last > first
     offsets = np.where(split, where[first], where[first] + 8)
     return offsets, ends[last] - offsets, split, np.zeros(n, np.int8)
