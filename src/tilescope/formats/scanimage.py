@@ -20,7 +20,6 @@ import builtins
 import contextlib
 import json
 import mmap
-import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,85 +59,27 @@ def detect(probe) -> bool:
     return "scanimage.SI" in text or text.lstrip().startswith("SI.") or "state.software.version" in text
 
 
-# -- the settings ---------------------------------------------------------------------------------
-def _items(body: str) -> list[list[str]]:
-    """Rows (split at top-level ';') of tokens (split at top-level spaces/commas) of the inside of
-    a MATLAB [...] or {...}, keeping quoted strings and nested brackets whole."""
-    rows, row, tok, depth, quote = [], [], "", 0, False
-    for ch in body:
-        if quote:
-            tok += ch
-            quote = ch != "'"
-        elif ch == "'":
-            tok += ch
-            quote = True
-        elif ch in "[{":
-            depth += 1
-            tok += ch
-        elif ch in "]}":
-            depth -= 1
-            tok += ch
-        elif depth == 0 and ch in " ,\t;":
-            if tok:
-                row.append(tok)
-                tok = ""
-            if ch == ";":
-                rows.append(row)
-                row = []
-        else:
-            tok += ch
-    if tok:
-        row.append(tok)
-    if row:
-        rows.append(row)
-    return rows
+# -- the settings ----------------------------------------------------------------------------------
+def matlab_assignments(text: str) -> dict:
+    """``key = value`` lines (or ScanImage 3.x's ``key=value``, separated by carriage returns) as
+    {key: value}, values as Python (numbers, strings, nested lists for arrays and cells): tifffile's
+    MATLAB parser (``matlabstr2py``), which every ScanImage generation's text goes through. A text
+    it cannot parse is a ValueError."""
+    import tifffile
 
-
-def matlab_value(text: str):
-    """A MATLAB literal as Python: numbers, true/false, 'strings', [vectors; matrices] and
-    {cell arrays} (nested lists); anything else stays text."""
-    t = text.strip()
-    if not t:
-        return None
-    if t in ("true", "false"):
-        return t == "true"
-    if len(t) >= 2 and t[0] == t[-1] == "'":
-        return t[1:-1].replace("''", "'")
-    if len(t) >= 2 and (t[0], t[-1]) in (("[", "]"), ("{", "}")):
-        vals = [[matlab_value(v) for v in row] for row in _items(t[1:-1]) if row]
-        if not vals:
-            return []
-        return vals[0] if len(vals) == 1 else vals
     try:
-        return int(t)
-    except ValueError:
-        pass
-    try:
-        return float(t)
-    except ValueError:
-        return t
-
-
-_LINES = re.compile(r"\r\n|\r|\n")
-
-
-def assignments(text: str):
-    """``key = value`` pairs of a ScanImage text, one per line; ScanImage 3.x writes ``key=value``
-    lines separated by carriage returns, later versions ``key = value`` lines separated by
-    newlines: every separator and both spellings are accepted."""
-    for line in _LINES.split(text):
-        key, sep, value = line.partition("=")
-        if sep and (key := key.strip()):
-            yield key, value
+        parsed = tifffile.matlabstr2py(text) if text.strip() else {}
+    except Exception as e:  # its parser's own errors on text that is not MATLAB
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def parse_settings(text: str, prefix: str = "SI.") -> dict:
     """``SI.a.b = value`` (or ScanImage 3.x ``state.a.b=value``, with ``prefix="state."``) lines
-    into {"a": {"b": value}} (values through :func:`matlab_value`)."""
+    into {"a": {"b": value}}; a ``scanimage.`` before the prefix (older files) is dropped."""
     out: dict = {}
-    for key, value in assignments(text):
-        if key.startswith("scanimage."):
-            key = key[len("scanimage."):]
+    for key, value in matlab_assignments(text).items():
+        key = key.removeprefix("scanimage.")
         if not key.startswith(prefix):
             continue
         d = out
@@ -148,7 +89,7 @@ def parse_settings(text: str, prefix: str = "SI.") -> dict:
             if not isinstance(d, dict):
                 break
         else:
-            d[parts[-1]] = matlab_value(value)
+            d[parts[-1]] = value
     return out
 
 
@@ -310,8 +251,12 @@ class FrameDescriptions(Sequence):
         return data.split(b"\0")[0].decode("utf-8", "replace")
 
     def parsed(self, i: int) -> dict:
-        """Frame ``i``'s description as {key: value} (values through :func:`matlab_value`)."""
-        return {k: matlab_value(v) for k, v in assignments(self[i]) if not k.startswith("scanimage.")}
+        """Frame ``i``'s description as {key: value} (see :func:`matlab_assignments`)."""
+        try:
+            values = matlab_assignments(self[i])
+        except ValueError as e:
+            raise CorruptDataError(f"{self._scene._slide.path}: frame {i}'s description: {e}") from None
+        return {k: v for k, v in values.items() if not k.startswith("scanimage.")}
 
 
 class ScanImageScene(Scene):
@@ -399,12 +344,15 @@ def open(probe, options) -> Slide:
         raise UnsupportedFormatError(f"{src.path}: ScanImage frames of {frames.spp} samples x "
                                      f"{frames.bits} bits are not supported")
     dtype = np.dtype({1: "u", 2: "i", 3: "f"}.get(frames.format, "u") + str(frames.bits // 8))
-    if "SI." in settings_text:
-        settings = parse_settings(settings_text)
-        acq = Acquisition.from_si(settings)
-    else:  # ScanImage 3.x
-        settings = parse_settings(settings_text, "state.")
-        acq = Acquisition.from_state(settings)
+    try:
+        if "SI." in settings_text:
+            settings = parse_settings(settings_text)
+            acq = Acquisition.from_si(settings)
+        else:  # ScanImage 3.x
+            settings = parse_settings(settings_text, "state.")
+            acq = Acquisition.from_state(settings)
+    except ValueError as e:
+        raise CorruptDataError(f"{src.path}: ScanImage settings cannot be parsed: {e}") from None
     try:
         roi = json.loads(roi_text) if roi_text.strip() else {}
         roi = roi.get("RoiGroups", roi) if isinstance(roi, dict) else {}
