@@ -93,8 +93,6 @@ def _in_folder(source):
     """A folder stands for its slide: the first file (by name) of a format whose slides span several
     files (DICOM; the driver gathers the rest and chooses among the folder's slides), else the
     first file any driver recognizes."""
-    if not os.path.isdir(source):
-        return source
     first = None
     for name in sorted(os.listdir(source)):
         path = os.path.join(source, name)
@@ -130,7 +128,7 @@ def detect(source: str | os.PathLike) -> str | None:
     or None if no driver recognizes it."""
     if os.path.isdir(source):
         try:
-            source = _in_folder(source)
+            source = _in_folder(os.fspath(source))
         except UnsupportedFormatError:
             return None
     mod = _detect_file(source)
@@ -178,7 +176,9 @@ def _resolve(source) -> tuple[str, str | None, list[str] | None]:
         files = [os.fspath(p) for p in source]
         return files[0], None, files
     given = os.fspath(source)
-    return _in_folder(given), given if os.path.isdir(given) else None, None
+    if not os.path.isdir(given):
+        return given, None, None
+    return _in_folder(given), given, None
 
 
 def _cached(key, path: str) -> Slide | None:

@@ -219,7 +219,7 @@ class WholeInstance(WebFrames):
                 series = self.series[uid]
                 ds = client.call(f"study {self.study} series {series} instance {uid}",
                                  client.api.retrieve_instance, self.study, series, uid)
-                element = next((ds[t] for t, _ in dicom._PIXELS if t in ds), None)
+                element = next((ds[t] for t, _ in dicom.PIXELS if t in ds), None)
                 if element is None:
                     raise CorruptDataError(f"{client.url}: instance {uid} has no pixel data")
                 self._pixels = bytes(element.value)
@@ -251,7 +251,7 @@ def _syntax(frame: bytes) -> str:
         return "1.2.840.10008.1.2.4.90"
     if len(frame) >= 64 and 1 <= int.from_bytes(frame[:4], "little") <= 15 and \
             int.from_bytes(frame[4:8], "little") == 64:
-        return dicom._RLE
+        return dicom.RLE
     return "1.2.840.10008.1.2.1"
 
 
@@ -322,7 +322,7 @@ def _instances(meta: list, client: _Client, study: str, series: str, keep) -> li
     out = []
     # pixel elements only say which one an instance has (Orthanc 1.10 even puts a float pixel
     # value where a bulk data URI belongs): parse them as empty bulk data
-    pixels = {f"{tag:08X}" for tag, _ in dicom._PIXELS}
+    pixels = {f"{tag:08X}" for tag, _ in dicom.PIXELS}
     datasets = [pydicom.Dataset.from_json({k: {"vr": v.get("vr"), "BulkDataURI": ""} if k in pixels else v
                                            for k, v in m.items()}, bulk_data_uri_handler=_no_bulk_data)
                 for m in meta]
@@ -346,7 +346,7 @@ def _instances(meta: list, client: _Client, study: str, series: str, keep) -> li
                 syntax, whole = "1.2.840.10008.1.2.1", True
             if concatenation:
                 probed[concatenation] = syntax, whole
-        inst = dicom._Instance(f"{client.url} instance {uid}", ds, syntax)
+        inst = dicom.Instance(f"{client.url} instance {uid}", ds, syntax)
         inst.whole = whole
         out.append(inst)
     return out
@@ -388,8 +388,8 @@ def _study(client: _Client, study: str, series: str, instances: list) -> tuple[l
             return False
         return _sop(ds) in dicom.DERIVED or (_sop(ds) == dicom.WSI_SOP_CLASS and
                                              ds.get("ContainerIdentifier") == container)
-    more: list[dicom._Instance] = []
-    derived: list[dicom._Instance] = []
+    more: list[dicom.Instance] = []
+    derived: list[dicom.Instance] = []
     for item in found:
         other = item["0020000E"]["Value"][0]
         modality = (item.get("00080060", {}).get("Value") or [""])[0]
