@@ -308,18 +308,15 @@ def named_czis(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("czi-named")
     rgb, fluo = str(d / "rgb.czi"), str(d / "fluo.czi")
-    with pyczi.create_czi(rgb, exist_ok=True) as w:
-        for c in range(2):
-            for t in range(3):
-                w.write(data=np.full((64, 80, 3), 10 * c + t, np.uint8), plane={"C": c, "T": t}, location=(0, 0))
-        w.write_metadata(document_name="rgb", channel_names={0: "Bright", 1: "Polarized"}, scale_x=0.25,
-                         scale_y=0.25)
-    with pyczi.create_czi(fluo, exist_ok=True) as w:
-        for c in range(2):
-            for t in range(2):
-                w.write(data=np.full((64, 80, 1), 10 * c + t, np.uint16), plane={"C": c, "T": t}, location=(0, 0))
-        w.write_metadata(document_name="fluo", channel_names={0: "LED555", 1: "LED385"}, scale_x=0.25,
-                         scale_y=0.25)
+    for path, (samples, dtype, nt, names) in {rgb: (3, np.uint8, 3, ("Bright", "Polarized")),
+                                               fluo: (1, np.uint16, 2, ("LED555", "LED385"))}.items():
+        with pyczi.create_czi(path, exist_ok=True) as w:
+            for c in range(2):
+                for t in range(nt):
+                    w.write(data=np.full((64, 80, samples), 10 * c + t, dtype), plane={"C": c, "T": t},
+                            location=(0, 0))
+            w.write_metadata(document_name=os.path.basename(path), channel_names=dict(enumerate(names)),
+                             scale_x=0.25, scale_y=0.25)
 
     def times(root, positions):
         dims = root.find("Metadata/Information/Image/Dimensions")
