@@ -53,9 +53,9 @@ class Plane:
         """(w, h) of the buffer piece ``index`` decodes into, then (w, h) it decodes from."""
         raise NotImplementedError
 
-    def landing(self, index: int, a: np.ndarray, own: bool, x1: int, y1: int):
-        """Decoded piece ``index`` as pasted (a part of it, for some placed pieces), whether it is
-        still the caller's own buffer, and its place's right and bottom edges."""
+    def landing(self, index: int, a: np.ndarray, own: bool, x0: int, y0: int, x1: int, y1: int):
+        """Decoded piece ``index`` (placed at x0, y0) as pasted (a part of it, for some placed
+        pieces), whether it is still the caller's own buffer, and its place's right and bottom edges."""
         return a, own, x1, y1
 
     def reduced(self, k: int) -> Plane | None:
@@ -80,8 +80,7 @@ class GridPlane(Plane):
 
     def tasks(self, box, sel):
         ix0, iy0, ix1, iy1 = box
-        (tw, th), (pw, ph) = self.tile, self.size
-        nx = -(-pw // tw)
+        (tw, th), (pw, ph), (nx, _) = self.tile, self.size, self.grid
         return [(self, ty * nx + tx, tx * tw, ty * th, min((tx + 1) * tw, pw), min((ty + 1) * th, ph), sel)
                 for ty in range(iy0 // th, (iy1 - 1) // th + 1)
                 for tx in range(ix0 // tw, (ix1 - 1) // tw + 1)], []
@@ -122,9 +121,8 @@ class PlacedPlane(Plane):
         dw, dh = (int(v) for v in self.piece_sizes[index]) if self.piece_sizes is not None else (tw, th)
         return tw, th, dw, dh
 
-    def landing(self, index, a, own, x1, y1):
+    def landing(self, index, a, own, x0, y0, x1, y1):
         """The piece's stored size rules where it ends; a crop starts inside it."""
-        x0, y0 = (int(v) for v in self.rects[index, :2])
         if self.crops is not None:
             cx, cy = self.crops[index]
             a, own = a[cy:, cx:], False
@@ -351,7 +349,7 @@ class Reader:
         a, own = self._piece(plane, index) if piece is None else piece
         src_sel, dst_sel = sel
         if a is not None:
-            a, own, x1, y1 = plane.landing(index, a, own, x1, y1)
+            a, own, x1, y1 = plane.landing(index, a, own, x0, y0, x1, y1)
         ix0, iy0 = max(x, x0), max(y, y0)
         ix1, iy1 = min(x + w, x1), min(y + h, y1)
         if ix1 <= ix0 or iy1 <= iy0:

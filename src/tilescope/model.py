@@ -306,7 +306,7 @@ class Scene:
 
     def sampler(self, size, overlap=0, *, region=None, units="px", scale=None,
                 magnification: float | None = None, mpp: float | tuple[float, float] | None = None,
-              downsample: float | None = None,
+                downsample: float | None = None,
                 positions=None, channels=None, z=0, t=0, prefetch: int | None = None):
         """A grid of equal regions (dicomslide-style): cells of ``size`` output pixels, each read with
         ``overlap`` pixels from its neighbours on every side (background beyond the scene), within

@@ -20,7 +20,7 @@ from ..model import Scene, Slide, make_levels
 from . import parse_xml
 
 NAME = "AFI"
-OPENSLIDE_VENDOR = 'aperio'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "aperio"  # openslide's name for the format (detect_format, openslide.vendor)
 _MAX_XML = 1 << 20
 
 

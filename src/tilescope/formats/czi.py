@@ -35,7 +35,7 @@ from ..source import ByteRanges, PieceList
 from . import parse_xml
 
 NAME = "CZI"
-OPENSLIDE_VENDOR = 'zeiss'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "zeiss"  # openslide's name for the format (detect_format, openslide.vendor)
 MAGIC = b"ZISRAWFILE"
 
 # pixel type -> (dtype, samples, stored as BGR(A))

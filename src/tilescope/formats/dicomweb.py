@@ -32,7 +32,7 @@ from ..source import Home, PieceList
 from . import dicom
 
 NAME = "DICOMweb"
-OPENSLIDE_VENDOR = 'dicom'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "dicom"  # openslide's name for the format (detect_format, openslide.vendor)
 SCHEME = "dicomweb+"
 SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 

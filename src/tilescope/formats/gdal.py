@@ -21,7 +21,7 @@ from ..model import Scene, Slide, make_levels
 from ..source import Home, PieceList
 
 NAME = "GDAL"
-OPENSLIDE_VENDOR = 'gdal'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "gdal"  # openslide's name for the format (detect_format, openslide.vendor)
 # the encoding of a driver's files where GDAL reports no compression
 _DRIVER_CODECS = {"JP2OpenJPEG": "jpeg2000", "JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
 

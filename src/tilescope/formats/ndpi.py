@@ -26,7 +26,7 @@ from ..source import ByteRanges
 from . import tiff
 
 NAME = "NDPI"
-OPENSLIDE_VENDOR = 'hamamatsu'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "hamamatsu"  # openslide's name for the format (detect_format, openslide.vendor)
 _FORMAT_FLAG, _SOURCE_LENS, _X_OFFSET, _Y_OFFSET, _FOCAL_PLANE = 65420, 65421, 65422, 65423, 65424
 _MCU_STARTS, _REFERENCE, _MCU_STARTS_HIGH, _PROPERTY_MAP = 65426, 65427, 65432, 65449
 

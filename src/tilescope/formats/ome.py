@@ -18,7 +18,7 @@ from ..model import Scene, Slide, make_levels
 from . import parse_xml, tiff
 
 NAME = "OME"
-OPENSLIDE_VENDOR = 'ome-tiff'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "ome-tiff"  # openslide's name for the format (detect_format, openslide.vendor)
 
 _ASSOCIATED = {"label": "label", "label image": "label", "macro": "macro", "macro image": "macro",
                "overview": "macro", "thumbnail": "thumbnail"}

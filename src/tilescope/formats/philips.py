@@ -26,7 +26,7 @@ from ..source import PieceList
 from . import parse_xml, tiff
 
 NAME = "Philips"
-OPENSLIDE_VENDOR = 'philips'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "philips"  # openslide's name for the format (detect_format, openslide.vendor)
 
 
 def detect(probe) -> bool:

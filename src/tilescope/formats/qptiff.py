@@ -19,7 +19,7 @@ from ..model import Scene, Slide, make_levels
 from . import tiff
 
 NAME = "QPTIFF"
-OPENSLIDE_VENDOR = 'qptiff'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "qptiff"  # openslide's name for the format (detect_format, openslide.vendor)
 _ASSOCIATED = {"thumbnail": "thumbnail", "overview": "macro", "macro": "macro", "label": "label"}
 
 

@@ -33,7 +33,7 @@ from ..model import Scene, Slide, make_levels
 from ..source import ByteRanges, FileSource
 
 NAME = "ScanImage"
-OPENSLIDE_VENDOR = 'scanimage'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "scanimage"  # openslide's name for the format (detect_format, openslide.vendor)
 MAGIC = 117637889
 _TAGS = (256, 257, 258, 270, 273, 277, 279, 305, 315, 339)
 _TYPES = {1: "B", 2: "B", 3: "H", 4: "I", 16: "Q", 13: "I", 18: "Q", 6: "b", 8: "h", 9: "i", 17: "q"}
@@ -268,9 +268,8 @@ class ScanImageScene(Scene):
         """A Scene (``scene``: its keywords) with the stack's frames, parsed settings, ROI groups
         and what the settings say of its layout."""
         super().__init__(slide, **scene)
-        acq = acquisition
         self._frames_info = frames
-        self._acq = acq
+        self._acq = acquisition
         self.scanimage = settings
         self.roi_groups = roi_groups
         self.frame_order = "channel, frame of slice, slice, volume"

@@ -23,7 +23,7 @@ from ..model import AssociatedImage, Scene, Slide, make_levels
 from . import parse_xml, tiff
 
 NAME = "SCN"
-OPENSLIDE_VENDOR = 'leica'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "leica"  # openslide's name for the format (detect_format, openslide.vendor)
 _NAMESPACES = ("http://www.leica-microsystems.com/scn/2010/10/01",
                "http://www.leica-microsystems.com/scn/2010/03/10")
 

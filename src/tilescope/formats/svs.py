@@ -15,7 +15,7 @@ from ..model import Scene, Slide, make_levels
 from . import tiff
 
 NAME = "SVS"
-OPENSLIDE_VENDOR = 'aperio'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "aperio"  # openslide's name for the format (detect_format, openslide.vendor)
 
 
 def detect(probe) -> bool:

@@ -16,7 +16,7 @@ from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges
 
 NAME = "TIFF"
-OPENSLIDE_VENDOR = 'generic-tiff'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "generic-tiff"  # openslide's name for the format (detect_format, openslide.vendor)
 
 _TEXT_TAGS = ("ImageDescription", "Software", "DateTime", "Make", "Model", "Artist", "Copyright",
               "HostComputer", "DocumentName")

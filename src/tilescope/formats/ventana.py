@@ -26,7 +26,7 @@ from ..source import ByteRanges
 from . import parse_xml, tiff
 
 NAME = "Ventana"
-OPENSLIDE_VENDOR = 'ventana'  # openslide's name for the format (detect_format, openslide.vendor)
+OPENSLIDE_VENDOR = "ventana"  # openslide's name for the format (detect_format, openslide.vendor)
 _XMP = 700
 
 

@@ -100,7 +100,9 @@ def open(probe, options, files: list[str] | None = None) -> Slide:
     else:
         if path in found.skipped:
             raise CorruptDataError(f"{path}: {found.skipped[path][0]}")
-        first = read_dataset(path)
+        gathered = (i.ds for insts in (*found.slides.values(), found.derived) for i in insts
+                    if os.path.samefile(i.path, path))
+        first = next(gathered, None) or read_dataset(path)  # not gathered: another kind of object
         sop = str(first.get("SOPClassUID", ""))
         if sop == WSI_SOP_CLASS:
             key = slide_key(first)
