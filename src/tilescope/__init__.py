@@ -13,7 +13,9 @@ import dataclasses
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from types import ModuleType
+from typing import Any
 
 from . import formats
 from .cache import TileCache
@@ -63,7 +65,7 @@ _PARSED_MAX = 128
 _parsed_lock = threading.Lock()
 
 
-def _folder_mtime(path) -> int:
+def _folder_mtime(path: str) -> int:
     return os.stat(os.path.dirname(os.path.abspath(path))).st_mtime_ns
 
 
@@ -72,7 +74,7 @@ def drivers() -> list[str]:
     return [m.NAME for m in formats.modules() + formats.url_modules()]
 
 
-def _probe_driver(source: FileSource):
+def _probe_driver(source: FileSource) -> formats.Probe:
     probe = formats.Probe(source)
     if not probe.head:
         probe.close()
@@ -80,7 +82,7 @@ def _probe_driver(source: FileSource):
     return probe
 
 
-def _options(overrides: dict) -> Options:
+def _options(overrides: dict[str, Any]) -> Options:
     """The process defaults with this slide's ``overrides``; unknown names are an error."""
     known = {f.name for f in dataclasses.fields(Options)}
     unknown = set(overrides) - known
@@ -89,7 +91,7 @@ def _options(overrides: dict) -> Options:
     return dataclasses.replace(options, **overrides)
 
 
-def _in_folder(source):
+def _in_folder(source: str) -> str:
     """A folder stands for its slide: the first file (by name) of a format whose slides span several
     files (DICOM; the driver gathers the rest and chooses among the folder's slides), else the
     first file any driver recognizes."""
@@ -99,13 +101,14 @@ def _in_folder(source):
         mod = _detect_file(path) if os.path.isfile(path) else None
         if mod is not None and getattr(mod, "MULTI_FILE", False):
             return path
-        first = first or (mod and path)
+        if first is None and mod is not None:
+            first = path
     if first is None:
         raise UnsupportedFormatError(f"{os.fspath(source)}: a folder with no file tilescope reads")
     return first
 
 
-def _detect_file(path):
+def _detect_file(path: str) -> ModuleType | None:
     """The driver module that recognizes the file ``path``, or None."""
     try:
         src = FileSource(path)
@@ -131,14 +134,14 @@ def detect(source: str | os.PathLike) -> str | None:
             source = _in_folder(os.fspath(source))
         except UnsupportedFormatError:
             return None
-    mod = _detect_file(source)
+    mod = _detect_file(os.fspath(source))
     if mod is None and not os.path.exists(source):
         raise SourceNotFoundError(f"{os.fspath(source)}: no such file")
     return mod.NAME if mod else None
 
 
 def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | None = None,
-         **overrides) -> Slide:
+         **overrides: Any) -> Slide:
     """Open an image and return a :class:`Slide`.
 
     ``source`` is a file (the format is detected from the content: magic bytes, TIFF tags,
@@ -168,20 +171,21 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
         raise
 
 
-def _resolve(source) -> tuple[str, str | None, list[str] | None]:
+def _resolve(source: str | os.PathLike | Sequence[str | os.PathLike]
+             ) -> tuple[str, str | None, list[str] | None]:
     """(the file to open, the folder it stands for or None, the list of files or None)."""
     if isinstance(source, (list, tuple)):
         if not source:
             raise InvalidRequestError("open: an empty list of files")
         files = [os.fspath(p) for p in source]
         return files[0], None, files
-    given = os.fspath(source)
+    given = os.fspath(source)  # type: ignore[arg-type]  # a str or os.PathLike (lists handled above)
     if not os.path.isdir(given):
         return given, None, None
     return _in_folder(given), given, None
 
 
-def _cached(key, path: str) -> Slide | None:
+def _cached(key: Hashable, path: str) -> Slide | None:
     """The parsed slide of an unchanged file (and, for slides gathered from their folder, an
     unchanged folder: files added are seen), or None."""
     with _parsed_lock:
@@ -193,7 +197,8 @@ def _cached(key, path: str) -> Slide | None:
     return None
 
 
-def _parse(src: FileSource, opts: Options, driver: str | None, folder: str | None, files, key) -> Slide:
+def _parse(src: FileSource, opts: Options, driver: str | None, folder: str | None, files: list[str] | None,
+           key: Hashable) -> Slide:
     probe = _probe_driver(src)
     probe.folder = folder  # the folder the caller opened (drivers of several files choose in it)
     try:

@@ -8,6 +8,7 @@ import mmap
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 
 import numpy as np
 
@@ -15,7 +16,7 @@ _PAGE = mmap.PAGESIZE
 _FREE_MAX = 8  # recycled buffers kept: a few per decoding thread is all the steady state uses
 
 
-def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+def aligned_empty(shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:
     """An uninitialised array whose data starts 16 bytes past a page boundary: libjpeg-turbo writes
     there measurably faster (~20 % per tile here) than to page-aligned or arbitrary addresses."""
     dtype = np.dtype(dtype)
@@ -60,7 +61,7 @@ class TileCache:
     def nbytes(self) -> int:
         return self._bytes
 
-    def get(self, key) -> np.ndarray | None:
+    def get(self, key: Hashable) -> np.ndarray | None:
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -75,12 +76,12 @@ class TileCache:
             self.hits += 1
             return item[0]
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
         """Whether ``key`` is held, without counting a hit or a miss or touching its recency."""
         with self._lock:
             return key in self._items
 
-    def put(self, key, value: np.ndarray) -> bool:
+    def put(self, key: Hashable, value: np.ndarray) -> bool:
         """Keep ``value``; False if it is not kept (too large, or caching is off)."""
         n = value.nbytes
         if n * 4 > self.capacity:
@@ -111,7 +112,7 @@ class TileCache:
                 self._free.setdefault((v.shape, v.dtype), []).append(v)
                 self._nfree += 1
 
-    def buffer(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+    def buffer(self, shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:
         """An uninitialised array to decode a piece into: a recycled one, or a new aligned one."""
         dtype = np.dtype(dtype)
         with self._lock:

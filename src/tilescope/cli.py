@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 
-from . import TilescopeError
+from . import Slide, TilescopeError
 from . import open as open_slide
 
 
@@ -31,7 +32,7 @@ def _ints(text: str, n: int | None, what: str) -> tuple[int, ...]:
     return v
 
 
-def _plane(text: str):
+def _plane(text: str) -> int | tuple[int, ...]:
     v = _ints(text, None, "plane")
     return v[0] if len(v) == 1 else v
 
@@ -56,7 +57,7 @@ def save(path: str, a: np.ndarray) -> None:
         Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(path)
 
 
-def _info(slide) -> str:
+def _info(slide: Slide) -> str:
     lines = [f"{slide.path}", f"  driver: {slide.driver}   vendor: {slide.vendor or '-'}"]
     for i, sc in enumerate(slide.scenes):
         mpp = f"{sc.mpp[0]:.4g} x {sc.mpp[1]:.4g} um/px" if sc.mpp else "unknown"
@@ -79,7 +80,7 @@ def _info(slide) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tilescope", description="Read whole-slide and microscopy images.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("info", help="print format, scenes, levels and metadata")

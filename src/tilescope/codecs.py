@@ -14,7 +14,7 @@ import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import imagecodecs
 import numpy as np
@@ -86,7 +86,8 @@ class Codec:
         if scaled is not None:
             return scaled
 
-        def dec(data, h, w, out):  # h, w: the piece's full size, decoded into per-thread scratch
+        # h, w: the piece's full size, decoded into per-thread scratch
+        def dec(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
             full = np.frombuffer(scratch(h * w * self.samples * self.dtype.itemsize, "full"), self.dtype)
             return block_mean(self.decode(data, h, w, full.reshape(h, w, self.samples)), k)
         return Codec(f"{self.name}/{k}", self.dtype, self.samples, dec)
@@ -123,16 +124,17 @@ def block_mean(a: np.ndarray, k: int) -> np.ndarray:
     return (total / (k * k)).astype(a.dtype)
 
 
-def jpeg(tables: bytes | None = None, *, colorspace=None, outcolorspace=None, samples: int = 3,
+def jpeg(tables: bytes | None = None, *, colorspace: int | str | None = None,
+         outcolorspace: int | str | None = None, samples: int = 3,
          bits: int = 8) -> Codec:
     """Baseline/extended JPEG (libjpeg-turbo), optionally abbreviated streams with shared tables."""
     if bits != 8:  # 12-bit and lossless JPEG go through imagecodecs' dispatcher
-        def dec16(data, h, w, out):
+        def dec16(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
             return imagecodecs.jpeg_decode(data, tables=tables, bitspersample=bits,
                                            colorspace=colorspace, outcolorspace=outcolorspace)
         return Codec("jpeg", np.dtype(np.uint16), samples, dec16)
 
-    def dec(data, h, w, out):
+    def dec(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
         try:
             return imagecodecs.jpeg8_decode(data, tables=tables, colorspace=colorspace,
                                             outcolorspace=outcolorspace, out=out)
@@ -156,7 +158,7 @@ def _jpeg_scaled(head: bytes, colorspace: str, samples: int, k: int) -> Codec | 
     if k not in (2, 4, 8):
         return None
 
-    def dec(data, h, w, out):
+    def dec(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
         if head:  # an abbreviated stream: splice the shared tables in after its SOI
             data = head + data[2:]
         jh, jw = simplejpeg.decode_jpeg_header(data)[:2]
@@ -189,27 +191,28 @@ def ycbcr_to_rgb(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def jpeg2000(*, ycbcr: bool = False, samples: int = 3, dtype=np.uint8) -> Codec:
+def jpeg2000(*, ycbcr: bool = False, samples: int = 3, dtype: np.typing.DTypeLike = np.uint8) -> Codec:
     """JPEG 2000 codestreams (OpenJPEG); ``ycbcr`` when components are YCbCr without a J2K
     colour transform (Aperio 33003)."""
     if ycbcr:
-        def dec(data, h, w, out):
+        def dec(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
             return ycbcr_to_rgb(imagecodecs.jpeg2k_decode(data))
     else:
-        def dec(data, h, w, out):
+        def dec(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
             return imagecodecs.jpeg2k_decode(data)
     return Codec("jpeg2000", np.dtype(dtype), samples, dec)
 
 
-def raw(*, dtype, samples: int, decompress: Callable[[bytes], bytes] | None = None, name: str = "none",
-        predictor: int = 1, bits: int | None = None, byteorder: str = "<") -> Codec:
+def raw(*, dtype: np.typing.DTypeLike, samples: int, decompress: Callable[[bytes], bytes] | None = None,
+        name: str = "none", predictor: int = 1, bits: int | None = None,
+        byteorder: Literal["<", ">"] = "<") -> Codec:
     """Pixel bytes, optionally compressed (LZW, deflate, zstd, ...) and predicted (TIFF 2, 3)."""
     dtype = np.dtype(dtype)
     stored = dtype.newbyteorder(byteorder)
     nbits = bits or dtype.itemsize * 8
     packed = nbits != dtype.itemsize * 8
 
-    def dec(data, h, w, out):
+    def dec(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
         if decompress is not None:
             data = decompress(data)
         row = w * samples
@@ -229,11 +232,11 @@ def raw(*, dtype, samples: int, decompress: Callable[[bytes], bytes] | None = No
 _UNPREDICT = {2: imagecodecs.delta_decode, 3: imagecodecs.floatpred_decode}
 
 
-def dicom_rle(*, dtype, samples: int) -> Codec:
+def dicom_rle(*, dtype: np.typing.DTypeLike, samples: int) -> Codec:
     """DICOM RLE Lossless: byte segments per sample, decoded as planes of samples."""
     stored = np.dtype(dtype).newbyteorder("<")
 
-    def dec(data, h, w, out):
+    def dec(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
         a = np.frombuffer(imagecodecs.dicomrle_decode(data, stored.str), stored)[: samples * h * w]
         return a.reshape(samples, h, w).transpose(1, 2, 0).astype(dtype, copy=False)
     return Codec("dicomrle", np.dtype(dtype), samples, dec)
@@ -241,7 +244,7 @@ def dicom_rle(*, dtype, samples: int) -> Codec:
 
 def bitmask() -> Codec:
     """1-bit pixels packed least significant bit first (DICOM BINARY segmentations) as 0 / 1."""
-    def dec(data, h, w, out):
+    def dec(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
         bits = np.unpackbits(np.frombuffer(data, np.uint8), count=h * w, bitorder="little")
         return bits.reshape(h, w, 1)
     return Codec("bitmask", np.dtype(np.uint8), 1, dec)
@@ -249,18 +252,19 @@ def bitmask() -> Codec:
 
 def equal_to(codec: Codec, value: int) -> Codec:
     """1 where ``codec``'s pixels equal ``value``, else 0 (one segment of a DICOM label map)."""
-    def dec(data, h, w, out):
+    def dec(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
         return (codec.decode(data, h, w) == value).view(np.uint8)
     return Codec(f"{codec.name}=={value}", np.dtype(np.uint8), 1, dec)
 
 
-def image(name: str, fn: Callable[[bytes], np.ndarray], *, dtype, samples: int) -> Codec:
+def image(name: str, fn: Callable[[bytes], np.ndarray], *, dtype: np.typing.DTypeLike, samples: int) -> Codec:
     """Any imagecodecs image decoder that takes only the bytes (PNG, WebP, JPEG XL, JPEG XR, LERC)."""
     return Codec(name, np.dtype(dtype), samples, lambda data, h, w, out: fn(data))
 
 
-def from_tiff(compression: int, *, dtype, samples: int, photometric: int, planarconfig: int = 1,
-              predictor: int = 1, bits: int = 8, byteorder: str = "<", jpegtables: bytes | None = None,
+def from_tiff(compression: int, *, dtype: np.typing.DTypeLike, samples: int, photometric: int,
+              planarconfig: int = 1, predictor: int = 1, bits: int = 8,
+              byteorder: Literal["<", ">"] = "<", jpegtables: bytes | None = None,
               extrasamples: tuple = (), jfif: bool = False, where: str = "") -> Codec:
     """The codec for one TIFF page's tiles or strips, from its tags."""
     from tifffile import TIFF
@@ -291,7 +295,7 @@ def from_tiff(compression: int, *, dtype, samples: int, photometric: int, planar
     return image(name, _decompressor(TIFF, compression, where), dtype=dtype, samples=samples)
 
 
-def _decompressor(tiff, compression: int, where: str):
+def _decompressor(tiff: Any, compression: int, where: str) -> Callable[[bytes], Any]:
     try:
         return tiff.DECOMPRESSORS[compression]
     except Exception as e:  # imagecodecs built without it, or a tag nobody knows

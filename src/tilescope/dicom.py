@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 from . import options as _options
 from .errors import InvalidRequestError, SourceNotFoundError
@@ -12,7 +13,7 @@ from .formats.dicom import find_slides as _find_slides
 from .model import Slide
 
 
-def find_slides(folder: str | os.PathLike, **overrides) -> list[Slide]:
+def find_slides(folder: str | os.PathLike, **overrides: Any) -> list[Slide]:
     """Every slide among the DICOM files of ``folder`` (whole-slide image instances grouped by frame
     of reference and container, with their segmentations and parametric maps), opened, in order of
     each slide's first file name; other objects and unreadable files are left out (the latter with

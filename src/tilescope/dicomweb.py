@@ -5,6 +5,7 @@ section). ``tilescope.open("dicomweb+http://...", study=..., series=...)`` opens
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from . import options as _options
 from .errors import InvalidRequestError
@@ -14,7 +15,7 @@ from .model import Slide
 
 
 def find_slides(url: str, *, study_instance_uid: str | None = None, patient_id: str | None = None,
-                study_id: str | None = None, container_id: str | None = None, **kwargs) -> list[Slide]:
+                study_id: str | None = None, container_id: str | None = None, **kwargs: Any) -> list[Slide]:
     """The slides (one per slide-microscopy series) on the server at ``url``
     (``http(s)://host:port/dicom-web``, with or without the ``dicomweb+`` prefix) that match every
     filter given. ``kwargs``: how to reach the server and read (``headers``, ``verify``,

@@ -12,8 +12,9 @@ import itertools
 import math
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,6 +27,9 @@ from .pool import LazyPool
 from .source import Pieces, Source
 
 _uid = itertools.count()
+# a paste task: (plane, piece index, x0, y0, x1, y1 of its place in the plane, (samples, channels))
+Task = tuple["Plane", int, int, int, int, int, tuple[Any, Any]]
+Selection = tuple[Any, Any]  # (source samples, output channels): index lists or slices
 
 
 @dataclass(eq=False)
@@ -44,7 +48,7 @@ class Plane:
     _reduced: dict = field(default_factory=dict, init=False, repr=False)
     prefills = False  # reads must fill background first (pieces may leave gaps)
 
-    def tasks(self, box: tuple[int, int, int, int], sel) -> tuple[list[tuple], list[tuple]]:
+    def tasks(self, box: tuple[int, int, int, int], sel: Selection) -> tuple[list[Task], list[Task]]:
         """The pieces intersecting ``box`` ((x0, y0, x1, y1) within the plane) as paste tasks
         (plane, index, x0, y0, x1, y1, sel): (any order, in drawing order)."""
         raise NotImplementedError
@@ -53,7 +57,8 @@ class Plane:
         """(w, h) of the buffer piece ``index`` decodes into, then (w, h) it decodes from."""
         raise NotImplementedError
 
-    def landing(self, index: int, a: np.ndarray, own: bool, x0: int, y0: int, x1: int, y1: int):
+    def landing(self, index: int, a: np.ndarray, own: bool, x0: int, y0: int, x1: int, y1: int
+                ) -> tuple[np.ndarray, bool, int, int]:
         """Decoded piece ``index`` (placed at x0, y0) as pasted (a part of it, for some placed
         pieces), whether it is still the caller's own buffer, and its place's right and bottom edges."""
         return a, own, x1, y1
@@ -78,21 +83,23 @@ class GridPlane(Plane):
     def grid(self) -> tuple[int, int]:
         return -(-self.size[0] // self.tile[0]), -(-self.size[1] // self.tile[1])
 
-    def tasks(self, box, sel):
+    def tasks(self, box: tuple[int, int, int, int], sel: Selection) -> tuple[list[Task], list[Task]]:
         ix0, iy0, ix1, iy1 = box
         (tw, th), (pw, ph), (nx, _) = self.tile, self.size, self.grid
         return [(self, ty * nx + tx, tx * tw, ty * th, min((tx + 1) * tw, pw), min((ty + 1) * th, ph), sel)
                 for ty in range(iy0 // th, (iy1 - 1) // th + 1)
                 for tx in range(ix0 // tw, (ix1 - 1) // tw + 1)], []
 
-    def piece_shape(self, index):
+    def piece_shape(self, index: int) -> tuple[int, int, int, int]:
         return (*self.tile, *self.tile)
 
-    def _reduce(self, k):
+    def _reduce(self, k: int) -> Plane | None:
         """Where the codec decodes at 1/k (JPEG's DCT scaling) and the pieces divide evenly."""
         (w, h), (tw, th) = self.size, self.tile
         codec = self.codec.scaled(k) if tw % k == 0 and th % k == 0 else None
-        return codec and GridPlane(self.pieces, codec, (-(-w // k), -(-h // k)), (tw // k, th // k))
+        if codec is None:
+            return None
+        return GridPlane(self.pieces, codec, (-(-w // k), -(-h // k)), (tw // k, th // k))
 
 
 @dataclass(eq=False, kw_only=True)
@@ -108,27 +115,28 @@ class PlacedPlane(Plane):
     crops: np.ndarray | None = None
     prefills = True
 
-    def tasks(self, box, sel):
+    def tasks(self, box: tuple[int, int, int, int], sel: Selection) -> tuple[list[Task], list[Task]]:
         ix0, iy0, ix1, iy1 = box
         r = self.rects
         x0, y0, x1, y1 = r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]
         hit = np.flatnonzero((x0 < ix1) & (x1 > ix0) & (y0 < iy1) & (y1 > iy0))
-        mine = [(self, int(i), int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i]), sel) for i in hit]
+        mine: list[Task] = [(self, int(i), int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i]), sel) for i in hit]
         return ([], mine) if _overlap(r[hit]) else (mine, [])
 
-    def piece_shape(self, index):
+    def piece_shape(self, index: int) -> tuple[int, int, int, int]:
         tw, th = (int(v) for v in self.rects[index, 2:])
         dw, dh = (int(v) for v in self.piece_sizes[index]) if self.piece_sizes is not None else (tw, th)
         return tw, th, dw, dh
 
-    def landing(self, index, a, own, x0, y0, x1, y1):
+    def landing(self, index: int, a: np.ndarray, own: bool, x0: int, y0: int, x1: int, y1: int
+                ) -> tuple[np.ndarray, bool, int, int]:
         """The piece's stored size rules where it ends; a crop starts inside it."""
         if self.crops is not None:
             cx, cy = self.crops[index]
             a, own = a[cy:, cx:], False
         return a, own, min(x1, x0 + a.shape[1]), min(y1, y0 + a.shape[0])
 
-    def _reduce(self, k):
+    def _reduce(self, k: int) -> Plane | None:
         """Any codec: a mosaic has no stored pyramid to fall back on, so its pieces reduce by block
         means after decoding, placed at their origin // k."""
         (w, h), (tw, th), r = self.size, self.tile, self.rects
@@ -213,7 +221,7 @@ class Reader:
         self._files: dict = {}  # other files (or library handles) pieces live in, opened on first use
         self._files_lock = threading.Lock()
 
-    def _source_of(self, pieces: Pieces, index: int = 0):
+    def _source_of(self, pieces: Pieces, index: int = 0) -> Any:
         """Where piece ``index`` is read from: the slide's own source, or its home (another file, a
         server, a library handle; one per thread where the library needs it) opened on first use."""
         home = pieces.home(index)
@@ -275,7 +283,8 @@ class Reader:
 
     # -- one level, exact ----------------------------------------------------------------------
     def read_level(self, layout: Layout, rect: tuple[int, int, int, int], channels: list[int],
-                   z: int, t: int, dtype: np.dtype, background, threads: int | None = None,
+                   z: int, t: int, dtype: np.typing.DTypeLike, background: float | np.ndarray,
+                   threads: int | None = None,
                    out: np.ndarray | None = None) -> np.ndarray:
         """Level pixels of ``rect`` (level coordinates, may extend outside) as (h, w, len(channels)),
         into ``out`` when given."""
@@ -314,7 +323,7 @@ class Reader:
         if any(planes[p].pieces.prefetches for p in groups):
             self._prefetch(tasks)
 
-        def run(batch):
+        def run(batch: list[Task]) -> None:
             for task in batch:
                 self._paste(out, rect, *task, background)
 
@@ -323,7 +332,7 @@ class Reader:
         if ordered:  # decode on the pool, then paste one by one so overlaps resolve in order
             pieces = {}
 
-            def decode(batch):
+            def decode(batch: list[Task]) -> None:
                 for plane, index, *_ in batch:
                     pieces[plane.uid, index] = self._piece(plane, index)
             self._parallel(ordered, decode, threads)
@@ -342,7 +351,9 @@ class Reader:
         for plane, todo in wanted.values():
             plane.pieces.prefetch(self._source_of(plane.pieces, todo[0]), todo)
 
-    def _paste(self, out, rect, plane: Plane, index, x0, y0, x1, y1, sel, background, piece=None) -> None:
+    def _paste(self, out: np.ndarray, rect: tuple[int, int, int, int], plane: Plane, index: int,
+               x0: int, y0: int, x1: int, y1: int, sel: Selection, background: float | np.ndarray,
+               piece: tuple[np.ndarray | None, bool] | None = None) -> None:
         """Paste piece ``index``, whose place is [x0, x1) x [y0, y1) in level pixels (clipped to the
         plane), into ``out`` holding ``rect``."""
         x, y, w, h = rect
@@ -367,7 +378,7 @@ class Reader:
             self.cache.give_back(a)
 
     @staticmethod
-    def _parallel(tasks: list, run, threads: int) -> None:
+    def _parallel(tasks: list, run: Callable[[Any], None], threads: int) -> None:
         """``run(iterable_of_tasks)`` on ``threads`` threads (the caller and pool workers) sharing
         one iterator: a thread takes the next task when it is free, so tissue tiles (2-3x slower to
         decode than background) do not leave one thread idle at the end."""
@@ -386,8 +397,10 @@ class Reader:
                 raise e
 
     # -- any region at any output size ---------------------------------------------------------
-    def read(self, levels, rect, out_size, channels, planes, dtype, background,
-             threads: int | None = None) -> np.ndarray:
+    def read(self, levels: Sequence[tuple[float, float, Layout]], rect: Sequence[float],
+             out_size: tuple[int, int], channels: list[int], planes: list[tuple[int, int]],
+             dtype: np.typing.DTypeLike, background: float | np.ndarray, threads: int | None = None
+             ) -> np.ndarray:
         """``rect`` in level-0 pixels (may be fractional) resampled to ``out_size``, for each (z, t)
         in ``planes``; ``levels`` is a sequence of (scale_x, scale_y, layout)."""
         x, y, w, h = rect
@@ -403,15 +416,17 @@ class Reader:
         if self.options.dct_scaling and ds >= 2 * max(sx, sy):
             sx, sy, layout = self._reduced_level(levels, ds)
         # unit conversions leave 1e-12 errors on what are whole level pixels: snap them
-        box = tuple(round(v) if abs(v - round(v)) < 1e-6 else v
-                    for v in (x / sx, y / sy, (x + w) / sx, (y + h) / sy))
+        bx0, by0, bx1, by1 = (round(v) if abs(v - round(v)) < 1e-6 else v
+                              for v in (x / sx, y / sy, (x + w) / sx, (y + h) / sy))
+        box = (bx0, by0, bx1, by1)
         out = np.empty((len(planes), oh, ow, len(channels)), dtype)
         for i, (z, t) in enumerate(planes):
             self._read_box(layout, box, (ow, oh), channels, z, t, dtype, background, threads, out[i])
         return out
 
     @staticmethod
-    def _reduced_level(levels, ds: float):
+    def _reduced_level(levels: Sequence[tuple[float, float, Layout]], ds: float
+                       ) -> tuple[float, float, Layout]:
         """The cheapest way to reach downsample ``ds`` when DCT-scaled decodes count as levels:
         the coarsest candidate not above ``ds``; among near-equal ones, the least reduced (a
         coarser stored level at 1/2 decodes 16x fewer pieces than a finer one at 1/8)."""
@@ -426,11 +441,14 @@ class Reader:
         sx, sy, layout, _ = min(near, key=lambda c: (c[3], -max(c[0], c[1])))
         return sx, sy, layout
 
-    def _read_box(self, layout, box, out_size, channels, z, t, dtype, background, threads, out) -> None:
+    def _read_box(self, layout: Layout, box: tuple[float, float, float, float], out_size: tuple[int, int],
+                  channels: list[int], z: int, t: int, dtype: np.typing.DTypeLike,
+                  background: float | np.ndarray, threads: int | None, out: np.ndarray) -> None:
         bx0, by0, bx1, by1 = box
         ow, oh = out_size
         if all(isinstance(v, int) for v in box) and (bx1 - bx0, by1 - by0) == (ow, oh):
-            self.read_level(layout, (bx0, by0, ow, oh), channels, z, t, dtype, background, threads, out)
+            self.read_level(layout, (int(bx0), int(by0), ow, oh), channels, z, t, dtype, background, threads,
+                            out)
             return
         # resample in bands of output rows so intermediate memory stays bounded
         fy = (by1 - by0) / oh
@@ -462,9 +480,9 @@ def _overlap(rects: np.ndarray) -> bool:
     return bool(m.any())
 
 
-def _selector(samples: list[int], ocs: list[int], nsamples: int, nout: int):
+def _selector(samples: list[int], ocs: list[int], nsamples: int, nout: int) -> Selection:
     """Index pair (source samples, output channels), as slices where they are contiguous runs."""
-    def idx(v, n):
+    def idx(v: list[int], n: int) -> list[int] | slice:
         if v == list(range(v[0], v[0] + len(v))):
             return slice(v[0], v[0] + len(v)) if len(v) != n or v[0] != 0 else slice(None)
         return v
@@ -500,7 +518,7 @@ def resample(src: np.ndarray, box: tuple[float, float, float, float], out: np.nd
                for i in range(c)]
     integer = not pil and np.issubdtype(src.dtype, np.integer)
 
-    def run(parts):
+    def run(parts: list[tuple[int, int]]) -> None:
         for r0, r1 in parts:
             sub = (x0, y0 + r0 * fy, x1, y0 + r1 * fy)
             for i, im in ims:

@@ -9,15 +9,22 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import InvalidRequestError
+
+# what the public API takes (checked at run time by the functions below)
+RectLike = Sequence[float] | None  # (x, y, w, h); None: the whole scene
+SizeLike = Sequence[int] | None  # (w, h); a 0 keeps the aspect ratio; None: the rect's size
+PlaneIndex = int | Sequence[int]  # a z or t index, or a (start, stop) range
+Channels = int | str | Sequence[int | str] | None  # indices or names; None: the image channels
 
 # A level may be used for a request up to this much coarser than asked, so rounding of level
 # sizes (40001 px / 4 = 10000 px) does not push reads down to a 16x larger level.
 LEVEL_TOLERANCE = 0.005
 
 
-def _int(v, what: str, where: str) -> int:
+def _int(v: Any, what: str, where: str) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
         raise InvalidRequestError(f"{where}: {what} must be a finite number, got {v!r}")
     if isinstance(v, numbers.Integral):
@@ -27,13 +34,13 @@ def _int(v, what: str, where: str) -> int:
     raise InvalidRequestError(f"{where}: {what} must be a whole number of pixels, got {v!r}")
 
 
-def _real(v, what: str, where: str) -> float:
+def _real(v: Any, what: str, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
         raise InvalidRequestError(f"{where}: {what} must be a finite number, got {v!r}")
     return float(v)
 
 
-def normalize_rect(rect, full: tuple[int, int], where: str, integral: bool = True) -> tuple:
+def normalize_rect(rect: RectLike, full: tuple[int, int], where: str, integral: bool = True) -> tuple:
     """(x, y, w, h) with w, h > 0, as ints (or floats unless ``integral``); ``None`` is all of ``full``."""
     if rect is None:
         return (0, 0, *full)
@@ -46,7 +53,7 @@ def normalize_rect(rect, full: tuple[int, int], where: str, integral: bool = Tru
     return x, y, w, h
 
 
-def resolve_size(size, rect_wh: tuple[int, int], where: str) -> tuple[int, int]:
+def resolve_size(size: SizeLike, rect_wh: tuple[float, float], where: str) -> tuple[int, int]:
     """Output (w, h): ``None`` is the rect's size, a 0 in one dimension keeps the aspect ratio."""
     w, h = rect_wh
     if size is None:
@@ -63,7 +70,7 @@ def resolve_size(size, rect_wh: tuple[int, int], where: str) -> tuple[int, int]:
     return ow, oh
 
 
-def plane_indices(v, count: int, what: str, where: str) -> tuple[list[int], bool]:
+def plane_indices(v: PlaneIndex, count: int, what: str, where: str) -> tuple[list[int], bool]:
     """An index, or a (start, stop) range, as (indices, is_range)."""
     if isinstance(v, Sequence) and not isinstance(v, str):
         if len(v) != 2:

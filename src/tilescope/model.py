@@ -15,11 +15,20 @@ from .cache import TileCache
 from .color import ToSrgb
 from .engine import Layout, Options, Reader
 from .errors import InvalidRequestError, SlideClosedError
-from .geometry import LEVEL_TOLERANCE, normalize_rect, plane_indices, resolve_size
+from .geometry import (
+    LEVEL_TOLERANCE,
+    Channels,
+    PlaneIndex,
+    RectLike,
+    SizeLike,
+    normalize_rect,
+    plane_indices,
+    resolve_size,
+)
 from .source import Detached, Source
 from .tiles import LevelView, Tiles
-from .tissue import tissue_mask
-from .units import Scale
+from .tissue import TissueMask, tissue_mask
+from .units import Scale, ScaleLike, Units
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,11 @@ class Level:
     native_magnification: float | None = None
 
 
-def make_levels(specs: Sequence[tuple[tuple[int, int], tuple[int, int], Layout]]) -> list[Level]:
+# what a driver says of a level: (size, tile size, layout)
+LevelSpec = tuple[tuple[int, int], tuple[int, int], Layout]
+
+
+def make_levels(specs: Sequence[LevelSpec]) -> list[Level]:
     """Levels from (size, tile_size, layout) tuples, finest first."""
     w0, h0 = specs[0][0]
     levels = []
@@ -51,7 +64,7 @@ def make_levels(specs: Sequence[tuple[tuple[int, int], tuple[int, int], Layout]]
     return levels
 
 
-def background_for(dtype: np.dtype, brightfield: bool):
+def background_for(dtype: np.typing.DTypeLike, brightfield: bool) -> int | float:
     """White for brightfield (the glass), 0 for fluorescence (no signal)."""
     if not brightfield:
         return 0
@@ -63,7 +76,8 @@ class Scene:
     """A continuous raster: one or more channels, z-slices and time frames, with a pyramid."""
 
     def __init__(self, slide: Slide, *, name: str, levels: list[Level], channel_names: Sequence[str],
-                 dtype, mpp: tuple[float, float] | None = None, magnification: float | None = None,
+                 dtype: np.typing.DTypeLike, mpp: tuple[float, float] | None = None,
+                 magnification: float | None = None,
                  compression: str = "", compression_raw: str | None = None,
                  rect: tuple[int, int, int, int] | None = None,
                  num_z_slices: int = 1, num_t_frames: int = 1, z_resolution: float | None = None,
@@ -129,7 +143,7 @@ class Scene:
         self._slide._check_open()
         return self._slide._reader
 
-    def channel_indices(self, channels=None) -> list[int]:
+    def channel_indices(self, channels: Channels = None) -> list[int]:
         """Indices of ``channels`` (names or indices, one or a list; None: the image channels; a
         name of a channel stored as samples gives its samples); InvalidRequestError otherwise."""
         if channels is None:
@@ -155,7 +169,7 @@ class Scene:
             out.append(int(c))
         return out
 
-    def level_index(self, level) -> int:
+    def level_index(self, level: int) -> int:
         """``level`` checked: an int index of ``levels``; InvalidRequestError otherwise."""
         if isinstance(level, bool) or not isinstance(level, int | np.integer) \
                 or not 0 <= level < len(self.levels):
@@ -163,7 +177,7 @@ class Scene:
                 f"{self.location}: level {level!r} is outside 0..{len(self.levels) - 1}")
         return int(level)
 
-    def planes(self, z=0, t=0) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
+    def planes(self, z: PlaneIndex = 0, t: PlaneIndex = 0) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
         """The (z, t) planes ``z`` and ``t`` (an index or a (start, stop) range each) select, t
         outer, and the leading axes a read adds for the ranges; InvalidRequestError otherwise."""
         zs, zr = plane_indices(z, self.num_z_slices, "z", self.location)
@@ -171,7 +185,8 @@ class Scene:
         lead = (len(ts),) * tr + (len(zs),) * zr
         return [(zz, tt) for tt in ts for zz in zs], lead
 
-    def read(self, rect=None, size=None, *, channels=None, z=0, t=0, units="px", scale=None,
+    def read(self, rect: RectLike = None, size: SizeLike = None, *, channels: Channels = None,
+             z: PlaneIndex = 0, t: PlaneIndex = 0, units: Units = "px", scale: ScaleLike = None,
              magnification: float | None = None, mpp: float | tuple[float, float] | None = None,
              downsample: float | None = None) -> np.ndarray:
         """Pixels of ``rect`` (x, y, w, h; default the whole scene) at output ``size`` (w, h; a 0
@@ -199,7 +214,8 @@ class Scene:
         out_size = resolve_size(size, rect[2:], self.location)
         return self.read_box(rect, out_size, channels, z, t)
 
-    def read_box(self, box, out_size, channels=None, z=0, t=0, threads: int | None = None) -> np.ndarray:
+    def read_box(self, box: Sequence[float], out_size: tuple[int, int], channels: Channels = None,
+                 z: PlaneIndex = 0, t: PlaneIndex = 0, threads: int | None = None) -> np.ndarray:
         """Pixels of ``box`` ((x, y, w, h) level-0 pixels, fractional allowed) at exactly ``out_size``
         ((w, h)), on ``threads`` decode threads (default the slide's option): what :meth:`read`
         does after its units and scales are resolved, for layers that resolve them themselves."""
@@ -221,15 +237,16 @@ class Scene:
             self._slide._to_srgb(out)
         return out.reshape(*lead, *out.shape[1:])
 
-    def _output_scale(self, scale, magnification, mpp, downsample) -> Scale | None:
-        given = {k: v for k, v in (("magnification", magnification), ("mpp", mpp), ("downsample", downsample))
-                 if v is not None}
+    def _output_scale(self, scale: ScaleLike, magnification: float | None,
+                      mpp: float | tuple[float, float] | None, downsample: float | None) -> Scale | None:
+        named = (("magnification", magnification), ("mpp", mpp), ("downsample", downsample))
+        given: dict[str, Any] = {k: v for k, v in named if v is not None}
         if (scale is not None and given) or len(given) > 1:
             raise InvalidRequestError(f"{self.location}: give one output scale, got {scale!r} and {given}")
         return _units.as_scale(scale) if scale is not None else Scale(**given) if given else None
 
     # -- units and scales ---------------------------------------------------------------------
-    def to_base(self, rect=None, units="px") -> tuple:
+    def to_base(self, rect: RectLike = None, units: Units = "px") -> tuple:
         """``rect`` in ``units`` (see :meth:`read`) as level-0 pixels: ints for "px", else floats."""
         if units in ("px", None):
             return normalize_rect(rect, self.size, self.location)
@@ -238,18 +255,19 @@ class Scene:
         box = normalize_rect(rect, self.size, self.location, integral=False)
         return _units.convert(self._units, box, units, "px")
 
-    def convert(self, rect, src="px", dst="px") -> tuple[float, float, float, float]:
+    def convert(self, rect: RectLike, src: Units = "px", dst: Units = "px"
+                ) -> tuple[float, float, float, float]:
         """A rect given in ``src`` units in ``dst`` units: "px", "um", "mm", "fraction" or a Scale.
         ``scene.convert(r, "px", Scale(magnification=5))`` gives r in pixels at 5x."""
         box = normalize_rect(rect, self.size, self.location, integral=False)
         return _units.convert(self._units, box, src, dst)
 
-    def scale_factor(self, scale) -> tuple[float, float]:
+    def scale_factor(self, scale: ScaleLike) -> tuple[float, float]:
         """Level-0 pixels per pixel at ``scale`` (a Scale or dict), per axis."""
         return _units.factor(self._units, scale)
 
     def best_level(self, magnification: float | None = None, mpp: float | tuple[float, float] | None = None,
-                   downsample: float | None = None, *, scale=None, nearest: bool = False) -> int:
+                   downsample: float | None = None, *, scale: ScaleLike = None, nearest: bool = False) -> int:
         """The level for a target resolution: by default the coarsest one not coarser than the
         target (what reads use); ``nearest=True`` the closest one in log scale."""
         target = self._output_scale(scale, magnification, mpp, downsample) or Scale()
@@ -260,7 +278,8 @@ class Scene:
         fits = [i for i, d in enumerate(ds) if d <= f * (1 + LEVEL_TOLERANCE)]
         return max(fits, key=lambda i: ds[i]) if fits else 0
 
-    def read_level(self, level: int, rect=None, *, channels=None, z=0, t=0) -> np.ndarray:
+    def read_level(self, level: int, rect: RectLike = None, *, channels: Channels = None,
+                   z: PlaneIndex = 0, t: PlaneIndex = 0) -> np.ndarray:
         """Pixels of ``rect`` in level ``level``'s own pixel grid, exactly as stored (no
         resampling). A fractional x or y reads the nearest level pixels."""
         reader = self._reader()
@@ -271,7 +290,8 @@ class Scene:
         rect = (x, y, w, h)
         planes, lead = self.planes(z, t)
         chans = self.channel_indices(channels)
-        layout, dtype, background = lv.layout, self.dtype, self.background
+        layout, dtype = lv.layout, self.dtype
+        background: float | np.ndarray = self.background
         if not all(c < self.image_channels for c in chans):
             selected = lv.layout.select(chans)
             if selected is None:
@@ -279,7 +299,7 @@ class Scene:
                                           f"{chans}")
             dtype, background = self._mixed(chans)
             chans, layout = list(range(len(chans))), selected
-        out = reader.read([(1.0, 1.0, layout)], rect, rect[2:], chans, planes, dtype, background)
+        out = reader.read([(1.0, 1.0, layout)], rect, (int(w), int(h)), chans, planes, dtype, background)
         return out.reshape(*lead, *out.shape[1:])
 
     def _mixed(self, chans: list[int]) -> tuple[np.dtype, np.ndarray]:
@@ -288,11 +308,13 @@ class Scene:
         return dtype, np.array([self.background if c < self.image_channels else 0 for c in chans], dtype)
 
     # -- access patterns (tiles.py) ------------------------------------------------------------
-    def tiles(self, tile_size=256, overlap=0, *, region=None, units="px", scale=None,
+    def tiles(self, tile_size: int | Sequence[int] = 256, overlap: int | Sequence[int] = 0, *,
+              region: RectLike = None, units: Units = "px", scale: ScaleLike = None,
               magnification: float | None = None, mpp: float | tuple[float, float] | None = None,
               downsample: float | None = None,
-              channels=None, z=0, t=0, edges: str = "clip", tissue: float | None = None,
-              tissue_mask=None, positions=None, prefetch: int | None = None):
+              channels: Channels = None, z: PlaneIndex = 0, t: PlaneIndex = 0, edges: str = "clip",
+              tissue: float | None = None, tissue_mask: TissueMask | None = None,
+              positions: Sequence[tuple[int, int]] | None = None, prefetch: int | None = None) -> Tiles:
         """Tiles of ``tile_size`` (int or (w, h), output pixels) over ``region`` (in ``units``;
         default the whole scene) at a scale (``scale`` or ``magnification``/``mpp``/``downsample``;
         default level 0), with ``overlap`` pixels of context per side and ``edges`` "clip" or
@@ -304,10 +326,12 @@ class Scene:
                      z=z, t=t, edges=edges, tissue=tissue, tissue_mask=tissue_mask, positions=positions,
                      prefetch=prefetch)
 
-    def sampler(self, size, overlap=0, *, region=None, units="px", scale=None,
+    def sampler(self, size: int | Sequence[int], overlap: int | Sequence[int] = 0, *,
+                region: RectLike = None, units: Units = "px", scale: ScaleLike = None,
                 magnification: float | None = None, mpp: float | tuple[float, float] | None = None,
                 downsample: float | None = None,
-                positions=None, channels=None, z=0, t=0, prefetch: int | None = None):
+                positions: Sequence[tuple[int, int]] | None = None, channels: Channels = None,
+                z: PlaneIndex = 0, t: PlaneIndex = 0,                prefetch: int | None = None) -> Tiles:
         """A grid of equal regions (dicomslide-style): cells of ``size`` output pixels, each read with
         ``overlap`` pixels from its neighbours on every side (background beyond the scene), within
         ``region`` or at the given grid ``positions``; every item is ``size + 2 * overlap``."""
@@ -315,12 +339,13 @@ class Scene:
                           mpp=mpp, downsample=downsample, channels=channels, z=z, t=t, edges="pad",
                           positions=positions, prefetch=prefetch)
 
-    def tissue_mask(self, max_size: int = 1024):
+    def tissue_mask(self, max_size: int = 1024) -> TissueMask:
         """A :class:`tilescope.tissue.TissueMask` from a low-resolution read (Otsu threshold on
         saturation for brightfield, on the brightest channel otherwise)."""
         return tissue_mask(self, max_size)
 
-    def view(self, level: int = 0, *, channels=None, z=0, t=0) -> LevelView:
+    def view(self, level: int = 0, *, channels: Channels = None, z: PlaneIndex = 0,
+             t: PlaneIndex = 0) -> LevelView:
         """A lazy numpy-style array of one level (``levels[i]`` describes it):
         ``scene.view(1)[y0:y1, x0:x1]`` reads only those tiles."""
         return LevelView(self, level, channels, z, t)
@@ -478,7 +503,7 @@ class Slide:
     def __enter__(self) -> Slide:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ import functools
 import os
 import stat
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,7 +48,7 @@ class FileSource:
         return self._fd is None
 
     @contextlib.contextmanager
-    def _using_fd(self):
+    def _using_fd(self) -> Iterator[int]:
         """The descriptor, counted as in use: close() waits for reads in flight, so a descriptor
         number is never reused under a read."""
         with self._cond:
@@ -76,7 +76,7 @@ class FileSource:
                 f"file has {self.size} bytes")
         return data
 
-    def readinto(self, offset: int, buffer) -> None:
+    def readinto(self, offset: int, buffer: Any) -> None:
         """Fill the writable ``buffer`` with the bytes at ``offset``: straight from the page cache
         into the caller's memory (an output array), no intermediate bytes object."""
         view = memoryview(buffer).cast("B")
@@ -118,6 +118,19 @@ class Source(Protocol):
     def closed(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+class ByteSource(Source, Protocol):
+    """A Source read by byte offset (a local file today, HTTP or an object store tomorrow): what
+    file drivers parse and :class:`ByteRanges` fetch from. Short reads are a CorruptDataError."""
+
+    size: int
+
+    def pread(self, offset: int, count: int) -> bytes: ...
+
+    def readinto(self, offset: int, buffer: Any) -> None: ...
+
+    def head(self, n: int = 4096) -> bytes: ...
 
 
 class Detached:
@@ -206,7 +219,8 @@ class ByteRanges(PieceList):
     instances), or per piece ``files`` (a level spread over several files). A piece with no bytes
     is missing: an error, unless ``missing_ok`` (sparse formats: background)."""
 
-    def __init__(self, offsets, counts, label: str, missing_ok: bool = False, file: str | None = None):
+    def __init__(self, offsets: Sequence[int] | np.ndarray, counts: Sequence[int] | np.ndarray, label: str,
+                 missing_ok: bool = False, file: str | None = None):
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.counts = np.asarray(counts, dtype=np.int64)
         super().__init__(len(self.offsets), label)
@@ -227,7 +241,7 @@ class ByteRanges(PieceList):
             home = self._homes[path] = file_home(path)
         return home
 
-    def fetch(self, handle: FileSource, index: int) -> bytes:
+    def fetch(self, handle: ByteSource, index: int) -> bytes:
         """The encoded bytes of piece ``index``; CorruptDataError if it is missing or truncated."""
         count = int(self.counts[index])
         offset = int(self.offsets[index])

@@ -18,17 +18,20 @@ from collections.abc import Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
 from .errors import InvalidRequestError
-from .geometry import best_level
+from .geometry import Channels, PlaneIndex, RectLike, best_level
 from .pool import LazyPool
 from .tissue import TissueMask
 
 if TYPE_CHECKING:
+    import PIL.Image
+
     from .model import Scene
+    from .units import ScaleLike, Units
 
 # separate from the engine's decode pool: these tasks call Scene.read, which waits on decodes
 _prefetch_executor = LazyPool(os.cpu_count() or 2, "tilescope-prefetch")
@@ -74,7 +77,7 @@ class Tile:
                 self._array = self._tiles._load(self)
         return self._array
 
-    def image(self):
+    def image(self) -> PIL.Image.Image:
         """The pixels as a PIL image (8-bit grey, RGB or RGBA tiles)."""
         from PIL import Image
 
@@ -86,9 +89,11 @@ class Tiles(Sequence):
     """A grid of tiles over a region at one scale: ``len()`` before iterating, ``tiles[i]`` or
     ``tiles.tile(col, row)`` for one tile, iteration with ordered, bounded prefetch."""
 
-    def __init__(self, scene: Scene, tile_size=256, overlap=0, *, region=None, units="px", scale=None,
-                 channels=None, z=0, t=0, edges: str = "clip", tissue: float | None = None,
-                 tissue_mask: TissueMask | None = None, positions=None, prefetch: int | None = None):
+    def __init__(self, scene: Scene, tile_size: int | Sequence[int] = 256, overlap: int | Sequence[int] = 0,
+                 *, region: RectLike = None, units: Units = "px", scale: ScaleLike = None,
+                 channels: Channels = None, z: PlaneIndex = 0, t: PlaneIndex = 0, edges: str = "clip",
+                 tissue: float | None = None, tissue_mask: TissueMask | None = None,
+                 positions: Sequence[tuple[int, int]] | None = None, prefetch: int | None = None):
         where = scene.location
         self.scene = scene
         self.tile_size = _pair(tile_size, "tile_size", where, minimum=1)
@@ -115,24 +120,29 @@ class Tiles(Sequence):
         self.native_magnification = scene.native_magnification / fx if scene.native_magnification else None
         self.mpp = (lv0.mpp[0] * fx, lv0.mpp[1] * fy) if lv0.mpp else None
         if positions is None:
-            positions = [(c, r) for r in range(self.grid[1]) for c in range(self.grid[0])]
+            cells = [(c, r) for r in range(self.grid[1]) for c in range(self.grid[0])]
         else:
-            positions = [tuple(int(v) for v in p) for p in positions]
-            for c, r in positions:
+            try:
+                cells = [(int(c), int(r)) for c, r in positions]
+            except (TypeError, ValueError):
+                raise InvalidRequestError(f"{where}: positions must be (col, row) pairs, got {positions!r}"
+                                          ) from None
+            for c, r in cells:
                 if not (0 <= c < self.grid[0] and 0 <= r < self.grid[1]):
                     raise InvalidRequestError(f"{where}: grid position {(c, r)} is outside {self.grid}")
         if tissue is not None:
             mask = tissue_mask or scene.tissue_mask()
-            positions = [p for p in positions if mask.fraction(self._geometry(*p)[1]) >= tissue]
+            cells = [p for p in cells if mask.fraction(self._geometry(*p)[1]) >= tissue]
         self.tissue_mask = tissue_mask
-        self.positions = positions
+        self.positions = cells
         self.prefetch = (os.cpu_count() or 2) + 1 if prefetch is None else int(prefetch)
 
     def __repr__(self) -> str:
         return (f"<Tiles {len(self)} of grid {self.grid[0]}x{self.grid[1]}, tile {self.tile_size}, "
                 f"overlap {self.overlap_px}, scale {self.scale}, level {self.level}>")
 
-    def _geometry(self, col: int, row: int):
+    def _geometry(self, col: int, row: int
+                  ) -> tuple[tuple[int, int, int, int], tuple[float, float, float, float], dict[str, int]]:
         """(output rect, base rect, applied overlap) of grid position (col, row)."""
         ox0, oy0, rw, rh = self.region
         ox1, oy1 = ox0 + rw, oy0 + rh
@@ -164,7 +174,12 @@ class Tiles(Sequence):
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, index):
+    @overload
+    def __getitem__(self, index: int) -> Tile: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Tile]: ...
+
+    def __getitem__(self, index: int | slice) -> Tile | list[Tile]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         n = len(self)
@@ -203,7 +218,7 @@ class Tiles(Sequence):
             yield window.popleft()
 
 
-def _pair(v, what: str, where: str, minimum: int) -> tuple[int, int]:
+def _pair(v: int | Sequence[int], what: str, where: str, minimum: int) -> tuple[int, int]:
     vals = (v, v) if isinstance(v, int | np.integer) else tuple(v) if isinstance(v, Sequence) else None
     if vals is None or len(vals) != 2 or not all(isinstance(i, int | np.integer) and not isinstance(i, bool)
                                                  and i >= minimum for i in vals):
@@ -213,11 +228,12 @@ def _pair(v, what: str, where: str, minimum: int) -> tuple[int, int]:
 
 # -- numpy-style level views ------------------------------------------------------------------------
 class LevelView:
-    """``scene.level(i)[y0:y1, x0:x1]`` reads just those pixels of level ``i`` (numpy semantics:
+    """``scene.view(i)[y0:y1, x0:x1]`` reads just those pixels of level ``i`` (numpy semantics:
     slices clip at the edges, negative indices count from the end, steps subsample, an integer
     drops its axis). The third axis selects channels. ``np.asarray(view)`` reads the whole level."""
 
-    def __init__(self, scene: Scene, level: int, channels=None, z=0, t=0):
+    def __init__(self, scene: Scene, level: int, channels: Channels = None, z: PlaneIndex = 0,
+                 t: PlaneIndex = 0):
         self.scene, self.index = scene, scene.level_index(level)
         self._channels = scene.channel_indices(channels)
         if scene.planes(z, t)[1]:
@@ -234,11 +250,11 @@ class LevelView:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: np.typing.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         a = self[:, :, :]
         return a if dtype is None else a.astype(dtype)
 
-    def __getitem__(self, key) -> np.ndarray:
+    def __getitem__(self, key: Any) -> np.ndarray:
         if not isinstance(key, tuple):
             key = (key,)
         if len(key) > 3:

@@ -4,6 +4,7 @@ on saturation for brightfield, on the brightest channel otherwise)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,7 @@ class TissueMask:
     scale: tuple[float, float]
     threshold: float
 
-    def fraction(self, rect) -> float:
+    def fraction(self, rect: Sequence[float]) -> float:
         """Tissue fraction of a level-0 rect (0 where the rect lies outside the scene)."""
         x, y, w, h = rect
         fx, fy = self.scale
@@ -57,7 +58,7 @@ class TissueMask:
         return float(self._integral[y1, x1] - self._integral[y0, x1] - self._integral[y1, x0]
                      + self._integral[y0, x0]) / area
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         c = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.int64)
         c[1:, 1:] = self.mask.cumsum(0).cumsum(1)
         self._integral = c

@@ -19,7 +19,9 @@ within ``MAG_TOLERANCE`` of a level's reads that level's own pixels (``mpp`` req
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 from .errors import InvalidRequestError
 
@@ -37,13 +39,13 @@ class Scale:
     mpp: float | tuple[float, float] | None = None  # one value, or (x, y) as Scene.mpp is
     downsample: float | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
         if len(given) > 1:
             raise InvalidRequestError(
                 f"a scale names one of level, magnification, mpp, downsample; got {given}")
 
-        def positive(v) -> bool:
+        def positive(v: Any) -> bool:
             return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
         for name in given:
             v = getattr(self, name)
@@ -57,7 +59,11 @@ class Scale:
                 raise InvalidRequestError(f"scale {name}={v!r} is not valid")
 
 
-def as_scale(v) -> Scale:
+ScaleLike = Scale | dict[str, Any] | None  # a Scale, its fields as a dict, or None: level 0
+Units = Literal["px", "um", "mm", "fraction"] | Scale | dict[str, Any] | None  # None: "px"
+
+
+def as_scale(v: ScaleLike) -> Scale:
     """A Scale from a Scale, a dict such as ``{"magnification": 10}``, or None (level 0)."""
     if v is None:
         return Scale()
@@ -96,7 +102,7 @@ def native_magnification(magnification: float | None, mpp: tuple[float, float] |
     return None, None
 
 
-def factor(g: Geometry, scale) -> tuple[float, float]:
+def factor(g: Geometry, scale: ScaleLike) -> tuple[float, float]:
     """Level-0 pixels per pixel at ``scale``, per axis."""
     s = as_scale(scale)
     where = g.location
@@ -122,7 +128,7 @@ def factor(g: Geometry, scale) -> tuple[float, float]:
     return 1.0, 1.0
 
 
-def unit_factor(g: Geometry, units) -> tuple[float, float]:
+def unit_factor(g: Geometry, units: Units) -> tuple[float, float]:
     """Level-0 pixels per one of ``units``, per axis."""
     if units in ("px", None):
         return 1.0, 1.0
@@ -138,7 +144,7 @@ def unit_factor(g: Geometry, units) -> tuple[float, float]:
     raise InvalidRequestError(f"{g.location}: unknown units {units!r} (px, um, mm, fraction, or a Scale)")
 
 
-def convert(g: Geometry, rect, src, dst) -> tuple[float, float, float, float]:
+def convert(g: Geometry, rect: Sequence[float], src: Units, dst: Units) -> tuple[float, float, float, float]:
     """A rect given in ``src`` units expressed in ``dst`` units."""
     ax, ay = unit_factor(g, src)
     bx, by = unit_factor(g, dst)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import tifffile
 
 from ..errors import CorruptDataError, InvalidRequestError
-from ..source import FileSource
+from ..source import ByteSource
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
 
 # detection order: vendor dialects of TIFF and other formats first, the generic TIFF reader last
 DRIVERS = ("svs", "ome", "ndpi", "philips", "qptiff", "scn", "ventana", "scanimage", "czi", "afi", "dicom",
@@ -30,18 +34,18 @@ class Probe:
     handle; drivers copy what they need (offsets, tags, descriptions) before that.
     """
 
-    def __init__(self, source: FileSource):
+    def __init__(self, source: ByteSource):
         self.source = source
         self.path = source.path
         self.head = source.head(64)
         self.folder: str | None = None  # the folder the caller opened, when it stands for this file
-        self._tiff = None
+        self._tiff: tifffile.TiffFile | None = None
 
     @property
     def is_tiff(self) -> bool:
         return self.head[:4] in TIFF_MAGIC
 
-    def tiff(self):
+    def tiff(self) -> tifffile.TiffFile:
         """The file as a ``tifffile.TiffFile``; CorruptDataError if its structure is broken."""
         if self._tiff is None:
             try:
@@ -60,7 +64,7 @@ class Probe:
             self._tiff = None
 
 
-def parse_xml(text: str | bytes, where: str, what: str):
+def parse_xml(text: str | bytes, where: str, what: str) -> ET.Element:
     """The root element of a format's XML (loaded on first use: only XML formats pay for it);
     CorruptDataError naming the file and the document when it is malformed."""
     import xml.etree.ElementTree as ET

@@ -13,18 +13,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError, SourceNotFoundError, TilescopeError
 from ..model import Scene, Slide, make_levels
 from . import parse_xml
 
+if TYPE_CHECKING:
+    from ..engine import Options
+    from . import Probe
+
 NAME = "AFI"
 OPENSLIDE_VENDOR = "aperio"  # openslide's name for the format (detect_format, openslide.vendor)
 _MAX_XML = 1 << 20
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     head = probe.source.head(1024).lstrip(b"\xef\xbb\xbf \t\r\n")
     return (head.startswith(b"<?xml") or head.startswith(b"<ImageList")) and b"<ImageList" in head
 
@@ -38,7 +43,7 @@ def _channel_file(afi: str, i: int, image) -> tuple[str, str]:
     return full, name
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     from .. import open as open_file  # the package's open: detection and the parsed-slide cache
 
     src = probe.source

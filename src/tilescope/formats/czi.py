@@ -21,6 +21,7 @@ import contextlib
 import math
 import struct
 from collections import defaultdict
+from typing import TYPE_CHECKING, Any
 
 import imagecodecs
 import numpy as np
@@ -33,6 +34,11 @@ from ..errors import CorruptDataError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges, PieceList
 from . import parse_xml
+
+if TYPE_CHECKING:
+    from ..engine import Options
+    from ..source import ByteSource
+    from . import Probe
 
 NAME = "CZI"
 OPENSLIDE_VENDOR = "zeiss"  # openslide's name for the format (detect_format, openslide.vendor)
@@ -48,11 +54,11 @@ _ENTRY = struct.Struct("<2siqiiB5xi")  # DV schema, pixel type, file position, p
 _DIM = struct.Struct("<4siifi")  # dimension, start, size, start coordinate, stored size
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     return probe.head[:10] == MAGIC
 
 
-def _segment(source, pos: int, want: bytes, what: str, extra: int = 0) -> tuple[int, bytes]:
+def _segment(source: ByteSource, pos: int, want: bytes, what: str, extra: int = 0) -> tuple[int, bytes]:
     """Check the segment at ``pos`` has ID ``want``; its used size and the first ``extra`` bytes
     of its body."""
     if pos <= 0 or pos + 32 + extra > source.size:
@@ -74,7 +80,7 @@ class Subblocks(PieceList):
         self.positions = np.asarray(positions, np.int64)
         self.ndims = np.asarray(ndims, np.int64)
 
-    def fetch(self, source, index: int) -> bytes:
+    def fetch(self, source: ByteSource, index: int) -> bytes:
         pos = int(self.positions[index])
         used, head = _segment(source, pos, b"ZISRAWSUBBLOCK", f"{self.label} subblock {index}", 16)
         meta, _att, size = struct.unpack("<iiq", head)
@@ -102,12 +108,12 @@ def _codec(pixel_type: int, compression: int, where: str) -> Codec:
     bgr = samples >= 3
     order = [2, 1, 0, 3][:samples]
 
-    def unpacked(h: int, w: int, out) -> np.ndarray:
+    def unpacked(h: int, w: int, out: np.ndarray | None) -> np.ndarray:
         if out is None or out.shape != (h, w, samples) or out.dtype != dtype:
             out = np.empty((h, w, samples), dtype)
         return out
 
-    def decode(data, h, w, out):
+    def decode(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
         nbytes = h * w * samples * dtype.itemsize
         if compression == 1:
             return imagecodecs.jpeg8_decode(data)  # JPEG gives RGB itself
@@ -120,6 +126,8 @@ def _codec(pixel_type: int, compression: int, where: str) -> Codec:
         if compression == 0:
             raw = data
         else:  # zstd straight into the output (or, for hi-lo packing, a per-thread scratch)
+            zdata: Any  # imagecodecs reads and writes any buffer (its hints say bytes)
+            into: Any
             zdata, hilo = _zstd1(data) if compression == 6 else (data, False)
             hilo = hilo and dtype.itemsize == 2
             target = None if hilo or bgr else unpacked(h, w, out)
@@ -163,7 +171,7 @@ class _Entry:
     sh: int
 
 
-def _directory(source, pos: int, base: int = 0) -> list[_Entry]:
+def _directory(source: ByteSource, pos: int, base: int = 0) -> list[_Entry]:
     """The subblock directory at ``pos``; file positions in it are relative to ``base`` (an
     embedded CZI's start) and come back absolute."""
     used, _ = _segment(source, pos, b"ZISRAWDIRECTORY", "subblock directory")
@@ -200,7 +208,7 @@ def _directory(source, pos: int, base: int = 0) -> list[_Entry]:
     return entries
 
 
-def _metadata(source, pos: int) -> str:
+def _metadata(source: ByteSource, pos: int) -> str:
     if pos <= 0:
         return ""
     size = struct.unpack("<i", _segment(source, pos, b"ZISRAWMETADATA", "metadata", 4)[1])[0]
@@ -221,7 +229,7 @@ def _micrometres(root) -> dict[str, float]:
     return out
 
 
-def _parse(source, base: int = 0):
+def _parse(source: ByteSource, base: int = 0):
     """(subblock entries, XML text, parsed XML root, attachment directory position) of the CZI
     file starting at ``base`` (0, or an embedded CZI attachment's data)."""
     head = source.pread(base, 112)
@@ -237,7 +245,7 @@ def _parse(source, base: int = 0):
     return entries, xml, root, base + att_pos if att_pos > 0 else 0
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     source = probe.source
     entries, xml, root, att_pos = _parse(source)
     slide = Slide(source, NAME, options, raw_metadata=xml, vendor="zeiss",
@@ -256,7 +264,7 @@ def open(probe, options) -> Slide:
 _ASSOCIATED = {"Label": "label", "SlidePreview": "macro", "Thumbnail": "thumbnail"}
 
 
-def _attachments(slide, source, pos: int) -> dict[str, AssociatedImage]:
+def _attachments(slide, source: ByteSource, pos: int) -> dict[str, AssociatedImage]:
     """Label, slide preview and thumbnail attachments: embedded CZI files or JPEGs."""
     if pos <= 0:
         return {}
@@ -315,7 +323,7 @@ def _levels(entries: list[_Entry]) -> list[tuple[float, list[_Entry]]]:
     return [(float(np.median([e.w / e.sw for e in es])), es) for _, es in groups]
 
 
-def _scene(slide, source, root, s: int, entries: list[_Entry], name: str) -> Scene:
+def _scene(slide, source: ByteSource, root, s: int, entries: list[_Entry], name: str) -> Scene:
     where = f"{source.path}: CZI scene {name!r}"
     base = [e for e in entries if e.sw == e.w and e.sh == e.h] or entries
     x0, y0 = min(e.x for e in base), min(e.y for e in base)

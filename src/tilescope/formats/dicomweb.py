@@ -21,8 +21,10 @@ import functools
 import threading
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +32,14 @@ from ..errors import CorruptDataError, RemoteError, SourceNotFoundError, Unsuppo
 from ..model import Slide
 from ..source import Home, PieceList
 from . import dicom
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from ..engine import Options
+    from ..model import LevelSpec
+    from ..source import Pieces
+    from .dicom import Instance
 
 NAME = "DICOMweb"
 OPENSLIDE_VENDOR = "dicom"  # openslide's name for the format (detect_format, openslide.vendor)
@@ -91,7 +101,7 @@ class _Client:
         session.verify = verify
         session.request = functools.partial(session.request, timeout=timeout)  # type: ignore[method-assign]
 
-    def call(self, what: str, fn, *args, **kw):
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         import requests
 
         for attempt in range(self.retries + 1):
@@ -166,7 +176,7 @@ class WebFrames(PieceList):
     def home(self, index: int) -> Home:
         return self._home
 
-    def prefetch(self, fetcher: _Fetcher, indices) -> None:
+    def prefetch(self, fetcher: _Fetcher, indices: list[int]) -> None:
         """Ask for the frames of ``indices`` (one read's pieces, in the order they will be
         decoded) in requests of up to ``batch`` frames of one instance each."""
         by_uid: dict = defaultdict(list)
@@ -255,7 +265,7 @@ def _syntax(frame: bytes) -> str:
     return "1.2.840.10008.1.2.1"
 
 
-def open_url(url: str, options, web: WebOptions) -> Slide:
+def open_url(url: str, options: Options, web: WebOptions) -> Slide:
     """The slide of ``series`` (of ``study``) on the DICOMweb server at ``url``
     (``dicomweb+http(s)://host:port/path``); without ``series``, the first SM series (of
     ``study``) the server lists. With ``whole_study``, the study's other series add the slide's
@@ -300,8 +310,10 @@ def open_url(url: str, options, web: WebOptions) -> Slide:
              "instances": [i.ds.SOPInstanceUID for i in instances + derived],
              "series": sorted({str(i.ds.SeriesInstanceUID) for i in instances})}
     slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props}, icc_profile=icc)
-    return dicom.assemble(slide, levels, instances, derived,
-                          lambda insts, label, axes=None: _level(insts, base, study, fetching, label, axes))
+
+    def make_level(insts: list[Instance], label: str, axes: Any = None) -> LevelSpec:
+        return _level(insts, base, study, fetching, label, axes)
+    return dicom.assemble(slide, levels, instances, derived, make_level)
 
 
 def _no_bulk_data(tag: str, vr: str, value: str) -> bytes:
@@ -310,7 +322,7 @@ def _no_bulk_data(tag: str, vr: str, value: str) -> bytes:
     return b""
 
 
-def _sop(ds) -> str:
+def _sop(ds: Dataset) -> str:
     return str(ds.get("SOPClassUID", ""))
 
 
@@ -383,7 +395,7 @@ def _study(client: _Client, study: str, series: str, instances: list) -> tuple[l
         return [], []
     found = client.call(f"QIDO-RS series of study {study}", client.api.search_for_series, study)
 
-    def ours(ds) -> bool:
+    def ours(ds: Dataset) -> bool:
         if ds.get("FrameOfReferenceUID") != frame_of_reference:
             return False
         return _sop(ds) in dicom.DERIVED or (_sop(ds) == dicom.WSI_SOP_CLASS and
@@ -405,7 +417,7 @@ def _study(client: _Client, study: str, series: str, instances: list) -> tuple[l
 def _level(insts, base, study, fetching, label, axes=None):
     kind = WholeInstance if insts[0].whole else WebFrames
 
-    def make_pieces(z, op, owner, frames):
+    def make_pieces(z: int, op: int, owner: Instance, frames: list[tuple[int, Instance, int]]) -> Pieces:
         n = owner.grid[0] * owner.grid[1]
         uids, numbers = [None] * n, np.zeros(n, np.int64)
         for i, inst, k in frames:  # frame numbers count per instance, from 1
@@ -415,7 +427,7 @@ def _level(insts, base, study, fetching, label, axes=None):
     return dicom.level_layout(insts, axes, make_pieces)
 
 
-def find_slides(url: str, options, web: WebOptions, *, study_instance_uid: str | None = None,
+def find_slides(url: str, options: Options, web: WebOptions, *, study_instance_uid: str | None = None,
                 patient_id: str | None = None, study_id: str | None = None,
                 container_id: str | None = None) -> list[Slide]:
     """Every slide-microscopy series on the server matching the filters, opened (QIDO-RS series

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,10 @@ from ..codecs import Codec
 from ..engine import GridPlane, Layout
 from ..model import Scene, Slide, make_levels
 from ..source import Home, PieceList
+
+if TYPE_CHECKING:
+    from ..engine import Options
+    from . import Probe
 
 NAME = "GDAL"
 OPENSLIDE_VENDOR = "gdal"  # openslide's name for the format (detect_format, openslide.vendor)
@@ -44,7 +49,7 @@ def _open(path: str, **kw):
         return rasterio.open(path, **kw)
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     rasterio = _rasterio()
     if rasterio is None:
         return False
@@ -81,7 +86,7 @@ class Blocks(PieceList):
         return np.ascontiguousarray(np.moveaxis(a, 0, -1))
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     path = probe.path
     with _open(path) as ds:
         dtypes = set(ds.dtypes)

@@ -15,6 +15,7 @@ the property map as ``hamamatsu`` properties (openslide's keys).
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,17 +26,24 @@ from ..model import Scene, Slide, make_levels
 from ..source import ByteRanges
 from . import tiff
 
+if TYPE_CHECKING:
+    from tifffile import TiffPage
+
+    from ..engine import Options
+    from ..source import ByteSource
+    from . import Probe
+
 NAME = "NDPI"
 OPENSLIDE_VENDOR = "hamamatsu"  # openslide's name for the format (detect_format, openslide.vendor)
 _FORMAT_FLAG, _SOURCE_LENS, _X_OFFSET, _Y_OFFSET, _FOCAL_PLANE = 65420, 65421, 65422, 65423, 65424
 _REFERENCE, _PROPERTY_MAP = 65427, 65449
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     return probe.is_tiff and probe.head[:2] == b"II" and _FORMAT_FLAG in probe.tiff().pages.first.tags
 
 
-def _tag(page, code, default=None):
+def _tag(page: TiffPage, code, default=None):
     t = page.tags.get(code)
     return default if t is None else t.value
 
@@ -47,7 +55,7 @@ class RestartIntervals(ByteRanges):
         super().__init__(starts, stops - starts, label)
         self.header = header
 
-    def fetch(self, source, index: int) -> bytes:
+    def fetch(self, source: ByteSource, index: int) -> bytes:
         data = super().fetch(source, index)
         if data[-2:-1] != b"\xff":
             raise CorruptDataError(f"{source.path}: {self.label}: restart interval {index} does not "
@@ -55,7 +63,7 @@ class RestartIntervals(ByteRanges):
         return self.header + data[:-1] + b"\xd9"  # the next RST marker (or EOI) becomes EOI
 
 
-def _level_plane(page, source, where: str) -> Plane:
+def _level_plane(page: TiffPage, source: ByteSource, where: str) -> Plane:
     from tifffile.tifffile import ndpi_jpeg_tile  # public function, not re-exported by the package
 
     w, h = page.imagewidth, page.imagelength
@@ -80,7 +88,8 @@ def _level_plane(page, source, where: str) -> Plane:
     return GridPlane(RestartIntervals(starts, stops, header, where), codec, (w, h), (tw, th))
 
 
-def _interval_starts(page, source, start: int, count: int, scan: int, n: int, where: str) -> np.ndarray:
+def _interval_starts(page: TiffPage, source: ByteSource, start: int, count: int, scan: int, n: int,
+                     where: str) -> np.ndarray:
     """Absolute offsets of the n restart intervals: tifffile's (from McuStarts) when it has n entries
     that each follow an RST marker, else found by scanning the strip from the scan data at ``scan``
     once (files whose McuStarts tag is missing or wrong)."""
@@ -103,12 +112,12 @@ def _interval_starts(page, source, start: int, count: int, scan: int, n: int, wh
     return np.asarray(found, np.int64)
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     import tifffile
 
     source = probe.source
     with tifffile.TiffFile(probe.path, is_ndpi=True) as tf:
-        pages = list(tf.pages)
+        pages = tiff.pages(tf)
         levels: dict[int, list] = {}
         macro = None
         for page in pages:
@@ -156,7 +165,7 @@ def open(probe, options) -> Slide:
     return slide
 
 
-def _mpp(page) -> tuple[float, float] | None:
+def _mpp(page: TiffPage) -> tuple[float, float] | None:
     unit = _tag(page, 296)
     if unit is None or int(unit) != 3:
         return None

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+from tifffile import TiffPage
 
 from ..engine import Layout
 from ..errors import CorruptDataError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
 from . import parse_xml, tiff
+
+if TYPE_CHECKING:
+    from ..engine import Options
+    from . import Probe
 
 NAME = "OME"
 OPENSLIDE_VENDOR = "ome-tiff"  # openslide's name for the format (detect_format, openslide.vendor)
@@ -26,7 +32,7 @@ _LENGTH_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "nm": 1e-3,
 _TIME_S = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     if not probe.is_tiff:
         return False
     desc = probe.tiff().pages.first.description or ""
@@ -63,7 +69,7 @@ def _objectives(root) -> dict[str, float]:
     return out
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     tf = probe.tiff()
     xml = tf.pages.first.description
     root = parse_xml(xml, probe.path, "OME-XML")
@@ -80,7 +86,7 @@ def open(probe, options) -> Slide:
     for i, (image, s) in enumerate(zip(images, series, strict=True)):
         name = image.get("Name") or f"Image:{i}"
         label = _ASSOCIATED.get(name.strip().lower())
-        if label and label not in associated and len(s.pages) == 1:
+        if label and label not in associated and len(s.pages) == 1 and isinstance(s.pages[0], TiffPage):
             associated[label] = tiff.associated_image(s.pages[0], probe, label)
             continue
         scenes.append(_scene(slide, probe, image, s, name, objectives))
@@ -90,7 +96,7 @@ def open(probe, options) -> Slide:
     return slide
 
 
-def _scene(slide, probe, image, series, name, objectives) -> Scene:
+def _scene(slide, probe: Probe, image, series, name, objectives) -> Scene:
     pixels = _children(image, "Pixels")
     if not pixels:
         raise CorruptDataError(f"{probe.path}: OME Image {name!r} has no Pixels element")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,11 +25,18 @@ from ..model import AssociatedImage, Level, Scene, Slide
 from ..source import PieceList
 from . import parse_xml, tiff
 
+if TYPE_CHECKING:
+    from tifffile import TiffFile, TiffPage
+
+    from ..engine import Options
+    from ..source import ByteSource
+    from . import Probe
+
 NAME = "Philips"
 OPENSLIDE_VENDOR = "philips"  # openslide's name for the format (detect_format, openslide.vendor)
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     if not probe.is_tiff:
         return False
     page = probe.tiff().pages.first
@@ -67,11 +74,11 @@ class _Bytes(PieceList):
         super().__init__(1, label)
         self.data = data
 
-    def fetch(self, source, index: int) -> bytes:
+    def fetch(self, source: ByteSource, index: int) -> bytes:
         return self.data
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     tf = probe.tiff()
     first = tf.pages.first
     root = parse_xml(first.description, probe.path, "Philips XML")
@@ -97,7 +104,7 @@ def open(probe, options) -> Slide:
             sp = _numbers(value)
             if len(sp) == 2:
                 spacing[int(number) if number and number.isdigit() else i] = sp
-    pages = [p for p in tf.pages if p.is_tiled]
+    pages = [p for p in tiff.pages(tf) if p.is_tiled]
     base_sp = spacing.get(0)
     w0, h0 = pages[0].imagewidth, pages[0].imagelength
     levels = []
@@ -118,20 +125,20 @@ def open(probe, options) -> Slide:
                   properties={"philips": props, "tiff": tags},
                   icc_profile=tiff.icc_profile(first))
     scene = Scene(slide, name="main", levels=levels, channel_names=tiff.channel_names(first),
-                  dtype=first.dtype, mpp=mpp, **tiff.compression_of(first),
+                  dtype=tiff.dtype_of(first, probe.path), mpp=mpp, **tiff.compression_of(first),
                   brightfield=tiff.is_brightfield(first))
     slide._set_contents([scene], _associated(probe, tf, kinds))
     return slide
 
 
-def _level(page, probe, label: str):
+def _level(page: TiffPage, probe: Probe, label: str):
     layout = tiff.page_layout(page, probe, label, missing_ok=True)  # tiles outside the regions
     return (page.imagewidth, page.imagelength), layout.planes[(0, 0)][0].tile, layout
 
 
-def _associated(probe, tf, kinds) -> dict[str, AssociatedImage]:
+def _associated(probe: Probe, tf: TiffFile, kinds) -> dict[str, AssociatedImage]:
     out = {}
-    for page in tf.pages[1:]:
+    for page in tiff.pages(tf)[1:]:
         desc = (page.description or "").strip().lower()
         for name in ("label", "macro"):
             if not page.is_tiled and desc.startswith(name) and name not in out:

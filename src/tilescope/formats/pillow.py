@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +20,11 @@ from ..engine import GridPlane, Layout
 from ..errors import TooLargeError
 from ..model import Scene, Slide, make_levels
 from ..source import PieceList
+
+if TYPE_CHECKING:
+    from ..engine import Options
+    from ..source import ByteSource
+    from . import Probe
 
 NAME = "Pillow"
 OPENSLIDE_VENDOR = None  # openslide reads these as ImageSlide, not as a vendor's slide
@@ -42,11 +48,11 @@ class WholeFile(PieceList):
     def __init__(self):
         super().__init__(1, "image")
 
-    def fetch(self, source, index: int) -> bytes:
+    def fetch(self, source: ByteSource, index: int) -> bytes:
         return source.pread(0, source.size)
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     h = probe.head
     return h.startswith(_MAGIC) or (h[:4] == b"RIFF" and h[8:12] == b"WEBP")
 
@@ -62,7 +68,7 @@ def _image(data, path: str):
         raise TooLargeError(f"{path}: {e} (Pillow's PIL.Image.MAX_IMAGE_PIXELS)") from None
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     path = probe.path
     with _image(path, path) as im:
         fmt, mode, (w, h) = im.format, im.mode, im.size
@@ -71,7 +77,7 @@ def open(probe, options) -> Slide:
         dpi = im.info.get("dpi")
     target, dtype, names = _MODES.get(mode, ("RGB", np.uint8, ("R", "G", "B")))
 
-    def decode(data, ph, pw, out):
+    def decode(data: Any, ph: int, pw: int, out: np.ndarray | None) -> np.ndarray:
         with _image(data, path) as im:
             if im.mode != target:
                 im = im.convert(target)

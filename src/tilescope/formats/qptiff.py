@@ -12,18 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import re
+from typing import TYPE_CHECKING
 
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError
 from ..model import Scene, Slide, make_levels
 from . import tiff
 
+if TYPE_CHECKING:
+    from tifffile import TiffPage
+
+    from ..engine import Options
+    from . import Probe
+
 NAME = "QPTIFF"
 OPENSLIDE_VENDOR = "qptiff"  # openslide's name for the format (detect_format, openslide.vendor)
 _ASSOCIATED = {"thumbnail": "thumbnail", "overview": "macro", "macro": "macro", "label": "label"}
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     if not probe.is_tiff:
         return False
     page = probe.tiff().pages.first
@@ -40,7 +47,7 @@ def _fields(desc: str) -> dict[str, str]:
     return {el.tag: (el.text or "").strip() for el in root}
 
 
-def _kind(page, fields: dict) -> str:
+def _kind(page: TiffPage, fields: dict) -> str:
     kind = fields.get("ImageType", "").lower()
     if kind:
         return kind
@@ -49,9 +56,9 @@ def _kind(page, fields: dict) -> str:
     return "reducedresolution" if page.is_tiled else "associated"
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     tf = probe.tiff()
-    pages = list(tf.pages)
+    pages = tiff.pages(tf)
     infos = [(p, _fields(p.description or "")) for p in pages]
     if not infos[0][1]:
         raise CorruptDataError(f"{probe.path}: QPTIFF first page's PerkinElmer-QPI XML is malformed")
@@ -87,14 +94,15 @@ def open(probe, options) -> Slide:
     slide = Slide(probe.source, NAME, options, raw_metadata=first.description, vendor="akoya",
                   properties={"qptiff": base[0][1], "tiff": tiff.tag_properties(first)},
                   comment=first.description or None)
-    scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=first.dtype,
+    scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=names,
+                  dtype=tiff.dtype_of(first, probe.path),
                   mpp=mpp, magnification=mag, **tiff.compression_of(first),
                   brightfield=nc == 1 and first.samplesperpixel >= 3, channel_colors=colors)
     slide._set_contents([scene], associated)
     return slide
 
 
-def _level(pages, probe, i: int):
+def _level(pages, probe: Probe, i: int):
     planes: list[Plane] = []
     for c, p in enumerate(pages):
         planes += tiff.page_planes(p, probe, f"level {i} channel {c}")
@@ -105,7 +113,7 @@ def _level(pages, probe, i: int):
     return (pages[0].imagewidth, pages[0].imagelength), planes[0].tile, layout
 
 
-def _mpp(page) -> tuple[float, float] | None:
+def _mpp(page: TiffPage) -> tuple[float, float] | None:
     tags = page.tags
     unit = tags.get("ResolutionUnit")
     um = {3: 1e4, 2: 25400.0}.get(int(unit.value) if unit is not None else 0)

@@ -23,6 +23,7 @@ import mmap
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,10 @@ from ..engine import GridPlane, Layout
 from ..errors import CorruptDataError, InvalidRequestError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
 from ..source import ByteRanges, FileSource
+
+if TYPE_CHECKING:
+    from ..engine import Options
+    from . import Probe
 
 NAME = "ScanImage"
 OPENSLIDE_VENDOR = "scanimage"  # openslide's name for the format (detect_format, openslide.vendor)
@@ -49,7 +54,7 @@ def _static_block(head: bytes) -> tuple[int, int, int, int] | None:
     return (version, n0, n1, off + 16) if magic == MAGIC else None
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     if probe.head[:4] not in (b"II*\x00", b"II+\x00"):
         return False
     if _static_block(probe.head) is not None:
@@ -325,7 +330,7 @@ class ScanImageScene(Scene):
         return out
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     src = probe.source
     big = probe.head[2:4] == b"+\x00"
     with _mapped(src.path) as mm:

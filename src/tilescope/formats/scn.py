@@ -16,11 +16,16 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+from typing import TYPE_CHECKING
 
 from ..engine import Layout, Plane
 from ..errors import CorruptDataError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from . import parse_xml, tiff
+
+if TYPE_CHECKING:
+    from ..engine import Options
+    from . import Probe
 
 NAME = "SCN"
 OPENSLIDE_VENDOR = "leica"  # openslide's name for the format (detect_format, openslide.vendor)
@@ -28,7 +33,7 @@ _NAMESPACES = ("http://www.leica-microsystems.com/scn/2010/10/01",
                "http://www.leica-microsystems.com/scn/2010/03/10")
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     if not probe.is_tiff:
         return False
     desc = probe.tiff().pages.first.description or ""
@@ -42,7 +47,7 @@ def _int(el, attr: str, where: str) -> int:
         raise CorruptDataError(f"{where}: <{el.tag.rpartition('}')[2]}> has no valid {attr}") from None
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     tf = probe.tiff()
     first = tf.pages.first
     root = parse_xml(first.description, probe.path, "Leica SCN XML")
@@ -59,7 +64,7 @@ def open(probe, options) -> Slide:
             if "2010/10/01" in ns:  # Base64 in this namespace (openslide >= 3.4.1 decodes it too)
                 barcode = base64.b64decode(barcode, validate=True).decode("utf-8")
         props["barcode"] = barcode
-    pages = list(tf.pages)
+    pages = tiff.pages(tf)
     scenes: list[Scene] = []
     associated: dict[str, AssociatedImage] = {}
     slide = Slide(probe.source, NAME, options, raw_metadata=first.description, vendor="leica",
@@ -105,7 +110,7 @@ def open(probe, options) -> Slide:
     return slide
 
 
-def _scene(slide, probe, pages, image, ns, name, dims, view, props, first: bool) -> Scene:
+def _scene(slide, probe: Probe, pages, image, ns, name, dims, view, props, first: bool) -> Scene:
     vx, vy, vw, vh = view
     channels = sorted({c for _, c, _ in dims})
     specs = []

@@ -10,15 +10,22 @@ magnification, read tolerantly (decimal commas, empty values, truncated text).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from ..model import Scene, Slide, make_levels
 from . import tiff
+
+if TYPE_CHECKING:
+    from tifffile import TiffPage
+
+    from ..engine import Options
+    from . import Probe
 
 NAME = "SVS"
 OPENSLIDE_VENDOR = "aperio"  # openslide's name for the format (detect_format, openslide.vendor)
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     if not probe.is_tiff:
         return False
     desc = probe.tiff().pages.first.description or ""
@@ -48,7 +55,7 @@ def number(text: str | None) -> float | None:
     return v if math.isfinite(v) and v > 0 else None
 
 
-def _associated_name(index: int, page) -> str | None:
+def _associated_name(index: int, page: TiffPage) -> str | None:
     if index == 1:
         return "thumbnail"
     desc = (page.description or "").lower()
@@ -58,9 +65,9 @@ def _associated_name(index: int, page) -> str | None:
     return {1: "label", 9: "macro"}.get(int(page.subfiletype))
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     tf = probe.tiff()
-    pages = list(tf.pages)
+    pages = tiff.pages(tf)
     p0 = pages[0]
     desc = p0.description or ""
     props = parse_description(desc)
@@ -78,7 +85,8 @@ def open(probe, options) -> Slide:
         if name and name not in associated:
             associated[name] = tiff.associated_image(page, probe, name)
     mpp = number(props.get("MPP"))
-    scene = Scene(slide, name="main", levels=levels, channel_names=tiff.channel_names(p0), dtype=p0.dtype,
+    scene = Scene(slide, name="main", levels=levels, channel_names=tiff.channel_names(p0),
+                  dtype=tiff.dtype_of(p0, probe.path),
                   mpp=(mpp, mpp) if mpp else None, magnification=number(props.get("AppMag")),
                   **tiff.compression_of(p0), brightfield=True)
     slide._set_contents([scene], associated)

@@ -7,13 +7,22 @@ imagecodecs decodes is read.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from .. import codecs
 from ..engine import GridPlane, Layout, Plane
 from ..errors import UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges
+
+if TYPE_CHECKING:
+    import numpy
+    from tifffile import TiffFile, TiffPage
+
+    from ..engine import Options
+    from ..model import LevelSpec
+    from ..source import ByteSource
+    from . import Probe
 
 NAME = "TIFF"
 OPENSLIDE_VENDOR = "generic-tiff"  # openslide's name for the format (detect_format, openslide.vendor)
@@ -23,11 +32,20 @@ _TEXT_TAGS = ("ImageDescription", "Software", "DateTime", "Make", "Model", "Arti
 _BRIGHTFIELD = {2, 6}  # RGB, YCbCr
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     return probe.is_tiff
 
 
-def page_planes(page, probe, label: str, missing_ok: bool = False) -> tuple[Plane, ...]:
+def dtype_of(page: TiffPage, where: str) -> numpy.dtype:
+    """The page's sample type; UnsupportedFormatError for one numpy has no type for."""
+    kf = page.keyframe
+    if kf.dtype is None:
+        raise UnsupportedFormatError(f"{where}: sample format {kf.sampleformat} with {kf.bitspersample} "
+                                     f"bits per sample is not supported")
+    return kf.dtype
+
+
+def page_planes(page: TiffPage, probe: Probe, label: str, missing_ok: bool = False) -> tuple[Plane, ...]:
     """The planes of one TIFF page or frame: one, or one per sample for planar-separate pages."""
     kf = page.keyframe
     where = f"{probe.path}: {label}"
@@ -38,9 +56,10 @@ def page_planes(page, probe, label: str, missing_ok: bool = False) -> tuple[Plan
     spp = kf.samplesperpixel
     separate = kf.planarconfig == 2 and spp > 1
     codec = codecs.from_tiff(
-        kf.compression, dtype=kf.dtype, samples=1 if separate else spp, photometric=kf.photometric,
-        planarconfig=kf.planarconfig, predictor=kf.predictor, bits=kf.bitspersample,
-        byteorder=kf.parent.byteorder, jpegtables=kf.jpegtables, extrasamples=kf.extrasamples,
+        kf.compression, dtype=dtype_of(page, where), samples=1 if separate else spp,
+        photometric=kf.photometric, planarconfig=kf.planarconfig, predictor=kf.predictor,
+        bits=kf.bitspersample, byteorder=kf.parent.byteorder, jpegtables=kf.jpegtables,
+        extrasamples=kf.extrasamples,
         jfif=kf.compression == 7 and _is_jfif(page, probe.source), where=where)
     offsets, counts = page.dataoffsets, page.databytecounts
     nplanes = spp if separate else 1
@@ -51,7 +70,7 @@ def page_planes(page, probe, label: str, missing_ok: bool = False) -> tuple[Plan
         for i in range(nplanes))
 
 
-def _is_jfif(page, source) -> bool:
+def _is_jfif(page: TiffPage, source: ByteSource) -> bool:
     """Whether the first stored piece (sparse files may leave the first ones out) starts with a
     JFIF APP0 segment; a broken offset just means "not JFIF"."""
     for off, n in zip(page.dataoffsets, page.databytecounts, strict=False):
@@ -64,14 +83,14 @@ def _is_jfif(page, source) -> bool:
     return False
 
 
-def page_layout(page, probe, label: str, missing_ok: bool = False) -> Layout:
+def page_layout(page: TiffPage, probe: Probe, label: str, missing_ok: bool = False) -> Layout:
     planes = page_planes(page, probe, label, missing_ok)
     if len(planes) == 1:
         return Layout.single(planes[0])
     return Layout({(0, 0): planes}, tuple((i, 0) for i in range(len(planes))))
 
 
-def level_spec(page, probe, label: str):
+def level_spec(page: TiffPage, probe: Probe, label: str) -> LevelSpec:
     """(size, tile_size, layout) of a page used as a pyramid level."""
     kf = page.keyframe
     layout = page_layout(page, probe, label)
@@ -79,9 +98,10 @@ def level_spec(page, probe, label: str):
     return (kf.imagewidth, kf.imagelength), plane.tile, layout
 
 
-def associated_image(page, probe, name: str) -> AssociatedImage:
+def associated_image(page: TiffPage, probe: Probe, name: str) -> AssociatedImage:
     kf = page.keyframe
-    return AssociatedImage((kf.imagewidth, kf.imagelength), page_layout(page, probe, name), kf.dtype,
+    return AssociatedImage((kf.imagewidth, kf.imagelength), page_layout(page, probe, name),
+                           dtype_of(page, f"{probe.path}: {name}"),
                            kf.samplesperpixel)
 
 
@@ -90,7 +110,7 @@ class Compression(TypedDict):
     compression_raw: str
 
 
-def compression_of(page) -> Compression:
+def compression_of(page: TiffPage) -> Compression:
     """Scene keywords: the page's compression in the one vocabulary (:data:`codecs.COMPRESSIONS`)
     and, raw, its TIFF Compression tag (value and tifffile's name for it)."""
     kf = page.keyframe
@@ -99,7 +119,7 @@ def compression_of(page) -> Compression:
                        compression_raw=f"{code} {getattr(kf.compression, 'name', '')}".strip())
 
 
-def channel_names(page) -> list[str]:
+def channel_names(page: TiffPage) -> list[str]:
     kf = page.keyframe
     spp = kf.samplesperpixel
     if kf.photometric in _BRIGHTFIELD and spp in (3, 4):
@@ -109,11 +129,11 @@ def channel_names(page) -> list[str]:
     return [f"C{i}" for i in range(spp)]
 
 
-def is_brightfield(page) -> bool:
+def is_brightfield(page: TiffPage) -> bool:
     return page.keyframe.photometric in _BRIGHTFIELD
 
 
-def resolution_mpp(page) -> tuple[float, float] | None:
+def resolution_mpp(page: TiffPage) -> tuple[float, float] | None:
     """Micrometres per pixel from XResolution/YResolution when the unit is cm or inch."""
     kf = page.keyframe
     try:
@@ -127,7 +147,7 @@ def resolution_mpp(page) -> tuple[float, float] | None:
     return per_unit / rx, per_unit / ry
 
 
-def tag_properties(page) -> dict[str, Any]:
+def tag_properties(page: TiffPage) -> dict[str, Any]:
     """Textual TIFF tags of a page, as openslide exposes them (``tiff.*``)."""
     props: dict[str, Any] = {}
     for name in _TEXT_TAGS:
@@ -146,18 +166,23 @@ def tag_properties(page) -> dict[str, Any]:
     return props
 
 
-def icc_profile(page) -> bytes | None:
+def icc_profile(page: TiffPage) -> bytes | None:
     tag = page.tags.get("InterColorProfile")
     return bytes(tag.value) if tag is not None and tag.value else None
 
 
-def pyramid_pages(tf) -> list:
+def pages(tf: TiffFile) -> list[TiffPage]:
+    """The file's pages (tifffile yields TiffFrames only when asked to, which we never do)."""
+    return cast("list[TiffPage]", list(tf.pages))
+
+
+def pyramid_pages(tf: TiffFile) -> list[TiffPage]:
     """Page 0 and the pages that are its reduced-resolution copies."""
     p0 = tf.pages.first
     if p0.subifds:
-        return [p0, *p0.pages]
+        return [p0, *cast("list[TiffPage]", p0.pages)]
     levels = [p0]
-    for page in tf.pages[1:]:
+    for page in pages(tf)[1:]:
         prev = levels[-1].keyframe
         kf = page.keyframe
         if (kf.samplesperpixel, kf.dtype, kf.photometric, kf.is_tiled) != \
@@ -168,7 +193,7 @@ def pyramid_pages(tf) -> list:
     return levels
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     tf = probe.tiff()
     pages = pyramid_pages(tf)
     p0 = pages[0]
@@ -176,7 +201,8 @@ def open(probe, options) -> Slide:
                   properties={"tiff": tag_properties(p0)}, icc_profile=icc_profile(p0),
                   comment=p0.description or None)
     levels = make_levels([level_spec(p, probe, f"level {i}") for i, p in enumerate(pages)])
-    scene = Scene(slide, name="main", levels=levels, channel_names=channel_names(p0), dtype=p0.dtype,
+    scene = Scene(slide, name="main", levels=levels, channel_names=channel_names(p0),
+                  dtype=dtype_of(p0, probe.path),
                   mpp=resolution_mpp(p0), **compression_of(p0), brightfield=is_brightfield(p0))
     slide._set_contents([scene], {})
     return slide

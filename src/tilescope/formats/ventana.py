@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,12 +26,18 @@ from ..model import Level, Scene, Slide
 from ..source import ByteRanges
 from . import parse_xml, tiff
 
+if TYPE_CHECKING:
+    from tifffile import TiffPage
+
+    from ..engine import Options
+    from . import Probe
+
 NAME = "Ventana"
 OPENSLIDE_VENDOR = "ventana"  # openslide's name for the format (detect_format, openslide.vendor)
 _XMP = 700
 
 
-def _xmp(page) -> str:
+def _xmp(page: TiffPage) -> str:
     tag = page.tags.get(_XMP)
     if tag is None:
         return ""
@@ -38,7 +45,7 @@ def _xmp(page) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v)
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     return probe.is_tiff and "iScan" in _xmp(probe.tiff().pages.first)
 
 
@@ -63,7 +70,8 @@ def _areas(xml: str, tile: tuple[int, int], where: str):
     """Scanned areas as (x, y, start_col, start_row, cols, rows) and the tile advance (x, y)."""
     root = parse_xml(xml, where, "Ventana EncodeInfo XMP")
     infos = root.findall("SlideStitchInfo/ImageInfo")
-    origins = list(root.find("AoiOrigin") if root.find("AoiOrigin") is not None else [])
+    aoi = root.find("AoiOrigin")
+    origins = list(aoi) if aoi is not None else []
     if not infos or len(infos) != len(origins):
         raise CorruptDataError(f"{where}: Ventana EncodeInfo has {len(infos)} <ImageInfo> but "
                                f"{len(origins)} <AoiOrigin> entries")
@@ -99,7 +107,7 @@ def _areas(xml: str, tile: tuple[int, int], where: str):
     return areas, adv
 
 
-def _placed_level(page, probe, areas, adv, ds: int, label: str):
+def _placed_level(page: TiffPage, probe: Probe, areas, adv, ds: int, label: str):
     """A level's camera tiles as placed pieces."""
     base = tiff.page_planes(page, probe, label, missing_ok=True)[0]
     assert isinstance(base, GridPlane) and isinstance(base.pieces, ByteRanges)  # a TIFF page's tiles
@@ -125,9 +133,9 @@ def _placed_level(page, probe, areas, adv, ds: int, label: str):
                        crops=np.asarray(crops, np.int64).reshape(-1, 2))
 
 
-def open(probe, options) -> Slide:
+def open(probe: Probe, options: Options) -> Slide:
     tf = probe.tiff()
-    pages = list(tf.pages)
+    pages = tiff.pages(tf)
     iscan = _iscan(_xmp(pages[0]), probe.path)
     props = {k: v for k, v in iscan.attrib.items() if v}
     levels, associated = [], {}
@@ -173,7 +181,7 @@ def open(probe, options) -> Slide:
                   properties={"ventana": props, "tiff": tiff.tag_properties(page0)},
                   comment=page0.description or None)
     scene = Scene(slide, name="main", levels=specs, channel_names=tiff.channel_names(page0),
-                  dtype=page0.dtype, mpp=mpp, magnification=mag, **tiff.compression_of(page0),
-                  brightfield=True)
+                  dtype=tiff.dtype_of(page0, probe.path), mpp=mpp, magnification=mag,
+                  **tiff.compression_of(page0), brightfield=True)
     slide._set_contents([scene], associated)
     return slide

@@ -15,10 +15,11 @@ Differences, by design:
 
 from __future__ import annotations
 
+import os
 from abc import ABCMeta, abstractmethod
 from collections.abc import Iterator, Mapping
 from io import BytesIO
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from PIL import Image, ImageCms
@@ -86,15 +87,15 @@ class OpenSlideCache:
 class AbstractSlide(metaclass=ABCMeta):
     """The interface OpenSlide and ImageSlide share."""
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @classmethod
     @abstractmethod
-    def detect_format(cls, filename) -> str | None:
+    def detect_format(cls, filename: str | os.PathLike) -> str | None:
         """The format of ``filename`` as a string, or None if it cannot be opened."""
 
     @abstractmethod
@@ -180,7 +181,7 @@ def _rgb8(a: np.ndarray) -> np.ndarray:
 class OpenSlide(AbstractSlide):
     """An open whole-slide image, read by tilescope (any format it reads)."""
 
-    def __init__(self, filename):
+    def __init__(self, filename: str | os.PathLike):
         self._filename = filename
         try:
             self._slide = tilescope.open(filename)
@@ -207,7 +208,7 @@ class OpenSlide(AbstractSlide):
         return f"OpenSlide({self._filename!r})"
 
     @classmethod
-    def detect_format(cls, filename) -> str | None:
+    def detect_format(cls, filename: str | os.PathLike) -> str | None:
         try:
             name = tilescope.detect(filename)
         except TilescopeError:
@@ -265,7 +266,7 @@ class OpenSlide(AbstractSlide):
                 p[f"openslide.level[{lv.index}].tile-width"] = str(lv.tile_size[0])
                 p[f"openslide.level[{lv.index}].tile-height"] = str(lv.tile_size[1])
         if composite:
-            rects = [r for _, r in self._regions]
+            rects = [r for _, r in self._regions if r is not None]
             for i, (x, y, w, h) in enumerate(rects):
                 for key, v in (("x", x), ("y", y), ("width", w), ("height", h)):
                     p[f"openslide.region[{i}].{key}"] = str(v)
@@ -325,7 +326,7 @@ class OpenSlide(AbstractSlide):
             self._draw(out, scene, level, x / lv.downsample - ox, y / lv.downsample - oy)
         return self._image(out)
 
-    def _draw(self, out: np.ndarray, scene, level: int, lx: float, ly: float) -> None:
+    def _draw(self, out: np.ndarray, scene: tilescope.Scene, level: int, lx: float, ly: float) -> None:
         """Paint ``scene``'s level pixels from (lx, ly) of that level into ``out`` (RGBA), opaque
         where they exist; the rest of ``out`` is left as it is."""
         if level >= len(scene.levels):
@@ -403,7 +404,7 @@ class ImageSlide(AbstractSlide):
         return f"ImageSlide({self._file_arg!r})"
 
     @classmethod
-    def detect_format(cls, filename) -> str | None:
+    def detect_format(cls, filename: str | os.PathLike) -> str | None:
         try:
             with Image.open(filename) as im:
                 return im.format
@@ -464,7 +465,7 @@ class ImageSlide(AbstractSlide):
         return out
 
 
-def open_slide(filename) -> OpenSlide | ImageSlide:
+def open_slide(filename: str | os.PathLike) -> OpenSlide | ImageSlide:
     """Open a whole-slide image, or else a plain image through Pillow."""
     try:
         return OpenSlide(filename)

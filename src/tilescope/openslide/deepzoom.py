@@ -96,7 +96,8 @@ class DeepZoomGenerator:
             tile.info["icc_profile"] = profile
         return tile
 
-    def get_tile_coordinates(self, level: int, address: tuple[int, int]):
+    def get_tile_coordinates(self, level: int, address: tuple[int, int]
+                             ) -> tuple[tuple[int, int], int, tuple[int, int]]:
         """The ``read_region`` arguments (location, slide level, size) behind a tile."""
         return self._geometry(level, address)[0]
 
@@ -104,14 +105,15 @@ class DeepZoomGenerator:
         """(width, height) of a tile."""
         return self._geometry(level, address)[1]
 
-    def _geometry(self, level: int, address: tuple[int, int]):
+    def _geometry(self, level: int, address: tuple[int, int]
+                  ) -> tuple[tuple[tuple[int, int], int, tuple[int, int]], tuple[int, int]]:
         if not 0 <= level < len(self._dims):
             raise ValueError("Invalid level")
         if len(address) != 2 or not all(0 <= a < n for a, n in zip(address, self._tiles[level], strict=True)):
             raise ValueError("Invalid address")
         slide_level = self._slide_level[level]
         k = self._dz_per_slide[level]
-        location, size, dz_size = [], [], []
+        location, size, dz_size = [0, 0], [0, 0], [0, 0]
         for axis in range(2):
             t, ntiles = address[axis], self._tiles[level][axis]
             before = self._overlap if t > 0 else 0
@@ -119,11 +121,11 @@ class DeepZoomGenerator:
             start = self._tile * t  # in Deep Zoom pixels
             extent = min(self._tile, self._dims[level][axis] - start) + before + after
             in_slide_level = k * (start - before)
-            location.append(int(self._slide_ds[slide_level] * in_slide_level + self._offset[axis]))
-            size.append(int(min(math.ceil(k * extent),
-                                self._slide_dims[slide_level][axis] - math.ceil(in_slide_level))))
-            dz_size.append(extent)
-        return (tuple(location), slide_level, tuple(size)), tuple(dz_size)
+            location[axis] = int(self._slide_ds[slide_level] * in_slide_level + self._offset[axis])
+            size[axis] = int(min(math.ceil(k * extent),
+                                 self._slide_dims[slide_level][axis] - math.ceil(in_slide_level)))
+            dz_size[axis] = extent
+        return ((location[0], location[1]), slide_level, (size[0], size[1])), (dz_size[0], dz_size[1])
 
     def get_dzi(self, format: str) -> str:
         """The Deep Zoom descriptor (XML) for tiles in ``format`` ("jpeg" or "png")."""

@@ -18,10 +18,15 @@ Segmentations and Parametric Maps of the frame of reference are derived channels
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .assemble import assemble, attributes, volume_levels
 from .folder import find_slides, open, slide_key
 from .frames import level_layout, realign
 from .instance import DERIVED, NAME, PIXELS, RLE, WSI_SOP_CLASS, Instance, compression, is_dicom_file
+
+if TYPE_CHECKING:
+    from ...formats import Probe
 
 OPENSLIDE_VENDOR = "dicom"  # openslide's name for the format (detect_format, openslide.vendor)
 MULTI_FILE = True  # a slide is several files: gathered from the folder, or given as a list (``files=``)
@@ -31,5 +36,5 @@ __all__ = ["DERIVED", "NAME", "PIXELS", "RLE", "WSI_SOP_CLASS", "Instance", "ass
            "slide_key", "volume_levels"]
 
 
-def detect(probe) -> bool:
+def detect(probe: Probe) -> bool:
     return probe.source.head(132)[128:132] == b"DICM"

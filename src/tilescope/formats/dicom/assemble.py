@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,11 +25,16 @@ from .instance import (
 )
 from .scene import DicomScene
 
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from ...model import LevelSpec
+
 _NOT_TEXT = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "AT"}  # binary values: not properties
 _NOT_PROPERTIES = {"PerFrameFunctionalGroupsSequence", "FileMetaInformationGroupLength"}  # bulky or noise
 
 
-def attributes(ds, prefix: str = "") -> dict[str, str]:
+def attributes(ds: Dataset, prefix: str = "") -> dict[str, str]:
     """A dataset's attributes as text under openslide's names: ``Keyword``, ``Keyword[i]`` for
     each value of a multi-valued one, ``Sequence[i].Keyword`` inside sequences (the file meta
     group too, for files). Binary values, pixel data and per-frame groups are left out; nothing
@@ -64,7 +70,7 @@ def attributes(ds, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def header_text(ds) -> str:
+def header_text(ds: Dataset) -> str:
     """The dataset as text without its pixel data (printing that would read it all)."""
     import pydicom
 
@@ -92,7 +98,7 @@ def volume_levels(instances: list[Instance], none: str) -> list[list[Instance]]:
 
 
 def assemble(slide: Slide, levels: list[list[Instance]], instances: list[Instance],
-             derived: list[Instance], make_level) -> Slide:
+             derived: list[Instance], make_level: Callable[[list[Instance], str], LevelSpec]) -> Slide:
     """The slide's scene (levels, optical paths, focal planes, derived layers) and associated
     images, from files or a DICOMweb series alike: ``make_level(instances, label)`` gives a level's
     (size, tile, layout)."""
@@ -231,7 +237,7 @@ def _with_derived(specs, derived: list[Instance], make_level, names: list[str], 
     return out, unplaced
 
 
-def icc_profile_of(ds) -> bytes | None:
+def icc_profile_of(ds: Dataset) -> bytes | None:
     try:
         return bytes(ds.OpticalPathSequence[0].ICCProfile)
     except (AttributeError, IndexError, TypeError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import defaultdict
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ...errors import CorruptDataError, InvalidRequestError, SourceNotFoundError, UnsupportedFormatError
 from ...model import Slide
@@ -14,6 +14,13 @@ from ...source import FileSource
 from .assemble import assemble, attributes, header_text, icc_profile_of, volume_levels
 from .frames import file_level, frame_ranges, stack
 from .instance import DERIVED, NAME, WSI_SOP_CLASS, Instance, is_dicom_file, read_dataset, read_header
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from ...engine import Options
+    from ...formats import Probe
+    from ...source import ByteSource
 
 
 class _Folder(NamedTuple):
@@ -71,7 +78,7 @@ def _dicom_files(folder: str) -> list[str]:
             if os.path.isfile(p) and is_dicom_file(p)]
 
 
-def open(probe, options, files: list[str] | None = None) -> Slide:
+def open(probe: Probe, options: Options, files: list[str] | None = None) -> Slide:
     """The slide of the DICOM file ``probe`` reads, with the instances of its folder (or of
     ``files``: then every one must belong to the slide). Where the folder itself was opened
     (``probe.folder``), its first slide, whatever file came first."""
@@ -121,7 +128,7 @@ def open(probe, options, files: list[str] | None = None) -> Slide:
                   os.path.dirname(os.path.abspath(path)))
 
 
-def _slide(source, options, key: tuple, found: _Folder, where: str) -> Slide:
+def _slide(source: ByteSource, options: Options, key: tuple, found: _Folder, where: str) -> Slide:
     instances = found.slides.get(key, [])
     derived = [i for i in found.derived if key[0] is not None and i.ds.get("FrameOfReferenceUID") == key[0]]
     _check_needed(key, instances, found.skipped)
@@ -169,7 +176,7 @@ def _check_needed(key: tuple, instances: list[Instance], skipped: dict) -> None:
                                f"{incomplete[0]} of the slide's pyramid misses parts")
 
 
-def find_slides(folder: str, options) -> list[Slide]:
+def find_slides(folder: str, options: Options) -> list[Slide]:
     """Every slide among the DICOM files of ``folder``, opened (in order of their first file)."""
     found = _gather(_dicom_files(folder), strict=False)
     slides = []
@@ -190,7 +197,7 @@ def find_slides(folder: str, options) -> list[Slide]:
     return slides
 
 
-def slide_key(ds) -> tuple:
+def slide_key(ds: Dataset) -> tuple:
     """What the instances of one slide share: Frame of Reference UID and Container Identifier, or
     where there are none (OrthancWSIDicomizer 1.1 writes neither) the series."""
     if ds.get("FrameOfReferenceUID"):

@@ -9,7 +9,8 @@ import contextlib
 import os
 import struct
 from collections import defaultdict
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -28,13 +29,25 @@ from .instance import (
     segments,
 )
 
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from ...model import LevelSpec
+    from ...source import Pieces
+
+    # a plane's pieces from (z, layer, the instance that owns the layer, its frames)
+    MakePieces = Callable[[int, int, Instance, list[tuple[int, Instance, int]]], Pieces]
+
+    from ...source import ByteSource
+
 
 def frame_ranges(inst: Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(offset, length, split, bit shift) of every frame of an instance's pixel data; a split frame
     spans several fragments, and its range holds their item headers too; a shifted frame starts
     that many bits into its first byte (1-bit frames are packed back to back across frames, so
     frame k of a 10x10 segmentation starts at bit 100 k). :class:`Frames` undoes both."""
-    raw = inst.ds.get_item(inst.pixel_tag, keep_deferred=True)
+    # a RawDataElement (value_tell, length): pixel data is read deferred (instance.read_dataset)
+    raw: Any = inst.ds.get_item(inst.pixel_tag, keep_deferred=True)
     if raw is None:
         raise CorruptDataError(f"{inst.path}: no Pixel Data")
     start = raw.value_tell
@@ -121,7 +134,7 @@ class Frames(ByteRanges):
         super().__init__(offsets, counts, label, missing_ok=True, file=files[0])
         self.files, self.split, self.shift = files, split, shift
 
-    def fetch(self, source, index: int) -> bytes:
+    def fetch(self, source: ByteSource, index: int) -> bytes:
         data = super().fetch(source, index)
         if self.shift[index]:
             return realign(data, int(self.shift[index]))
@@ -174,7 +187,7 @@ def frame_positions(inst: Instance) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def focal_planes(ds) -> tuple[list[float], float | None]:
+def focal_planes(ds: Dataset) -> tuple[list[float], float | None]:
     """The focal planes of an instance as offsets in micrometres (Z offset of the origin, plus
     multiples of Spacing Between Slices), and that spacing (None if not recorded)."""
     nz = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
@@ -198,7 +211,7 @@ class Axes(NamedTuple):
     spacing: float | None  # between focal planes, micrometres
 
 
-def path_ids(ds) -> list[str]:
+def path_ids(ds: Dataset) -> list[str]:
     items = list(ds.get("OpticalPathSequence", []) or [])
     return [str(p.get("OpticalPathIdentifier", k)) for k, p in enumerate(items)] or [""]
 
@@ -221,7 +234,8 @@ def slide_axes(levels: list[list[Instance]]) -> Axes:
     return Axes(paths, [i for i in items if i is not None], sorted(planes), spacing)
 
 
-def frames_by_tile(insts: list[Instance], axes: Axes | None = None):
+def frames_by_tile(insts: list[Instance], axes: Axes | None = None
+                   ) -> Iterator[tuple[int, int, int, Instance, int]]:
     """(focal plane, layer, tile index, instance, frame index) of every frame of a level's
     instances (concatenations, other paths and planes included); with ``axes``, planes and layers
     are the slide's (optical paths), else each instance's own (a segmentation's segments)."""
@@ -253,7 +267,7 @@ def stack(inst: Instance) -> tuple[int, int]:
     return nz, int(ds.get("NumberOfOpticalPaths", 1) or 1)
 
 
-def level_layout(insts: list[Instance], axes: Axes | None, make_pieces):
+def level_layout(insts: list[Instance], axes: Axes | None, make_pieces: MakePieces) -> LevelSpec:
     """(size, tile, layout) of a level: z = focal planes, channels = layers (optical paths, or
     without ``axes`` an instance's own layers) x samples. ``make_pieces(z, layer, owner, frames)``
     gives each plane's pieces from its frames [(tile index, instance, frame index)]; ``owner`` is
@@ -284,11 +298,11 @@ def level_layout(insts: list[Instance], axes: Axes | None, make_pieces):
     return inst0.size, owners[0].tile, Layout(planes, channel_map)
 
 
-def file_level(insts: list[Instance], label: str, axes: Axes | None = None):
+def file_level(insts: list[Instance], label: str, axes: Axes | None = None) -> LevelSpec:
     """(size, tile, layout) of one level from its instances' frames, read from their files."""
     ranges = {inst.path: inst.ranges for inst in insts}
 
-    def make_pieces(z, op, owner, frames):
+    def make_pieces(z: int, op: int, owner: Instance, frames: list[tuple[int, Instance, int]]) -> Pieces:
         n = owner.grid[0] * owner.grid[1]
         offsets, counts, split, shift, files = np.zeros(n, np.int64), np.zeros(n, np.int64), \
             np.zeros(n, bool), np.zeros(n, np.int8), [owner.path] * n

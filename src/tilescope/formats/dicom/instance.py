@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import builtins
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ... import codecs
 from ...errors import CorruptDataError, UnsupportedFormatError
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from ...codecs import Codec
 
 NAME = "DICOM"
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
@@ -50,7 +56,7 @@ class Instance:
     whole = False  # DICOMweb: the server serves no single frames of it (see dicomweb.WholeInstance)
     ranges: tuple  # files: where each frame's bytes are (:func:`frame_ranges`)
 
-    def __init__(self, path: str, ds, syntax: str | None = None):
+    def __init__(self, path: str, ds: Dataset, syntax: str | None = None):
         self.path, self.ds = path, ds
         try:
             self._parse(syntax)
@@ -76,7 +82,7 @@ class Instance:
         self.dtype = np.dtype(float_type or integer)
 
 
-def read_dataset(path: str):
+def read_dataset(path: str) -> Dataset:
     """The file's dataset (pixel data deferred); CorruptDataError when it does not parse or lacks
     its SOP Class UID (pydicom returns what it parsed of a truncated file, possibly nothing)."""
     try:
@@ -95,7 +101,7 @@ def read_dataset(path: str):
     return ds
 
 
-def read_header(path: str):
+def read_header(path: str) -> Dataset | None:
     """What precedes the pixel data of a file that does not read whole (None if that fails too):
     enough to tell which instance a truncated file was."""
     import pydicom
@@ -109,7 +115,7 @@ def read_header(path: str):
     return ds if "SOPClassUID" in ds else None
 
 
-def codec_of(inst: Instance):
+def codec_of(inst: Instance) -> Codec:
     ds, where = inst.ds, inst.path
     spp = int(ds.SamplesPerPixel)
     if int(ds.get("BitsAllocated", 8)) == 1:  # BINARY segmentations
@@ -135,6 +141,6 @@ def codec_of(inst: Instance):
     raise UnsupportedFormatError(f"{where}: transfer syntax {inst.syntax} is not supported")
 
 
-def segments(ds) -> list:
+def segments(ds: Dataset) -> list:
     """A segmentation's Segment Sequence items, by segment number."""
     return sorted(ds.get("SegmentSequence", []) or [], key=lambda q: int(q.SegmentNumber))

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from ...errors import UnsupportedFormatError
 from ...model import Scene, Slide
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from pydicom import Dataset
+
+    from ...geometry import SizeLike
 
 
 class DicomScene(Scene):
@@ -22,7 +30,7 @@ class DicomScene(Scene):
     image_orientation: tuple[float, ...] | None  # Image Orientation (Slide): row, column direction
     pixel_spacing_mm: tuple[float, float] | None  # (x, y): mm between columns, between rows
 
-    def __init__(self, slide: Slide, *, ds, focal_planes: tuple[float, ...] = (0.0,), **scene):
+    def __init__(self, slide: Slide, *, ds: Dataset, focal_planes: tuple[float, ...] = (0.0,), **scene):
         """A Scene (``scene``: its keywords) with the slide coordinate system of level-0 dataset
         ``ds`` and ``focal_planes`` (z index -> focal plane offset, micrometres)."""
         super().__init__(slide, **scene)
@@ -56,12 +64,12 @@ class DicomScene(Scene):
             return None
         return self.size[0] * self.pixel_spacing_mm[0], self.size[1] * self.pixel_spacing_mm[1]
 
-    def pixel_to_slide(self, indices, level: int = 0) -> np.ndarray:
+    def pixel_to_slide(self, indices: ArrayLike, level: int = 0) -> np.ndarray:
         """(N, 2) (column, row) pixel indices of ``level`` -> (N, 2) (x, y) slide coordinates, mm."""
         p = np.atleast_2d(np.asarray(indices, np.float64))
         return (self._matrix(level) @ np.c_[p, np.ones(len(p))].T).T[:, :2]
 
-    def slide_to_pixel(self, coordinates, level: int = 0) -> np.ndarray:
+    def slide_to_pixel(self, coordinates: ArrayLike, level: int = 0) -> np.ndarray:
         """(N, 2) (x, y) slide coordinates in mm -> (N, 2) fractional (column, row) of ``level``."""
         p = np.atleast_2d(np.asarray(coordinates, np.float64))
         return (np.linalg.inv(self._matrix(level)) @ np.c_[p, np.ones(len(p))].T).T[:, :2]
@@ -85,8 +93,8 @@ class DicomScene(Scene):
         return [str(c["name"]) for c in self.channel_info if c["type"] == kind
                 and all(v is None or c.get(k) == v for k, v in match.items())]
 
-    def read_slide_region(self, x: float, y: float, width: float, height: float, size=None,
-                          **kw) -> np.ndarray:
+    def read_slide_region(self, x: float, y: float, width: float, height: float, size: SizeLike = None,
+                          **kw: Any) -> np.ndarray:
         """The region of the glass [x, x + width) x [y, y + height) (mm), as level-0 pixels of the
         smallest pixel rectangle covering it (rotated slides: the image stays in pixel orientation),
         at ``size`` (default: its pixel size); ``kw`` as for :meth:`read`."""
