@@ -52,7 +52,7 @@ def cell(reader: str, workload: str, path: str) -> dict:
             with tilescope.open(path) as s:
                 return list(s.scenes[0].frame_descriptions)
         sc = tilescope.open(path).scenes[0]
-        fns = {"whole": sc.frames, "interval": lambda: sc.frames(A, B), "descriptions": descriptions}
+        fns = {"whole": sc.raw_frames, "interval": lambda: sc.raw_frames(A, B), "descriptions": descriptions}
     elif reader == "tifffile":
         import tifffile
 

@@ -60,8 +60,8 @@ def test_equal_to_scanimage_tiff_reader(stacks, name, shape):
         data = r.data()
         assert (sc.num_channels, sc.num_z_slices, sc.num_t_frames) == shape and sc.dtype == np.int16
         assert sc.num_frames == len(sc.frame_descriptions) == data.shape[0] == nc * nz * nt
-        np.testing.assert_array_equal(sc.frames(), data)
-        np.testing.assert_array_equal(sc.frames(1, 4), data[1:4])
+        np.testing.assert_array_equal(sc.raw_frames(), data)
+        np.testing.assert_array_equal(sc.raw_frames(1, 4), data[1:4])
         for i in range(data.shape[0]):
             assert sc.frame_descriptions[i] == r.description(i).rstrip("\0")
         # channels fastest, then frames of a slice, slices, volumes (t = volume x frame of slice)
@@ -87,7 +87,7 @@ def test_labelled_planes(stacks, name):
         sc = s.scenes[0]
         assert (sc.num_channels, sc.num_z_slices, sc.num_t_frames) == (nc, ns, nv * fps)
         data = r.data()
-        np.testing.assert_array_equal(sc.frames(), data)
+        np.testing.assert_array_equal(sc.raw_frames(), data)
         stack = sc.read(z=(0, ns), t=(0, nv * fps))  # (t, z, h, w, c)
         for t in range(nv * fps):
             v, f = divmod(t, fps)
@@ -177,9 +177,9 @@ def test_truncated_stack(stacks, tmp_path):
     cut.write_bytes(data[: len(data) - 1000])
     with tilescope.open(str(cut)) as s:
         sc = s.scenes[0]
-        sc.frames(0, 2)  # the early frames are whole
+        sc.raw_frames(0, 2)  # the early frames are whole
         with pytest.raises(tilescope.CorruptDataError, match=r"cut\.tif"):
-            sc.frames()
+            sc.raw_frames()
 
 
 def test_cli_info_and_frames(stacks, tmp_path, capsys):

@@ -120,9 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 size = (a.max_size, 0) if w >= h else (0, a.max_size)
                 arr = scene.read(size=size)
             elif a.frames is not None:
-                if not hasattr(scene, "frames"):
+                if not hasattr(scene, "raw_frames"):
                     raise TilescopeError(f"{a.path}: {slide.driver} has no raw frame sequence (--frames)")
-                arr = scene.frames(*a.frames)
+                arr = scene.raw_frames(*a.frames)
                 if not a.out.lower().endswith((".tif", ".tiff", ".npy")):
                     raise TilescopeError(f"{a.out}: frames are 3-D data: write .tiff or .npy")
             else:

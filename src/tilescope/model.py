@@ -135,6 +135,11 @@ class Scene:
                 f"z={self.num_z_slices} t={self.num_t_frames} levels={len(self.levels)}>")
 
     @property
+    def slide(self) -> Slide:
+        """The slide this scene belongs to."""
+        return self._slide
+
+    @property
     def location(self) -> str:
         """The slide's path and this scene's name, as error messages name them."""
         return f"{self._slide.path} [scene {self.name!r}]"
@@ -434,11 +439,18 @@ class Slide:
         self.scenes: tuple[Scene, ...] = ()
         self._associated: dict[str, AssociatedImage] = {}
 
-    def _set_contents(self, scenes: Sequence[Scene], associated: dict[str, AssociatedImage],
-                      canvas: tuple[int, int] | None = None) -> None:
+    def set_contents(self, scenes: Sequence[Scene], associated: dict[str, AssociatedImage],
+                     canvas: tuple[int, int] | None = None) -> None:
+        """What a driver found (the last step of its ``open``): the scenes, the associated images
+        and the canvas the scenes sit on, if they share one."""
         self.scenes = tuple(scenes)
         self._associated = associated
         self.canvas = canvas
+
+    @property
+    def source(self) -> Source:
+        """Where the slide's own bytes are read from (a local file, a server, ...)."""
+        return self._source
 
     def set_cache(self, cache: TileCache) -> None:
         """Decode this slide's tiles into ``cache`` from now on (``TileCache(0)`` disables)."""

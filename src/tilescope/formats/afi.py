@@ -91,7 +91,7 @@ def open(probe: Probe, options: Options) -> Slide:
     scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=names, dtype=first.dtype,
                   mpp=first.mpp, magnification=first.magnification, compression=first.compression,
                   compression_raw=first.compression_raw)
-    slide._set_contents([scene], {})
+    slide.set_contents([scene], {})
     return slide
 
 

@@ -257,7 +257,7 @@ def open(probe: Probe, options: Options) -> Slide:
     names = [el.get("Name") for el in root.iterfind(path)] if root is not None else []
     scenes = [_scene(slide, source, root, s, es, names[s] if s < len(names) and names[s] else f"Scene #{s}")
               for s, es in sorted(by_scene.items())]
-    slide._set_contents(scenes, _attachments(slide, source, att_pos))
+    slide.set_contents(scenes, _attachments(slide, source, att_pos))
     return slide
 
 

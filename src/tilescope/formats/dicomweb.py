@@ -91,15 +91,17 @@ class UrlSource:
 class _Client:
     """A DICOMweb client with the request options, and errors turned into ours."""
 
-    def __init__(self, url: str, headers: dict | None, verify, timeout: float, retries: int):
+    def __init__(self, url: str, headers: dict | None, verify: bool | str, timeout: float, retries: int):
+        import requests
         from dicomweb_client.api import DICOMwebClient
 
         self.url, self.timeout, self.retries = url, timeout, retries
-        self.api = DICOMwebClient(url, headers=headers or None)
+        self.session = requests.Session()  # ours: the client takes it and sets its headers on it
+        self.session.verify = verify
+        self.session.request = functools.partial(  # type: ignore[method-assign]
+            self.session.request, timeout=timeout)
+        self.api = DICOMwebClient(url, session=self.session, headers=headers or None)
         self.api.set_http_retry_params(retry=False)  # retries and back-off are ours (``retries``)
-        session = self.api._session
-        session.verify = verify
-        session.request = functools.partial(session.request, timeout=timeout)  # type: ignore[method-assign]
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         import requests
@@ -120,7 +122,7 @@ class _Client:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        self.api._session.close()
+        self.session.close()
 
 
 class _Fetcher:

@@ -116,5 +116,5 @@ def open(probe: Probe, options: Options) -> Slide:
     scene = Scene(slide, name="main", levels=make_levels(specs),
                   channel_names=["R", "G", "B", "A"][:count] if rgb else names, dtype=dtype,
                   compression=stored, compression_raw=f"{driver} {stored}", brightfield=rgb)
-    slide._set_contents([scene], {})
+    slide.set_contents([scene], {})
     return slide

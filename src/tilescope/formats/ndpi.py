@@ -161,7 +161,7 @@ def open(probe: Probe, options: Options) -> Slide:
         scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=["R", "G", "B"],
                       dtype=np.uint8, mpp=mpp, magnification=props["SourceLens"], compression="jpeg",
                       num_z_slices=len(zs), brightfield=True)
-    slide._set_contents([scene], associated)
+    slide.set_contents([scene], associated)
     return slide
 
 

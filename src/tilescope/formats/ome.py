@@ -92,7 +92,7 @@ def open(probe: Probe, options: Options) -> Slide:
         scenes.append(_scene(slide, probe, image, s, name, objectives))
     if not scenes:
         raise CorruptDataError(f"{probe.path}: OME-XML has no image besides associated ones")
-    slide._set_contents(scenes, associated)
+    slide.set_contents(scenes, associated)
     return slide
 
 

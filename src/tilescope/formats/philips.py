@@ -127,7 +127,7 @@ def open(probe: Probe, options: Options) -> Slide:
     scene = Scene(slide, name="main", levels=levels, channel_names=tiff.channel_names(first),
                   dtype=tiff.dtype_of(first, probe.path), mpp=mpp, **tiff.compression_of(first),
                   brightfield=tiff.is_brightfield(first))
-    slide._set_contents([scene], _associated(probe, tf, kinds))
+    slide.set_contents([scene], _associated(probe, tf, kinds))
     return slide
 
 

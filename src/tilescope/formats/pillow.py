@@ -95,5 +95,5 @@ def open(probe: Probe, options: Options) -> Slide:
     scene = Scene(slide, name="main", levels=make_levels([((w, h), (w, h), layout)]), channel_names=names,
                   dtype=dtype, compression=_COMPRESSION.get(fmt, fmt.lower()), compression_raw=fmt,
                   brightfield=len(names) >= 3)
-    slide._set_contents([scene], {})
+    slide.set_contents([scene], {})
     return slide

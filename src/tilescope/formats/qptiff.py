@@ -98,7 +98,7 @@ def open(probe: Probe, options: Options) -> Slide:
                   dtype=tiff.dtype_of(first, probe.path),
                   mpp=mpp, magnification=mag, **tiff.compression_of(first),
                   brightfield=nc == 1 and first.samplesperpixel >= 3, channel_colors=colors)
-    slide._set_contents([scene], associated)
+    slide.set_contents([scene], associated)
     return slide
 
 

@@ -23,7 +23,7 @@ import mmap
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -31,10 +31,11 @@ from .. import codecs
 from ..engine import GridPlane, Layout
 from ..errors import CorruptDataError, InvalidRequestError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
-from ..source import ByteRanges, FileSource
+from ..source import ByteRanges
 
 if TYPE_CHECKING:
     from ..engine import Options
+    from ..source import ByteSource
     from . import Probe
 
 NAME = "ScanImage"
@@ -252,7 +253,7 @@ class FrameDescriptions(Sequence):
         off, count = self._desc[i]
         if count <= 0:
             return ""
-        data = self._scene._slide._source.pread(int(off), int(count))
+        data = self._scene.slide.source.pread(int(off), int(count))
         return data.split(b"\0")[0].decode("utf-8", "replace")
 
     def parsed(self, i: int) -> dict:
@@ -300,16 +301,17 @@ class ScanImageScene(Scene):
     def num_frames(self) -> int:
         return len(self._frames_info.strips)
 
-    def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Raw frames ``start:stop`` in file order as (n, h, w): each strip is read straight from
-        the file into the output array; only those frames are touched."""
+    def raw_frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames ``start:stop`` as the microscope wrote them: in file order (channels, slices,
+        frames and volumes interleaved), as (n, h, w) with no channel axis since each frame is one
+        channel of one plane (``read`` gives the (z, t, h, w, c) view). Each strip is read straight
+        from the file into the output array; only those frames are touched."""
         n = self.num_frames
         stop = n if stop is None else stop
         if not 0 <= start <= stop <= n:
             raise InvalidRequestError(f"{self.location}: frames {start}:{stop} are outside 0:{n}")
         self._reader()
-        src = self._slide._source
-        assert isinstance(src, FileSource)  # ScanImage stacks are local files
+        src = cast("ByteSource", self.slide.source)  # stacks are parsed from bytes: always one
         h, w = self._frames_info.shape
         out = np.empty((stop - start, h, w), self.dtype)
         flat = out.reshape(stop - start, -1).view(np.uint8)
@@ -393,7 +395,7 @@ def open(probe: Probe, options: Options) -> Slide:
                            name="main", levels=levels, channel_names=channel_names, dtype=dtype,
                            compression="none", num_z_slices=ns, num_t_frames=nt,
                            z_resolution=acq.z_step if ns > 1 else None, t_resolution=t_res)
-    slide._set_contents([scene], {})
+    slide.set_contents([scene], {})
     return slide
 
 

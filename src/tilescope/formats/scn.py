@@ -106,7 +106,7 @@ def open(probe: Probe, options: Options) -> Slide:
     slide.properties["tiff"] = tags
     mpp = scenes[0].mpp
     canvas = (round(cw / (mpp[0] * 1000)), round(ch / (mpp[1] * 1000))) if mpp else None
-    slide._set_contents(scenes, associated, canvas)
+    slide.set_contents(scenes, associated, canvas)
     return slide
 
 

@@ -89,5 +89,5 @@ def open(probe: Probe, options: Options) -> Slide:
                   dtype=tiff.dtype_of(p0, probe.path),
                   mpp=(mpp, mpp) if mpp else None, magnification=number(props.get("AppMag")),
                   **tiff.compression_of(p0), brightfield=True)
-    slide._set_contents([scene], associated)
+    slide.set_contents([scene], associated)
     return slide

@@ -204,5 +204,5 @@ def open(probe: Probe, options: Options) -> Slide:
     scene = Scene(slide, name="main", levels=levels, channel_names=channel_names(p0),
                   dtype=dtype_of(p0, probe.path),
                   mpp=resolution_mpp(p0), **compression_of(p0), brightfield=is_brightfield(p0))
-    slide._set_contents([scene], {})
+    slide.set_contents([scene], {})
     return slide

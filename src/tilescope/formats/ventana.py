@@ -183,5 +183,5 @@ def open(probe: Probe, options: Options) -> Slide:
     scene = Scene(slide, name="main", levels=specs, channel_names=tiff.channel_names(page0),
                   dtype=tiff.dtype_of(page0, probe.path), mpp=mpp, magnification=mag,
                   **tiff.compression_of(page0), brightfield=True)
-    slide._set_contents([scene], associated)
+    slide.set_contents([scene], associated)
     return slide

@@ -141,7 +141,7 @@ def _assemble(slide: Slide, levels, instances, derived, make_level) -> Slide:
                        image_channels=image_channels, channel_dtypes=dtypes, channel_info=info)
     if unplaced:
         slide.properties["dicom"]["unplaced"] = unplaced
-    slide._set_contents([scene], associated)
+    slide.set_contents([scene], associated)
     return slide
 
 
