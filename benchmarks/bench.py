@@ -3,6 +3,7 @@
 
     python benchmarks/bench.py                      # everything, 3 processes per cell: ~20 min
     python benchmarks/bench.py --readers tilescope,openslide --workloads a,f --quick --repeats 1
+    python benchmarks/bench.py --baseline /tmp/base  # + tilescope_base: another checkout's src/
 
 Workloads (level 0 unless noted; regions drawn with fixed seeds, the same as the reference harness
 in shared/bench so numbers compare):
@@ -10,8 +11,14 @@ in shared/bench so numbers compare):
   b  100 random 1024x1024 regions        e  level 0 iterated in 512x512 tiles (a tile iterator where
   c  4096x4096 regions (3, mean per call)   the reader has one)
                                          f  open + metadata (size, levels, mpp) + close, x200
+                                         g  the same once, the first thing a fresh process does
 Every (reader, workload) runs in a fresh process after the file was read once (page cache warm),
---repeats times (default 3), and the median process is kept: this machine is shared and noisy.
+--repeats times (default 3), interleaved: every reader once, then every reader again (starting one
+further along each round), so a burst of another process's load hits all readers alike. Each cell
+reports its median and its minimum, and the run records the load average before and after each
+workload. The machine is shared and noisy: a ratio is refused (shown as "busy") when the minimal
+reader's 2-thread run is not at least 1.3x faster than its 1-thread run on (b) or (c), which says
+the second core was not free.
 The minimal reader (pread of exactly the tiles needed + imagecodecs decode into a reused page+16
 buffer + one copy; for d, decode at 1/2, 1/4 or 1/8 in the DCT domain with simplejpeg, then the same
 box resize) runs as cells like the others, on 1 and on 2 threads (minimal_1t, minimal_2t); it has
@@ -37,7 +44,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = {"a": "500 x 256² regions", "b": "100 x 1024² regions", "c": "4096² region",
-             "d": "thumbnail 1024", "e": "level 0 in 512² tiles", "f": "open + metadata + close"}
+             "d": "thumbnail 1024", "e": "level 0 in 512² tiles", "f": "open + metadata + close",
+             "g": "first open + metadata + close"}
+SECOND_CORE = 1.3  # the minimal reader's 1T/2T on (b), (c) below this: the second core was busy
 THUMB = 1024
 
 
@@ -314,8 +323,9 @@ class Fastslide(Reader):
         self.s.close()
 
 
-READERS = {"tilescope": Tilescope, "openslide": OpenSlide, "tiffslide": TiffSlide, "slideio": Slideio,
-           "large_image": LargeImage, "large_image_tiff": LargeImageTiff, "pyvips": Pyvips,
+READERS = {"tilescope": Tilescope, "tilescope_base": Tilescope, "openslide": OpenSlide,
+           "tiffslide": TiffSlide, "slideio": Slideio, "large_image": LargeImage,
+           "large_image_tiff": LargeImageTiff, "pyvips": Pyvips,
            "cucim": Cucim, "cucim_mt": CucimMT, "fastslide": Fastslide}
 
 
@@ -329,8 +339,8 @@ def run_cell(name: str, wl: str, path: str, quick: bool) -> dict:
     rd = READERS[name]()
     W, H = slide_dims(path)
     mpix = calls = 0
-    if wl == "f":
-        n = 40 if quick else 200
+    if wl in "fg":
+        n = 1 if wl == "g" else 40 if quick else 200
         c0, t0 = _cpu(), time.perf_counter()
         for _ in range(n):
             rd.open(path)
@@ -485,10 +495,27 @@ def _versions() -> dict:
     return out
 
 
+def _second_core(results: list[dict]) -> float | None:
+    """The minimal reader's best 1-thread over best 2-thread time on (b) and (c), the worse of the
+    two: below SECOND_CORE the second core was not free for this run."""
+    got = []
+    for wl in "bc":
+        one = [r for r in results if r["reader"] == "minimal_1t" and r["workload"] == wl and "error" not in r]
+        two = [r for r in results if r["reader"] == "minimal_2t" and r["workload"] == wl and "error" not in r]
+        if one and two:
+            got.append(one[0]["min_ms"] / two[0]["min_ms"])
+    return min(got) if got else None
+
+
 def table(results: list[dict]) -> str:
     readers = list(dict.fromkeys(r["reader"] for r in results))
-    lines = ["| workload | " + " | ".join(readers) + " | tilescope / best peer | tilescope / minimal 2T |",
-             "|---" * (len(readers) + 3) + "|"]
+    base = "tilescope_base" in readers
+    core = _second_core(results)
+    busy = core is not None and core < SECOND_CORE
+    heads = ["tilescope / best peer", "tilescope / minimal 2T", "cpu / minimal 1T cpu"] + \
+        (["tilescope_base / tilescope"] if base else [])
+    lines = ["| workload | " + " | ".join(readers) + " | " + " | ".join(heads) + " |",
+             "|---" * (len(readers) + len(heads) + 1) + "|"]
     for wl in WORKLOADS:
         cells = {r["reader"]: r for r in results if r["workload"] == wl}
         if not cells:
@@ -498,29 +525,66 @@ def table(results: list[dict]) -> str:
             if "error" in r:
                 return "error"
             speed = f"{r['mp_per_s']:.1f} MP/s, " if r.get("mp_per_s") else ""
-            return (f"{speed}{r['ms_per_call']:.3g} ms, {r['rss_mb']:.0f} MB, "
+            return (f"{speed}{r['ms_per_call']:.3g} ms (min {r['min_ms']:.3g}), {r['rss_mb']:.0f} MB, "
                     f"cpu/wall {r['cpu_s'] / r['wall_s']:.2f}")
         row = [cell(cells[n]) if n in cells else "" for n in readers]
         ok = {n: r for n, r in cells.items() if "error" not in r}
         ours = ok.get("tilescope")
-        peers = [r for n, r in ok.items() if n != "tilescope" and n not in MINIMAL]
-        vs_peer = vs_min = ""
-        if ours and peers:
-            best = min(peers, key=lambda r: r["ms_per_call"])
-            vs_peer = f"{best['ms_per_call'] / ours['ms_per_call']:.2f}x ({best['reader']})"
-        if ours and "minimal_2t" in ok:
-            vs_min = f"{ok['minimal_2t']['ms_per_call'] / ours['ms_per_call']:.2f}"
-        lines.append(f"| ({wl}) {WORKLOADS[wl]} | " + " | ".join(row) + f" | {vs_peer} | {vs_min} |")
-    return "\n".join(lines)
+        peers = [r for n, r in ok.items() if not n.startswith("tilescope") and n not in MINIMAL]
+        ratios = [""] * len(heads)
+        if ours and not busy:
+            if peers:
+                best = min(peers, key=lambda r: r["ms_per_call"])
+                ratios[0] = f"{best['ms_per_call'] / ours['ms_per_call']:.2f}x ({best['reader']})"
+            if "minimal_2t" in ok:
+                ratios[1] = f"{ok['minimal_2t']['ms_per_call'] / ours['ms_per_call']:.2f}"
+            if "minimal_1t" in ok:
+                m1 = ok["minimal_1t"]
+                ratios[2] = f"{ours['cpu_s'] / ours['calls'] / (m1['cpu_s'] / m1['calls']):.2f}"
+            if "tilescope_base" in ok:
+                ratios[3] = f"{ok['tilescope_base']['ms_per_call'] / ours['ms_per_call']:.2f}"
+        elif ours:
+            ratios = ["busy"] * len(heads)
+        lines.append(f"| ({wl}) {WORKLOADS[wl]} | " + " | ".join(row) + " | " + " | ".join(ratios) + " |")
+    note = "second core: unchecked (no minimal reader on b or c)" if core is None else \
+        f"second core: minimal 1T/2T = {core:.2f} on (b)/(c)" + \
+        (f", below {SECOND_CORE}: busy, ratios refused" if busy else "")
+    return "\n".join(lines) + f"\n\n{note}\n"
+
+
+def _cell(name: str, wl: str, a: argparse.Namespace) -> dict:
+    """One fresh process measuring (``name``, ``wl``); tilescope_base imports --baseline's src/."""
+    _warm(a.slide)
+    env = dict(os.environ)
+    if name == "tilescope_base":
+        env["PYTHONPATH"] = os.pathsep.join([os.path.join(a.baseline, "src"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, os.path.abspath(__file__), "--cell", name, wl, "--slide", a.slide]
+    p = subprocess.run(cmd + (["--quick"] if a.quick else []), capture_output=True, text=True, timeout=600,
+                       env=env)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode or not line:
+        return dict(reader=name, workload=wl, error=(p.stderr.strip().splitlines() or ["?"])[-1][:200])
+    return json.loads(line[-1][7:])
+
+
+def _summary(runs: list[dict]) -> dict:
+    """The median process of a cell's runs, with the minimum ms/call beside it."""
+    if any("error" in r for r in runs):
+        return next(r for r in runs if "error" in r)
+    r = dict(sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2])
+    r["min_ms"] = min(x["ms_per_call"] for x in runs)
+    r["runs_ms"] = [x["ms_per_call"] for x in runs]
+    return r
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slide", default=os.path.join(HERE, "data", "slide.svs"))
-    ap.add_argument("--readers", "--peers", default=",".join(READERS))
+    ap.add_argument("--readers", "--peers", default=",".join(r for r in READERS if r != "tilescope_base"))
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--quick", action="store_true", help="fewer regions (a, b) and opens (f)")
-    ap.add_argument("--repeats", type=int, default=3, help="processes per cell; the median is kept")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of processes: median and min per cell")
+    ap.add_argument("--baseline", help="a checkout of another tilescope commit: adds tilescope_base")
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
     ap.add_argument("--cell", nargs=2, metavar=("READER", "WORKLOAD"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -539,32 +603,37 @@ def main() -> int:
         synth.write_svs(a.slide, 40000, 30000, downsamples=(1, 4, 16, 64))
     out = a.out or os.path.join(HERE, "results", datetime.date.today().isoformat())
     os.makedirs(out, exist_ok=True)
-    results = []
+    readers = a.readers.split(",")
+    if a.baseline and "tilescope_base" not in readers:
+        readers.insert(readers.index("tilescope") + 1 if "tilescope" in readers else 0, "tilescope_base")
+    results, loads = [], {}
     for wl in a.workloads.split(","):
-        for name in a.readers.split(","):
-            if wl == "f" and name in MINIMAL:
-                continue
-            runs, err = [], None
-            for _ in range(a.repeats):
-                _warm(a.slide)
-                cmd = [sys.executable, os.path.abspath(__file__), "--cell", name, wl, "--slide", a.slide]
-                p = subprocess.run(cmd + (["--quick"] if a.quick else []), capture_output=True, text=True,
-                                   timeout=600)
-                line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-                if p.returncode or not line:
-                    err = (p.stderr.strip().splitlines() or ["?"])[-1][:200]
-                    break
-                runs.append(json.loads(line[-1][7:]))
-            r = dict(reader=name, workload=wl, error=err) if err else \
-                sorted(runs, key=lambda x: x["wall_s"])[len(runs) // 2]
+        names = [n for n in readers if not (wl in "fg" and n in MINIMAL)]
+        runs: dict[str, list[dict]] = {n: [] for n in names}
+        before = os.getloadavg()
+        for k in range(a.repeats):  # every reader once per round, each round starting one further on
+            for name in names[k % len(names):] + names[:k % len(names)]:
+                if not any("error" in r for r in runs[name]):
+                    runs[name].append(_cell(name, wl, a))
+        loads[wl] = (before, os.getloadavg())
+        print(f"{wl}: load average {before[0]:.2f} before, {loads[wl][1][0]:.2f} after", flush=True)
+        for name in names:
+            r = _summary(runs[name])
             results.append(r)
-            summary = f"ERROR {err}" if err else (
-                f"{r['mp_per_s'] or 0:8.1f} MP/s {r['ms_per_call']:9.3f} ms/call "
+            summary = f"ERROR {r['error']}" if "error" in r else (
+                f"{r['mp_per_s'] or 0:8.1f} MP/s {r['ms_per_call']:9.3f} ms/call (min {r['min_ms']:.3f}) "
                 f"cpu/wall {r['cpu_s'] / r['wall_s']:.2f} rss {r['rss_mb']:.0f} MB")
             print(f"{wl} {name:17s} {summary}", flush=True)
-    md = f"Slide: {a.slide} ({os.path.getsize(a.slide) / 2**20:.0f} MiB)\n\n{table(results)}\n"
+    load_md = ", ".join(f"({wl}) {b[0]:.2f} -> {e[0]:.2f}" for wl, (b, e) in loads.items())
+    md = (f"Slide: {a.slide} ({os.path.getsize(a.slide) / 2**20:.0f} MiB); {a.repeats} interleaved rounds; "
+          f"ms: median process (min); load average (1 min) per workload, before -> after: {load_md}\n\n"
+          f"{table(results)}")
+    versions = _versions()
+    if a.baseline:
+        versions["tilescope_base"] = subprocess.run(["git", "-C", a.baseline, "rev-parse", "--short", "HEAD"],
+                                                    capture_output=True, text=True).stdout.strip()
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(dict(versions=_versions(), results=results), f, indent=1)
+        json.dump(dict(versions=versions, loads=loads, results=results), f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)
     print(md)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 import tilescope
-from tilescope import TileCache
+from tilescope import TileCache, engine
 from tilescope.engine import resample
 from tools.synth import area_downsample
 
@@ -110,6 +111,60 @@ def test_threads_read_the_same_pixels(svs):
         got = list(pool.map(s.scenes[0].read, rects))  # a read that raises fails the test here
     for i, w in enumerate(want):
         np.testing.assert_array_equal(got[i], w)
+
+
+def test_large_reads_on_helper_threads_are_bit_identical(svs):
+    # reads of many tiles go to helper threads (the threading rule); pixels must not depend on it
+    with tilescope.open(svs, cache=TileCache(0), threads=1) as s:
+        want = [s.scenes[0].read(RECT), s.scenes[0].read(RECT, size=(700, 350))]
+    with tilescope.open(svs, cache=TileCache(0), threads=4) as s:
+        assert engine._threads_for(_tasks(s, RECT), 4) > 1
+        got = [s.scenes[0].read(RECT), s.scenes[0].read(RECT, size=(700, 350))]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def _tasks(slide, rect):
+    level = slide.scenes[0].levels[0]
+    plane = level.layout.planes[0, 0][0]
+    x, y, w, h = rect
+    return plane.tasks((x, y, x + w, y + h), (slice(None), slice(None)))[0]
+
+
+def test_threading_rule_keeps_small_reads_on_one_thread(svs):
+    with tilescope.open(svs) as s:
+        assert engine._threads_for(_tasks(s, (0, 0, 256, 256)), 8) == 1  # a few tiles: not worth a thread
+        many = _tasks(s, (0, 0, 2048, 2048))
+        assert engine._threads_for(many, 8) > 1
+        assert engine._threads_for(many, 1) == 1
+
+
+def test_a_decode_error_on_a_helper_thread_reaches_the_caller(svs, tmp_path):
+    bad = tmp_path / "bad.svs"
+    with open(svs, "rb") as f:
+        data = bytearray(f.read())
+    with tilescope.open(svs) as s:
+        pieces = s.scenes[0].levels[0].layout.planes[0, 0][0].pieces
+        for o in pieces.offsets[1::2]:  # every other level-0 tile loses its JPEG start marker
+            data[int(o):int(o) + 2] = b"\0\0"
+    bad.write_bytes(bytes(data))
+    with tilescope.open(bad, cache=TileCache(0), threads=4) as s, pytest.raises(tilescope.CorruptDataError):
+        s.scenes[0].read(RECT)
+
+
+def test_helpers_work_in_a_forked_child(svs):
+    # the parked helper threads do not exist in a child made by fork: it must start its own
+    with tilescope.open(svs, cache=TileCache(0), threads=4) as s:
+        want = s.scenes[0].read(RECT)
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_read_rect, (s.path,)).get(timeout=60)
+    np.testing.assert_array_equal(got, want)
+
+
+def _read_rect(path):
+    with tilescope.open(path, cache=TileCache(0), threads=4) as s:
+        return s.scenes[0].read(RECT)
 
 
 def test_cache_serves_repeated_reads(svs):

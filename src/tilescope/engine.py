@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from .cache import TileCache
 from .codecs import Codec
 from .errors import CorruptDataError, InvalidRequestError, SlideClosedError, TilescopeError, TooLargeError
 from .geometry import LEVEL_TOLERANCE, best_level
-from .pool import LazyPool
+from .pool import Helpers
 from .source import Pieces, Source
 
 _uid = itertools.count()
@@ -205,8 +206,8 @@ DEFAULT_CACHE = TileCache(64 << 20)
 _REDUCTIONS = (2, 4, 8, 16, 32)  # DCT scaling stops at 8; block means (mosaics) go on
 
 
-# the calling thread decodes one share itself, so cpu_count - 1 workers fill the cores
-_executor = LazyPool(max(1, (os.cpu_count() or 2) - 1), "tilescope")
+# the calling thread decodes one share itself, so cpu_count - 1 helpers fill the cores
+_helpers = Helpers(max(1, (os.cpu_count() or 2) - 1), "tilescope")
 
 
 class Reader:
@@ -263,6 +264,7 @@ class Reader:
             raise TooLargeError(
                 f"{self.path}: {pieces.label}: piece {index} is {dw}x{dh} pixels, above max_decode_pixels "
                 f"({self.options.max_decode_pixels}): refusing to decode it (a decompression bomb?)")
+        t0 = time.perf_counter()
         data = pieces.fetch(self._source_of(pieces, index), index)
         codec = plane.codec
         out = self.cache.buffer((th, tw, codec.samples), codec.dtype) if codec.writes_out else None
@@ -274,6 +276,9 @@ class Reader:
             raise CorruptDataError(
                 f"{self.path}: {pieces.label}: piece {index} ({plane.codec.name}, {len(data)} bytes) "
                 f"cannot be decoded: {e}") from e
+        cost = (time.perf_counter() - t0) / (dw * dh or 1)
+        old = _COST.get(codec.name)  # a running mean: one slow piece does not decide the next reads
+        _COST[codec.name] = cost if old is None else old + (cost - old) / 16
         if self.cache.put(key, a):
             return a, False
         if self.cache.capacity and a is not out:  # too large to share: this slide keeps the last one
@@ -328,6 +333,8 @@ class Reader:
                 self._paste(out, rect, *task, background)
 
         threads = self.options.threads if threads is None else threads
+        if threads > 1:
+            threads = _threads_for(tasks + ordered, threads)
         self._parallel(tasks, run, threads)
         if ordered:  # decode on the pool, then paste one by one so overlaps resolve in order
             pieces = {}
@@ -358,43 +365,40 @@ class Reader:
         plane), into ``out`` holding ``rect``."""
         x, y, w, h = rect
         a, own = self._piece(plane, index) if piece is None else piece
-        src_sel, dst_sel = sel
         if a is not None:
             a, own, x1, y1 = plane.landing(index, a, own, x0, y0, x1, y1)
-        ix0, iy0 = max(x, x0), max(y, y0)
-        ix1, iy1 = min(x + w, x1), min(y + h, y1)
+        ix0 = x if x > x0 else x0
+        iy0 = y if y > y0 else y0
+        ix1 = x + w if x + w < x1 else x1
+        iy1 = y + h if y + h < y1 else y1
         if ix1 <= ix0 or iy1 <= iy0:
             return
-        dst = out[iy0 - y:iy1 - y, ix0 - x:ix1 - x]
+        src_sel, dst_sel = sel
         if a is None:  # a sparse format's missing piece
-            dst[..., dst_sel] = background if np.ndim(background) == 0 else np.asarray(background)[dst_sel]
+            out[iy0 - y:iy1 - y, ix0 - x:ix1 - x, dst_sel] = \
+                background if np.ndim(background) == 0 else np.asarray(background)[dst_sel]
             return
         if a.shape[0] < iy1 - y0 or a.shape[1] < ix1 - x0:
             raise CorruptDataError(
                 f"{self.path}: {plane.pieces.label}: piece {index} decoded to {a.shape[1]}x{a.shape[0]} "
                 f"pixels, smaller than its {x1 - x0}x{y1 - y0} place in the image")
-        dst[..., dst_sel] = a[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0, src_sel]
+        if src_sel is _ALL and dst_sel is _ALL:  # the common case: plain slices copy fastest
+            out[iy0 - y:iy1 - y, ix0 - x:ix1 - x] = a[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+        else:
+            out[iy0 - y:iy1 - y, ix0 - x:ix1 - x, dst_sel] = a[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0, src_sel]
         if own:  # not cached: its buffer decodes the next piece
             self.cache.give_back(a)
 
     @staticmethod
     def _parallel(tasks: list, run: Callable[[Any], None], threads: int) -> None:
-        """``run(iterable_of_tasks)`` on ``threads`` threads (the caller and pool workers) sharing
+        """``run(iterable_of_tasks)`` on ``threads`` threads (the caller and idle helpers) sharing
         one iterator: a thread takes the next task when it is free, so tissue tiles (2-3x slower to
         decode than background) do not leave one thread idle at the end."""
         n = min(threads, len(tasks))
         if n <= 1:
             run(tasks)
-            return
-        it = iter(tasks)  # a list iterator's next() is atomic under the GIL
-        futures = [_executor().submit(run, it) for _ in range(n - 1)]
-        try:
-            run(it)
-        finally:
-            errors = [f.exception() for f in futures]
-        for e in errors:
-            if e is not None:
-                raise e
+        else:  # a list iterator's next() is atomic under the GIL
+            _helpers.run(run, iter(tasks), n)
 
     # -- any region at any output size ---------------------------------------------------------
     def read(self, levels: Sequence[tuple[float, float, Layout]], rect: Sequence[float],
@@ -480,11 +484,36 @@ def _overlap(rects: np.ndarray) -> bool:
     return bool(m.any())
 
 
+_ALL = slice(None)  # every sample / channel: _paste copies with plain slices
+
+# The threading rule. A read hands pieces to other threads only when each thread gets at least
+# _MIN_WORK of fetching and decoding: waking a parked thread costs ~70 µs here, and two threads
+# decoding at once each run ~1.5x slower than one alone, so below that a second thread adds more
+# CPU time than it saves wall time (256² JPEG tiles, 2 threads against 1: four tiles -5..+1 % wall
+# for +0..35 % CPU; eight -13..-29 % wall for +12..17 % CPU; sixteen -28..-34 % for +11..13 %).
+# The work is estimated from the pieces' pixels and each codec's measured seconds per pixel (a
+# running mean over the pieces it decoded; JPEG's until it has decoded one).
+_MIN_WORK = 1e-3
+_COST: dict[str, float] = {}  # codec name -> seconds per pixel to fetch and decode a piece
+_FIRST_COST = 4e-9  # 8-bit JPEG on one core here
+
+
+def _threads_for(tasks: list[Task], threads: int) -> int:
+    """How many of ``threads`` the pieces of ``tasks`` keep busy (see _MIN_WORK)."""
+    work, enough = 0.0, threads * _MIN_WORK
+    for plane, *_ in tasks:
+        tw, th = plane.tile
+        work += tw * th * _COST.get(plane.codec.name, _FIRST_COST)
+        if work >= enough:
+            break
+    return max(1, min(threads, len(tasks), int(work / _MIN_WORK)))
+
+
 def _selector(samples: list[int], ocs: list[int], nsamples: int, nout: int) -> Selection:
     """Index pair (source samples, output channels), as slices where they are contiguous runs."""
     def idx(v: list[int], n: int) -> list[int] | slice:
         if v == list(range(v[0], v[0] + len(v))):
-            return slice(v[0], v[0] + len(v)) if len(v) != n or v[0] != 0 else slice(None)
+            return slice(v[0], v[0] + len(v)) if len(v) != n or v[0] != 0 else _ALL
         return v
     return idx(samples, nsamples), idx(ocs, nout)
 

@@ -25,6 +25,8 @@ LEVEL_TOLERANCE = 0.005
 
 
 def _int(v: Any, what: str, where: str) -> int:
+    if type(v) is int:  # the common case first: the checks below cost a µs per value
+        return v
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
         raise InvalidRequestError(f"{where}: {what} must be a finite number, got {v!r}")
     if isinstance(v, numbers.Integral):
@@ -35,6 +37,8 @@ def _int(v: Any, what: str, where: str) -> int:
 
 
 def _real(v: Any, what: str, where: str) -> float:
+    if type(v) in (int, float) and math.isfinite(v):
+        return float(v)
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
         raise InvalidRequestError(f"{where}: {what} must be a finite number, got {v!r}")
     return float(v)
@@ -44,7 +48,7 @@ def normalize_rect(rect: RectLike, full: tuple[int, int], where: str, integral: 
     """(x, y, w, h) with w, h > 0, as ints (or floats unless ``integral``); ``None`` is all of ``full``."""
     if rect is None:
         return (0, 0, *full)
-    if not isinstance(rect, Sequence) or len(rect) != 4:
+    if not (type(rect) in (tuple, list) or isinstance(rect, Sequence)) or len(rect) != 4:
         raise InvalidRequestError(f"{where}: rect must be (x, y, w, h), got {rect!r}")
     conv = _int if integral else _real
     x, y, w, h = (conv(v, n, where) for v, n in zip(rect, ("x", "y", "width", "height"), strict=True))
@@ -72,6 +76,8 @@ def resolve_size(size: SizeLike, rect_wh: tuple[float, float], where: str) -> tu
 
 def plane_indices(v: PlaneIndex, count: int, what: str, where: str) -> tuple[list[int], bool]:
     """An index, or a (start, stop) range, as (indices, is_range)."""
+    if type(v) is int and 0 <= v < count:
+        return [v], False
     if isinstance(v, Sequence) and not isinstance(v, str):
         if len(v) != 2:
             raise InvalidRequestError(f"{where}: {what} range must be (start, stop), got {v!r}")

@@ -87,6 +87,7 @@ class Scene:
                  t_offsets: Sequence[float] | None = None):
         self._slide = slide
         self.name = name
+        self._location = f"{slide.path} [scene {name!r}]"
         self.channel_names = tuple(channel_names)
         # display colours as "#RRGGBB" where the format records them (fluorescence), else None
         self.channel_colors = tuple(channel_colors) if channel_colors else (None,) * len(self.channel_names)
@@ -120,10 +121,13 @@ class Scene:
                     native_magnification=mag / lv.scale[0] if mag else None) for lv in levels)
         self._units = _units.Geometry(self.location, self.size, self.mpp, mag,
                                       tuple(lv.scale for lv in self.levels))
+        # what every read hands the engine: (scale x, scale y, layout) per level
+        self._read_levels = [(lv.scale[0], lv.scale[1], lv.layout) for lv in self.levels]
 
     def _bind(self, slide: Slide) -> Scene:
         new = copy.copy(self)
         new._slide = slide
+        new._location = f"{slide.path} [scene {self.name!r}]"
         return new
 
     @property
@@ -142,7 +146,7 @@ class Scene:
     @property
     def location(self) -> str:
         """The slide's path and this scene's name, as error messages name them."""
-        return f"{self._slide.path} [scene {self.name!r}]"
+        return self._location
 
     def _reader(self) -> Reader:
         self._slide._check_open()
@@ -228,8 +232,8 @@ class Scene:
         chans = self.channel_indices(channels)
         planes, lead = self.planes(z, t)
         if all(c < self.image_channels for c in chans):
-            levels = [(lv.scale[0], lv.scale[1], lv.layout) for lv in self.levels]
-            out = reader.read(levels, box, out_size, chans, planes, self.dtype, self.background, threads)
+            out = reader.read(self._read_levels, box, out_size, chans, planes, self.dtype, self.background,
+                              threads)
         else:  # derived layers: the levels that hold every channel asked for
             levels = [(lv.scale[0], lv.scale[1], sel) for lv in self.levels
                       if (sel := lv.layout.select(chans)) is not None]
@@ -244,6 +248,8 @@ class Scene:
 
     def _output_scale(self, scale: ScaleLike, magnification: float | None,
                       mpp: float | tuple[float, float] | None, downsample: float | None) -> Scale | None:
+        if scale is None and magnification is None and mpp is None and downsample is None:
+            return None
         named = (("magnification", magnification), ("mpp", mpp), ("downsample", downsample))
         given: dict[str, Any] = {k: v for k, v in named if v is not None}
         if (scale is not None and given) or len(given) > 1:
