@@ -30,7 +30,7 @@ from .errors import (
     TooLargeError,
     UnsupportedFormatError,
 )
-from .model import Level, Scene, Slide
+from .model import Level, Scene, Slide, clone
 from .source import FileSource
 
 __version__ = "0.1.0"
@@ -56,6 +56,7 @@ __all__ = [
 
 #: Process-wide defaults for every ``open()``; each field can be overridden per slide.
 options = Options()
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
 
 # Parsed slides by file identity (device, inode, size, mtime) and forced driver, with the folder's
 # mtime for slides gathered from their folder (DICOM): data loaders re-open a slide for every
@@ -84,11 +85,12 @@ def _probe_driver(source: FileSource) -> formats.Probe:
 
 def _options(overrides: dict[str, Any]) -> Options:
     """The process defaults with this slide's ``overrides``; unknown names are an error."""
-    known = {f.name for f in dataclasses.fields(Options)}
-    unknown = set(overrides) - known
+    unknown = set(overrides) - _OPTION_NAMES
     if unknown:
-        raise InvalidRequestError(f"unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
-    return dataclasses.replace(options, **overrides)
+        raise InvalidRequestError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_OPTION_NAMES)}")
+    opts = clone(options)  # dataclasses.replace costs a re-open a third of its time
+    opts.__dict__.update(overrides)
+    return opts
 
 
 def _in_folder(source: str) -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -62,6 +61,17 @@ def make_levels(specs: Sequence[LevelSpec]) -> list[Level]:
         sx, sy = w0 / w, h0 / h
         levels.append(Level(i, (w, h), (sx + sy) / 2, tile, (sx, sy), layout))
     return levels
+
+
+_T = TypeVar("_T")
+
+
+def clone(obj: _T) -> _T:
+    """A shallow copy of a plain object (its ``__dict__``): what re-opening a parsed slide copies,
+    at a fifth of ``copy.copy``'s cost."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    return new
 
 
 def background_for(dtype: np.typing.DTypeLike, brightfield: bool) -> int | float:
@@ -125,7 +135,7 @@ class Scene:
         self._read_levels = [(lv.scale[0], lv.scale[1], lv.layout) for lv in self.levels]
 
     def _bind(self, slide: Slide) -> Scene:
-        new = copy.copy(self)
+        new = clone(self)
         new._slide = slide
         new._location = f"{slide.path} [scene {self.name!r}]"
         return new
@@ -465,7 +475,7 @@ class Slide:
     def _bind(self, source: Source | None, options: Options) -> Slide:
         """This parsed slide on another descriptor of the same file (re-opening skips parsing);
         ``None`` gives a detached copy that holds no file (what the parse cache keeps)."""
-        new = copy.copy(self)
+        new = clone(self)
         new._source = source if source is not None else Detached(self.path)
         new._reader = Reader(new._source, options)
         new.path = new._source.path
