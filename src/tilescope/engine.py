@@ -488,12 +488,14 @@ _ALL = slice(None)  # every sample / channel: _paste copies with plain slices
 
 # The threading rule. A read hands pieces to other threads only when each thread gets at least
 # _MIN_WORK of fetching and decoding: waking a parked thread costs ~70 µs here, and two threads
-# decoding at once each run ~1.5x slower than one alone, so below that a second thread adds more
-# CPU time than it saves wall time (256² JPEG tiles, 2 threads against 1: four tiles -5..+1 % wall
-# for +0..35 % CPU; eight -13..-29 % wall for +12..17 % CPU; sixteen -28..-34 % for +11..13 %).
-# The work is estimated from the pieces' pixels and each codec's measured seconds per pixel (a
-# running mean over the pieces it decoded; JPEG's until it has decoded one).
-_MIN_WORK = 1e-3
+# decoding at once each run ~1.5x slower than one alone, so a second thread on one or two tiles
+# adds more CPU time than it saves wall time. Measured in fresh processes on 256² JPEG tiles
+# (benchmarks/RESULTS.md, 2026-12-02): 500 random 256² reads (4 tiles each) on 2 threads -20..-30 %
+# wall for +20..25 % CPU; 1024² reads (16-25 tiles) -30..-35 % wall for +10..15 % CPU; a read of
+# one or two tiles slower on 2 threads than on 1. The work is estimated from the pieces' pixels
+# and each codec's measured seconds per pixel (a running mean over the pieces it decoded; 8-bit
+# JPEG's until it has decoded one).
+_MIN_WORK = 0.3e-3
 _COST: dict[str, float] = {}  # codec name -> seconds per pixel to fetch and decode a piece
 _FIRST_COST = 4e-9  # 8-bit JPEG on one core here
 
