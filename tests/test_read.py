@@ -162,6 +162,21 @@ def test_helpers_work_in_a_forked_child(svs):
     np.testing.assert_array_equal(got, want)
 
 
+def test_tile_prefetch_works_in_a_forked_child(svs):
+    with tilescope.open(svs) as s:
+        want = [t.array for t in s.scenes[0].tiles(512)]  # starts the prefetch pool here
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_iterate_tiles, (s.path,)).get(timeout=60)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def _iterate_tiles(path):
+    with tilescope.open(path) as s:
+        return [t.array for t in s.scenes[0].tiles(512)]
+
+
 def _read_rect(path):
     with tilescope.open(path, cache=TileCache(0), threads=4) as s:
         return s.scenes[0].read(RECT)

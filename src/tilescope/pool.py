@@ -11,10 +11,15 @@ from typing import Any
 
 
 class LazyPool:
-    """A process-wide thread pool, started on first use."""
+    """A process-wide thread pool, started on first use, and again in a forked child (whose copy
+    of the pool would count threads that do not exist there and never run a task)."""
 
     def __init__(self, workers: int, name: str):
         self._workers, self._name = workers, name
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
