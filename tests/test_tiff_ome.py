@@ -113,3 +113,21 @@ def test_ome_uint8_four_channels(ome8):
         ref = tf.series[0].asarray()  # (t, c, z, y, x) squeezed by tifffile
         ref = ref.reshape(4, 500, 700)
         np.testing.assert_array_equal(sc.read(), ref.transpose(1, 2, 0))
+
+
+@pytest.mark.parametrize("byteorder, bigtiff", [("<", False), (">", False), ("<", True)])
+def test_long_piece_tables_read_from_the_file_equal_tifffile(tmp_path, byteorder, bigtiff):
+    # > 256 tiles: tilescope reads the offset and byte-count tables from the file as arrays; they
+    # must equal tifffile's parse (LONG in both byte orders, LONG8 in BigTIFF) and so must the pixels
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, (600, 700), dtype=np.uint8)
+    path = tmp_path / "many.tif"
+    tifffile.imwrite(path, img, tile=(16, 16), byteorder=byteorder, bigtiff=bigtiff, compression="zlib")
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages.first
+        want_offsets, want_counts = list(page.dataoffsets), list(page.databytecounts)
+    assert len(want_offsets) > 256
+    with tilescope.open(path) as s:
+        pieces = s.scenes[0].levels[0].layout.planes[0, 0][0].pieces
+        assert list(pieces.offsets) == want_offsets and list(pieces.counts) == want_counts
+        np.testing.assert_array_equal(s.scenes[0].read()[..., 0], img)

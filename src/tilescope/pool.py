@@ -74,7 +74,6 @@ class Helpers:
 
     def __init__(self, limit: int, name: str):
         self._limit, self._name = limit, name
-        self._lock = threading.Lock()
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
 

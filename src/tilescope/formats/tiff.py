@@ -78,22 +78,27 @@ def piece_table(page: TiffPage, source: ByteSource) -> tuple[np.ndarray, np.ndar
     the file in one go: turning tifffile's tuples of Python ints into arrays costs ~0.4 ms per 20000
     pieces, most of what a first open spends outside tifffile; a table that does not match the
     tuple's ends (NDPI's 64-bit extensions of 32-bit tags, say) is converted from the tuple."""
-    tags = getattr(page, "tags", None)
+    tags = getattr(page, "tags", None)  # a TiffFrame has none: its tuples are all there is
     out = []
     for codes, values in (((324, 273), page.dataoffsets), ((325, 279), page.databytecounts)):
-        tag = next((t for c in codes if tags is not None and (t := tags.get(c)) is not None), None)
-        kind = _PIECE_TYPES.get(int(tag.dtype)) if tag is not None else None
-        a = None
-        if tag is not None and kind is not None and len(values) > 256 and tag.count == len(values):
-            try:
-                raw = source.pread(tag.valueoffset, tag.count * int(kind[1]))
-                a = np.frombuffer(raw, page.parent.byteorder + kind).astype(np.int64)
-            except TilescopeError:
-                a = None
-            if a is not None and (a[0] != values[0] or a[-1] != values[-1]):
-                a = None
-        out.append(a if a is not None else np.asarray(values, np.int64))
+        tag = next((tags[c] for c in codes if c in tags), None) if tags is not None else None
+        a = _table_from_file(tag, len(values), page.parent.byteorder, source) if tag is not None else None
+        if a is None or a[0] != values[0] or a[-1] != values[-1]:
+            a = np.asarray(values, np.int64)
+        out.append(a)
     return out[0], out[1]
+
+
+def _table_from_file(tag: Any, n: int, byteorder: str, source: ByteSource) -> np.ndarray | None:
+    """A long integer tag's values read from the file as int64, or None where that cannot be."""
+    kind = _PIECE_TYPES.get(int(tag.dtype))
+    if kind is None or n <= 256 or tag.count != n:
+        return None
+    try:
+        raw = source.pread(tag.valueoffset, n * int(kind[1]))
+    except TilescopeError:
+        return None
+    return np.frombuffer(raw, byteorder + kind).astype(np.int64)
 
 
 def _is_jfif(page: TiffPage, source: ByteSource) -> bool:
