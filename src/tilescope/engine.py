@@ -64,6 +64,17 @@ class Plane:
         pieces), whether it is still the caller's own buffer, and its place's right and bottom edges."""
         return a, own, x1, y1
 
+    def check(self, where: str) -> None:
+        """Make sure a driver's description is one the engine can read, once, at open: sizes as
+        positive ints, enough pieces for the plane, a codec with samples. Values come from the
+        file, so anything else is a CorruptDataError naming ``where`` and the plane."""
+        label = f"{where}: {self.pieces.label}"
+        self.size = check_size(self.size, f"{label}: image size")
+        self.tile = check_size(self.tile, f"{label}: piece size")
+        if not 1 <= self.codec.samples <= _MAX_SAMPLES:
+            raise CorruptDataError(f"{label}: {self.codec.samples} samples per pixel")
+        self.pieces.check(where)
+
     def reduced(self, k: int) -> Plane | None:
         """This plane decoded at 1/k per axis (the same pieces, with their own cache entries), or
         None where it cannot be."""
@@ -94,6 +105,15 @@ class GridPlane(Plane):
     def piece_shape(self, index: int) -> tuple[int, int, int, int]:
         return (*self.tile, *self.tile)
 
+    def check(self, where: str) -> None:
+        super().check(where)
+        nx, ny = self.grid
+        if len(self.pieces) < nx * ny:
+            (w, h), (tw, th) = self.size, self.tile
+            raise CorruptDataError(
+                f"{where}: {self.pieces.label}: {len(self.pieces)} pieces, but a {w}x{h} image in "
+                f"{tw}x{th} pieces needs {nx}x{ny} = {nx * ny}")
+
     def _reduce(self, k: int) -> Plane | None:
         """Where the codec decodes at 1/k (JPEG's DCT scaling) and the pieces divide evenly."""
         (w, h), (tw, th) = self.size, self.tile
@@ -123,6 +143,20 @@ class PlacedPlane(Plane):
         hit = np.flatnonzero((x0 < ix1) & (x1 > ix0) & (y0 < iy1) & (y1 > iy0))
         mine: list[Task] = [(self, int(i), int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i]), sel) for i in hit]
         return ([], mine) if _overlap(r[hit]) else (mine, [])
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        label, n = f"{where}: {self.pieces.label}", len(self.pieces)
+        for name, a, cols, low in (("rects", self.rects, 4, None), ("piece sizes", self.piece_sizes, 2, 1),
+                                   ("crops", self.crops, 2, 0)):
+            if a is None:
+                continue
+            if a.shape != (n, cols) or a.dtype.kind not in "iu":
+                raise CorruptDataError(f"{label}: {name} {a.shape} {a.dtype} do not match its {n} pieces")
+            if (np.abs(a) > _MAX_SIDE).any() or (low is not None and (a < low).any()):
+                raise CorruptDataError(f"{label}: {name} hold values outside {low}..{_MAX_SIDE}")
+        if n and (self.rects[:, 2:] < 1).any():
+            raise CorruptDataError(f"{label}: a piece has no width or height")
 
     def piece_shape(self, index: int) -> tuple[int, int, int, int]:
         tw, th = (int(v) for v in self.rects[index, 2:])
@@ -166,6 +200,17 @@ class Layout:
             planes[zt] = tuple(r for r in rs if r is not None)
         return Layout(planes, self.channel_map)
 
+    def check(self, where: str) -> None:
+        """See :meth:`Plane.check`; also that every channel names a stored plane and sample."""
+        for ps in self.planes.values():
+            for p in ps:
+                p.check(where)
+            for entry in self.channel_map:
+                if entry is not None and not (0 <= entry[0] < len(ps) and
+                                              0 <= entry[1] < ps[entry[0]].codec.samples):
+                    raise CorruptDataError(f"{where}: channel at plane {entry[0]}, sample {entry[1]} "
+                                           f"is not stored")
+
     def select(self, channels: list[int]) -> Layout | None:
         """A layout of just ``channels`` (in that order), or None if one is not stored at this
         level (``channel_map`` entry None: a derived layer kept at other levels only)."""
@@ -191,6 +236,7 @@ class Options:
     max_read_bytes: int = 2 << 30  # largest array one read may return
     # largest piece (tile, strip, a whole PNG/JPEG) decoded in one go: a decompression-bomb guard
     max_decode_pixels: int = 1 << 28
+    max_decode_bytes: int = 1 << 30  # the same piece's decoded bytes (all its samples)
     band_bytes: int = 64 << 20  # intermediate memory of a resampled read, per band
     threads: int = os.cpu_count() or 1  # threads one read's pieces are decoded on
     # reads at scale may decode JPEG at 1/2, 1/4 or 1/8 in the DCT domain (libjpeg's scaled IDCT,
@@ -260,13 +306,16 @@ class Reader:
         if pieces.missing_ok and pieces.is_missing(index):
             return None, False
         tw, th, dw, dh = plane.piece_shape(index)
-        if dw * dh > self.options.max_decode_pixels:  # before reading or decoding anything
+        codec = plane.codec
+        # before reading or decoding anything: a decompression bomb, or a forged piece size
+        if dw * dh > self.options.max_decode_pixels or \
+                max(tw * th, dw * dh) * codec.samples * codec.dtype.itemsize > self.options.max_decode_bytes:
             raise TooLargeError(
-                f"{self.path}: {pieces.label}: piece {index} is {dw}x{dh} pixels, above max_decode_pixels "
-                f"({self.options.max_decode_pixels}): refusing to decode it (a decompression bomb?)")
+                f"{self.path}: {pieces.label}: piece {index} is {dw}x{dh} pixels x {codec.samples} samples, "
+                f"above max_decode_pixels ({self.options.max_decode_pixels}) or max_decode_bytes "
+                f"({self.options.max_decode_bytes}): refusing to decode it (a decompression bomb?)")
         t0 = time.perf_counter()
         data = pieces.fetch(self._source_of(pieces, index), index)
-        codec = plane.codec
         out = self.cache.buffer((th, tw, codec.samples), codec.dtype) if codec.writes_out else None
         try:
             a = codec.decode(data, dh, dw, out)
@@ -485,6 +534,22 @@ def _overlap(rects: np.ndarray) -> bool:
 
 
 _ALL = slice(None)  # every sample / channel: _paste copies with plain slices
+_MAX_SIDE = 1 << 31  # image and piece sides, per axis (10^6 x 10^6 slides and more are fine)
+_MAX_SAMPLES = 1 << 16
+
+
+def check_size(v: Any, what: str) -> tuple[int, int]:
+    """(w, h) as positive Python ints; CorruptDataError for anything else (a tag stored as
+    bytes, a float, NaN, zero...)."""
+    try:
+        w, h = v
+        ok = all(isinstance(d, int | np.integer) and not isinstance(d, bool) and 1 <= d <= _MAX_SIDE
+                 for d in (w, h))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CorruptDataError(f"{what} {v!r} is not two whole numbers in 1..{_MAX_SIDE}")
+    return int(w), int(h)
 
 # The threading rule. A read hands pieces to other threads only when each thread gets at least
 # _MIN_WORK of fetching and decoding: waking a parked thread costs ~70 µs here, and two threads

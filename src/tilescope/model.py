@@ -12,8 +12,8 @@ import numpy as np
 from . import units as _units
 from .cache import TileCache
 from .color import ToSrgb
-from .engine import Layout, Options, Reader
-from .errors import InvalidRequestError, SlideClosedError
+from .engine import Layout, Options, Reader, check_size
+from .errors import CorruptDataError, InvalidRequestError, SlideClosedError, TooLargeError
 from .geometry import (
     LEVEL_TOLERANCE,
     Channels,
@@ -58,7 +58,10 @@ def make_levels(specs: Sequence[LevelSpec]) -> list[Level]:
     w0, h0 = specs[0][0]
     levels = []
     for i, ((w, h), tile, layout) in enumerate(specs):
-        sx, sy = w0 / w, h0 / h
+        try:
+            sx, sy = w0 / w, h0 / h
+        except (TypeError, ZeroDivisionError):  # sizes from a broken file: the Scene refuses them
+            sx = sy = math.nan
         levels.append(Level(i, (w, h), (sx + sy) / 2, tile, (sx, sy), layout))
     return levels
 
@@ -98,6 +101,7 @@ class Scene:
         self._slide = slide
         self.name = name
         self._location = f"{slide.path} [scene {name!r}]"
+        levels = _checked(levels, len(channel_names), self._location)
         self.channel_names = tuple(channel_names)
         # display colours as "#RRGGBB" where the format records them (fluorescence), else None
         self.channel_colors = tuple(channel_colors) if channel_colors else (None,) * len(self.channel_names)
@@ -388,6 +392,25 @@ class Scene:
         }
 
 
+def _checked(levels: list[Level], channels: int, where: str) -> list[Level]:
+    """The levels with sizes as positive ints and layouts the engine can read (checked once, at
+    open: every value came from the file); CorruptDataError naming ``where`` and the level."""
+    if not levels:
+        raise CorruptDataError(f"{where}: no levels")
+    out = []
+    for lv in levels:
+        size = check_size(lv.size, f"{where}: level {lv.index} size")
+        tile = check_size(lv.tile_size, f"{where}: level {lv.index} tile size")
+        if not all(math.isfinite(v) and v > 0 for v in lv.scale):
+            raise CorruptDataError(f"{where}: level {lv.index}: scale {lv.scale} to level 0")
+        lv.layout.check(where)
+        if len(lv.layout.channel_map) != channels:
+            raise CorruptDataError(f"{where}: level {lv.index} stores {len(lv.layout.channel_map)} channels, "
+                                   f"the scene {channels}")
+        out.append(replace(lv, size=size, tile_size=tile) if (size, tile) != (lv.size, lv.tile_size) else lv)
+    return out
+
+
 @dataclass(frozen=True)
 class AssociatedImage:
     """A label, macro or thumbnail image: one plane, read whole."""
@@ -409,8 +432,15 @@ class AssociatedImages(Mapping):
     def __getitem__(self, name: str) -> np.ndarray:
         im = self._images[name]
         self._slide._check_open()
+        broken = self._slide._broken.get(name)
+        if broken is not None:
+            raise broken
         w, h = im.size
         reader = self._slide._reader
+        nbytes = w * h * im.channels * im.dtype.itemsize
+        if nbytes > reader.options.max_read_bytes:
+            raise TooLargeError(f"{self._slide.path}: associated image {name!r} is {w}x{h} pixels "
+                                f"({nbytes / 2**20:.0f} MiB), above max_read_bytes")
         out = reader.read_level(im.layout, (0, 0, w, h), list(range(im.channels)), 0, 0, im.dtype, 0)
         if reader.options.srgb and im.channels == 3:
             self._slide._to_srgb(out, im.icc_profile)
@@ -454,6 +484,7 @@ class Slide:
         self._srgb = ToSrgb(self.path)  # ICC profile -> sRGB transforms, built on first use
         self.scenes: tuple[Scene, ...] = ()
         self._associated: dict[str, AssociatedImage] = {}
+        self._broken: dict[str, CorruptDataError] = {}
 
     def set_contents(self, scenes: Sequence[Scene], associated: dict[str, AssociatedImage],
                      canvas: tuple[int, int] | None = None) -> None:
@@ -461,6 +492,15 @@ class Slide:
         and the canvas the scenes sit on, if they share one."""
         self.scenes = tuple(scenes)
         self._associated = associated
+        # associated images whose description is broken: listed, their read raises this error
+        # (a damaged label does not stop the slide)
+        self._broken = {}
+        for name, im in associated.items():
+            try:
+                check_size(im.size, f"{self.path}: associated image {name!r} size")
+                im.layout.check(f"{self.path}: associated image {name!r}")
+            except CorruptDataError as e:
+                self._broken[name] = e
         self.canvas = canvas
 
     @property

@@ -62,7 +62,13 @@ class FileSource:
         with self._lock:
             self._inflight -= 1
 
+    def _outside(self, offset: int, count: int) -> CorruptDataError:
+        return CorruptDataError(f"{self.path}: file is truncated or a size in it is forged: wanted "
+                                f"{count} bytes at offset {offset}, file has {self.size} bytes")
+
     def pread(self, offset: int, count: int) -> bytes:
+        if offset < 0 or count < 0 or offset + count > self.size:  # before allocating ``count`` bytes
+            raise self._outside(offset, count)
         fd = self._acquire()
         try:
             data = os.pread(fd, count, offset)
@@ -70,10 +76,8 @@ class FileSource:
             raise CorruptDataError(f"{self.path}: cannot read {count} bytes at {offset}: {e}") from e
         finally:
             self._release()
-        if len(data) != count:
-            raise CorruptDataError(
-                f"{self.path}: file is truncated: wanted {count} bytes at offset {offset}, "
-                f"file has {self.size} bytes")
+        if len(data) != count:  # the file shrank since it was opened
+            raise self._outside(offset, count)
         return data
 
     def readinto(self, offset: int, buffer: Any) -> None:
@@ -93,8 +97,7 @@ class FileSource:
         finally:
             self._release()
         if done != len(view):
-            raise CorruptDataError(f"{self.path}: file is truncated: wanted {len(view)} bytes at offset "
-                                   f"{offset}, file has {self.size} bytes")
+            raise self._outside(offset, len(view))
 
     def head(self, n: int = 4096) -> bytes:
         """Up to ``n`` bytes from the start (fewer for a short file)."""
@@ -189,6 +192,10 @@ class Pieces(Protocol):
         """Start fetching ``indices`` (one read's uncached pieces, in decoding order)."""
         ...
 
+    def check(self, where: str) -> None:
+        """CorruptDataError (naming ``where``) if the table is inconsistent; run once, at open."""
+        ...
+
 
 class PieceList:
     """Defaults for :class:`Pieces`: every piece present, in the slide's own source, no prefetch."""
@@ -209,6 +216,9 @@ class PieceList:
         return None
 
     def prefetch(self, handle: Any, indices: list[int]) -> None:
+        pass
+
+    def check(self, where: str) -> None:
         pass
 
 
@@ -234,6 +244,14 @@ class ByteRanges(PieceList):
 
     def is_missing(self, index: int) -> bool:
         return self.counts[index] <= 0 or self.offsets[index] <= 0
+
+    def check(self, where: str) -> None:
+        if len(self.counts) != len(self.offsets) or self.offsets.ndim != 1 or self.counts.ndim != 1:
+            raise CorruptDataError(f"{where}: {self.label}: {len(self.offsets)} piece offsets but "
+                                   f"{len(self.counts)} byte counts")
+        if self.files is not None and len(self.files) != len(self.offsets):
+            raise CorruptDataError(f"{where}: {self.label}: {len(self.offsets)} pieces but "
+                                   f"{len(self.files)} files")
 
     def home(self, index: int) -> Home | None:
         path = self.files[index] if self.files is not None else self.file

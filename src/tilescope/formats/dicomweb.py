@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CorruptDataError, RemoteError, SourceNotFoundError, UnsupportedFormatError
+from ..errors import (
+    CorruptDataError,
+    RemoteError,
+    SourceNotFoundError,
+    TilescopeError,
+    UnsupportedFormatError,
+)
 from ..model import Slide
 from ..source import Home, PieceList
 from . import dicom
@@ -118,6 +124,9 @@ class _Client:
             except (requests.ConnectionError, requests.Timeout) as e:
                 if attempt == self.retries:
                     raise RemoteError(f"{self.url}: {what}: {type(e).__name__}: {e}") from None
+            except (ValueError, KeyError, TypeError, IndexError) as e:  # the client's parse of the answer
+                raise CorruptDataError(f"{self.url}: {what}: the server's answer is malformed: "
+                                       f"{type(e).__name__}: {e}") from None
             time.sleep(0.2 * 2 ** attempt)  # back off before retrying
         raise AssertionError("unreachable")
 
@@ -273,6 +282,15 @@ def open_url(url: str, options: Options, web: WebOptions) -> Slide:
     ``study``) the server lists. With ``whole_study``, the study's other series add the slide's
     instances stored there (same frame of reference and container) and its segmentations and
     parametric maps."""
+    try:
+        return _open_url(url, options, web)
+    except TilescopeError:
+        raise
+    except Exception as e:  # the metadata's content broke a parse (pydicom's, ours): ours, naming the URL
+        raise CorruptDataError(f"{url}: cannot read the DICOMweb metadata: {type(e).__name__}: {e}") from e
+
+
+def _open_url(url: str, options: Options, web: WebOptions) -> Slide:
     try:
         import dicomweb_client  # noqa: F401
         import pydicom  # noqa: F401

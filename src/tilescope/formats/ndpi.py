@@ -96,6 +96,8 @@ def _interval_starts(page: TiffPage, source: ByteSource, start: int, count: int,
     starts = np.asarray(page.dataoffsets, np.int64)
     if page.jpegheader is not None and len(starts) == n and starts[0] == start + scan:
         def at_marker(i: int) -> bool:
+            if not start + 2 <= starts[i] <= start + count:
+                return False
             m = source.pread(int(starts[i]) - 2, 2)
             return m[0] == 0xFF and 0xD0 <= m[1] <= 0xD7
         if all(at_marker(i) for i in (1, n // 2, n - 1) if 0 < i < n):

@@ -75,11 +75,11 @@ def open(probe: Probe, options: Options) -> Slide:
     slide = Slide(probe.source, NAME, options, raw_metadata=desc, vendor="aperio",
                   properties={"aperio": props, "tiff": tiff.tag_properties(p0)},
                   icc_profile=tiff.icc_profile(p0), comment=desc or None)
-    level_pages = [p for p in pages if p.is_tiled]
+    level_pages = [p for p in pages if tiff.is_tiled(p)]
     levels = make_levels([tiff.level_spec(p, probe, f"level {i}") for i, p in enumerate(level_pages)])
     associated = {}
     for i, page in enumerate(pages):
-        if page.is_tiled:
+        if tiff.is_tiled(page):
             continue
         name = _associated_name(i, page)
         if name and name not in associated:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import codecs
 from ..engine import GridPlane, Layout, Plane
-from ..errors import TilescopeError, UnsupportedFormatError
+from ..errors import CorruptDataError, TilescopeError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges
 
@@ -54,9 +54,14 @@ def page_planes(page: TiffPage, probe: Probe, label: str, missing_ok: bool = Fal
     where = f"{probe.path}: {label}"
     if kf.imagedepth > 1:
         raise UnsupportedFormatError(f"{where}: volumetric (ImageDepth > 1) TIFF tiles are not supported")
-    w, h = kf.imagewidth, kf.imagelength
-    tile = (kf.tilewidth, kf.tilelength) if kf.is_tiled else (w, min(kf.rowsperstrip or h, h))
-    spp = kf.samplesperpixel
+    w, h = _whole(kf.imagewidth, "ImageWidth", where), _whole(kf.imagelength, "ImageLength", where)
+    if not kf.is_tiled and is_tiled(page):
+        raise CorruptDataError(f"{where}: TileWidth x TileLength is {kf.tilewidth}x{kf.tilelength}")
+    if kf.is_tiled:
+        tile = (_whole(kf.tilewidth, "TileWidth", where), _whole(kf.tilelength, "TileLength", where))
+    else:
+        tile = (w, min(_whole(kf.rowsperstrip or h, "RowsPerStrip", where), h))
+    spp = _whole(kf.samplesperpixel, "SamplesPerPixel", where)
     separate = kf.planarconfig == 2 and spp > 1
     codec = codecs.from_tiff(
         kf.compression, dtype=dtype_of(page, where), samples=1 if separate else spp,
@@ -67,10 +72,32 @@ def page_planes(page: TiffPage, probe: Probe, label: str, missing_ok: bool = Fal
     offsets, counts = piece_table(page, probe.source)
     nplanes = spp if separate else 1
     n = len(offsets) // nplanes
+    kind = "Tile" if kf.is_tiled else "Strip"
+    if len(counts) != len(offsets):
+        raise CorruptDataError(f"{where}: {kind}Offsets has {len(offsets)} values, {kind}ByteCounts "
+                               f"{len(counts)}")
+    need = -(-w // tile[0]) * -(-h // tile[1])
+    if n < need:
+        raise CorruptDataError(f"{where}: {kind}Offsets has {len(offsets)} values; a {w}x{h} image in "
+                               f"{tile[0]}x{tile[1]} {kind.lower()}s needs {need * nplanes}")
     return tuple(
         GridPlane(ByteRanges(offsets[i * n:(i + 1) * n], counts[i * n:(i + 1) * n], label, missing_ok),
               codec, (w, h), tile)
         for i in range(nplanes))
+
+
+def is_tiled(page: TiffPage) -> bool:
+    """Whether the page has tile tags (tifffile reads a page whose tile size is broken as
+    stripped: the tags say what the writer meant)."""
+    tags = getattr(page, "tags", None)
+    return page.is_tiled or (tags is not None and (322 in tags or 323 in tags))
+
+
+def _whole(v: Any, tag: str, where: str) -> int:
+    """A structural tag's value as a positive int; CorruptDataError naming the tag otherwise."""
+    if isinstance(v, int | np.integer) and not isinstance(v, bool) and 0 < v < 1 << 32:
+        return int(v)
+    raise CorruptDataError(f"{where}: {tag} is {v!r}, not a positive whole number")
 
 
 def piece_table(page: TiffPage, source: ByteSource) -> tuple[np.ndarray, np.ndarray]:

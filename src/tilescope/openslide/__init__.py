@@ -172,6 +172,8 @@ def _rgb8(a: np.ndarray) -> np.ndarray:
         return a
     if a.dtype == np.uint16:
         return (a >> 8).astype(np.uint8)
+    if a.dtype == np.bool_:  # 1-bit images
+        return a.astype(np.uint8) * np.uint8(255)
     if np.issubdtype(a.dtype, np.floating):
         return np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
     info = np.iinfo(a.dtype)

@@ -26,6 +26,9 @@ PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
 DERIVED = (*SEGMENTATIONS, PM_SOP_CLASS)
 MALFORMED = (AttributeError, KeyError, IndexError, TypeError, ValueError)  # what missing attributes raise
 PIXELS = ((0x7FE00010, None), (0x7FE00008, np.float32), (0x7FE00009, np.float64))  # element, float type
+_MAX_SIDE = 1 << 31
+MAX_FRAMES = 1 << 24  # 16.7 M frames: a 10^6 x 10^6 pixel level in 256² tiles has 15 M
+MAX_FOCAL_PLANES = 1 << 12
 _JPEG = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
 _J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
         "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
@@ -72,8 +75,17 @@ class Instance:
         self.size = (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
                      int(ds.get("TotalPixelMatrixRows", ds.Rows)))
         self.tile = (int(ds.Columns), int(ds.Rows))
-        self.grid = (-(-self.size[0] // self.tile[0]), -(-self.size[1] // self.tile[1]))  # tile columns, rows
         self.frames = int(ds.get("NumberOfFrames", 1))
+        focal = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
+        # values every list and array of frames is sized by, checked before any is built
+        for name, v, top in (("TotalPixelMatrixColumns", self.size[0], _MAX_SIDE),
+                             ("TotalPixelMatrixRows", self.size[1], _MAX_SIDE),
+                             ("Columns", self.tile[0], 1 << 16),
+                             ("Rows", self.tile[1], 1 << 16), ("NumberOfFrames", self.frames, MAX_FRAMES),
+                             ("TotalPixelMatrixFocalPlanes", focal, MAX_FOCAL_PLANES)):
+            if not 1 <= v <= top:
+                raise CorruptDataError(f"{self.path}: {name} is {v}, outside 1..{top}")
+        self.grid = (-(-self.size[0] // self.tile[0]), -(-self.size[1] // self.tile[1]))  # tile columns, rows
         self.syntax = syntax or str(ds.file_meta.TransferSyntaxUID)
         self.sop_class = str(ds.get("SOPClassUID", ""))
         self.pixel_tag, float_type = next(((t, f) for t, f in PIXELS if t in ds), PIXELS[0])

@@ -1,0 +1,108 @@
+"""Coverage-guided fuzzing of one container family with atheris (libFuzzer). Each input is
+written to a file in /dev/shm and run through the invariant (fuzz.check.exercise); an untyped
+exception, a crash, a timeout (-timeout) or an RSS blow-up (-rss_limit_mb) is a finding,
+saved by libFuzzer as crash-*/timeout-*/oom-* in the working directory.
+
+    python -m fuzz.harness FAMILY CORPUS_DIR [libFuzzer flags: -max_total_time=60 -timeout=10 ...]
+
+The seed corpus (fuzz.seeds) is copied into CORPUS_DIR on first use; findings fixed since are
+kept in fuzz/regressions/FAMILY/ and replayed by the tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import atheris
+
+with atheris.instrument_imports(include=["tilescope", "tifffile", "pydicom", "dicomweb_client"]):
+    import tifffile  # noqa: F401
+
+    import tilescope  # noqa: F401  (instrumented here so coverage guides the fuzzer)
+
+from . import check, seeds
+
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+EXTENSIONS = {"tiff": ".tif", "czi": ".czi", "dicom": ".dcm", "afi": ".afi", "pillow": ".img"}
+SPLIT = b"\n--tilescope-fuzz-frames--\n"  # a DICOMweb input: metadata JSON, SPLIT, multipart frames
+
+
+class _Server(BaseHTTPRequestHandler):
+    """A DICOMweb server answering every metadata request with the input's JSON and every frame
+    request with its multipart body, as-is (malformed, truncated, oversized: whatever came)."""
+
+    body: tuple[bytes, bytes] = (b"[]", b"")
+
+    def do_GET(self) -> None:
+        meta, frames = _Server.body
+        if "/frames/" in self.path:
+            data, ctype = frames, 'multipart/related; type="application/octet-stream"; boundary=BOUND'
+        else:
+            data, ctype = meta, "application/dicom+json"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def dicomweb_input(meta: bytes, frames: bytes) -> bytes:
+    return meta + SPLIT + frames
+
+
+def dicomweb_target() -> tuple[str, callable]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"dicomweb+http://127.0.0.1:{server.server_address[1]}/dicom-web"
+
+    def run(data: bytes) -> None:
+        meta, _, frames = data.partition(SPLIT)
+        _Server.body = (meta, frames)
+        check.exercise_url(url, study="1.2.3", series="4.5.6")
+    return url, run
+
+
+def main() -> None:
+    family, corpus = sys.argv[1], sys.argv[2]
+    if family not in seeds.FAMILIES:
+        sys.exit(f"family must be one of {', '.join(seeds.FAMILIES)}")
+    if not os.path.isdir(corpus) or not os.listdir(corpus):
+        os.makedirs(corpus, exist_ok=True)
+        made = seeds.make(family, os.path.join(tempfile.gettempdir(), "tilescope-seeds"))
+        if family == "dicomweb":
+            with open(made["metadata.json"], "rb") as m, open(made["frames.multipart"], "rb") as f, \
+                    open(os.path.join(corpus, "seed"), "wb") as out:
+                out.write(dicomweb_input(m.read(), f.read()))
+        else:
+            for name, path in made.items():
+                shutil.copy(path, os.path.join(corpus, name.replace("/", "_")))
+    if family == "dicomweb":
+        _, run = dicomweb_target()
+    else:
+        # AFI inputs sit next to the channel files they name; others alone in a folder of their own
+        folder = os.path.join(tempfile.gettempdir(), "tilescope-seeds", "afi") if family == "afi" else \
+            tempfile.mkdtemp(prefix=f"tilescope-fuzz-{family}-", dir="/dev/shm")
+        if family == "afi":
+            seeds.make("afi", os.path.dirname(folder))
+        target = os.path.join(folder, f"fuzzed{os.getpid()}{EXTENSIONS[family]}")
+
+        def run(data: bytes) -> None:
+            with open(target, "wb") as f:
+                f.write(data)
+            check.exercise(target)
+
+    atheris.Setup([sys.argv[0], corpus, *sys.argv[3:]], run)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
