@@ -20,8 +20,12 @@ demo: $(BIN)/.installed
 	$(BIN)/tilescope region demo/sample.svs demo/overview.png --rect 0,0,8000,6000 --size 2000,0
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check src tests tools benchmarks
+	$(BIN)/ruff check src tests tools benchmarks fuzz
 	$(BIN)/mypy src/tilescope
 	$(BIN)/python -m pytest -q
 
-.PHONY: demo test
+# every fuzzer for SECONDS_EACH (20) seconds; fails on any finding (CI runs it after make test)
+fuzz-smoke: $(BIN)/.installed
+	PY=$(BIN)/python fuzz/smoke.sh
+
+.PHONY: demo test fuzz-smoke

@@ -90,9 +90,9 @@ def _regressions():
 def test_fuzzer_findings_stay_fixed(tmp_path, family, name):
     src = os.path.join(REGRESSIONS, family, name)
     if family == "dicomweb":
-        from fuzz import harness
+        from fuzz import webserver
 
-        _, run = harness.dicomweb_target()
+        _, run = webserver.dicomweb_target()
         with open(src, "rb") as f:
             run(f.read())
         return

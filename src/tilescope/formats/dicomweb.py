@@ -33,6 +33,7 @@ from ..errors import (
     RemoteError,
     SourceNotFoundError,
     TilescopeError,
+    TooLargeError,
     UnsupportedFormatError,
 )
 from ..model import Slide
@@ -57,9 +58,9 @@ SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 class WebOptions:
     """What ``tilescope.open(url, ...)`` takes for a DICOMweb slide: which one (``study``,
     ``series``; default the first slide-microscopy series listed), how to reach the server
-    (``headers``, ``verify``, ``timeout`` s, ``retries``), how frames are asked for (``batch``
-    frames per request, ``connections`` in flight) and whether the study's other series add the
-    slide's instances and derived layers (``whole_study``)."""
+    (``headers``, ``verify``, ``timeout`` s, ``retries``, ``max_response_bytes``), how frames are
+    asked for (``batch`` frames per request, ``connections`` in flight) and whether the study's
+    other series add the slide's instances and derived layers (``whole_study``)."""
 
     study: str | None = None
     series: str | None = None
@@ -70,6 +71,7 @@ class WebOptions:
     batch: int = 256
     connections: int = 4
     whole_study: bool = True
+    max_response_bytes: int = 1 << 30  # a larger answer (or one still coming after ``timeout``) is refused
 
 
 URL_OPTIONS = WebOptions
@@ -97,13 +99,15 @@ class UrlSource:
 class _Client:
     """A DICOMweb client with the request options, and errors turned into ours."""
 
-    def __init__(self, url: str, headers: dict | None, verify: bool | str, timeout: float, retries: int):
+    def __init__(self, url: str, headers: dict | None, verify: bool | str, timeout: float, retries: int,
+                 max_bytes: int):
         import requests
         from dicomweb_client.api import DICOMwebClient
 
-        self.url, self.timeout, self.retries = url, timeout, retries
+        self.url, self.timeout, self.retries, self.max_bytes = url, timeout, retries, max_bytes
         self.session = requests.Session()  # ours: the client takes it and sets its headers on it
         self.session.verify = verify
+        self.session.hooks["response"].append(self._read_body)
         self.session.request = functools.partial(  # type: ignore[method-assign]
             self.session.request, timeout=timeout)
         self.api = DICOMwebClient(url, session=self.session, headers=headers or None)
@@ -124,11 +128,38 @@ class _Client:
             except (requests.ConnectionError, requests.Timeout) as e:
                 if attempt == self.retries:
                     raise RemoteError(f"{self.url}: {what}: {type(e).__name__}: {e}") from None
+            except TilescopeError:  # the body's own checks (_read_body)
+                raise
             except (ValueError, KeyError, TypeError, IndexError) as e:  # the client's parse of the answer
                 raise CorruptDataError(f"{self.url}: {what}: the server's answer is malformed: "
                                        f"{type(e).__name__}: {e}") from None
             time.sleep(0.2 * 2 ** attempt)  # back off before retrying
         raise AssertionError("unreachable")
+
+    def _read_body(self, r: Any, *args: Any, **kw: Any) -> Any:
+        """Read an answer's body here, at most ``max_bytes`` and within ``timeout`` in all:
+        requests alone reads any size, and a server that drips bytes never trips its per-read
+        timeout. (A response hook runs before requests reads the body; the body read here is
+        handed on as requests' own would be, in its ``_content``.)"""
+        length = r.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            r.close()
+            raise TooLargeError(f"{self.url}: an answer of {length} bytes is above max_response_bytes "
+                                f"({self.max_bytes})")
+        deadline, parts, size = time.monotonic() + self.timeout, [], 0
+        # read1: what has arrived, not a fixed amount (which waits for a dripping server's all)
+        while chunk := r.raw.read1(1 << 16, decode_content=True):
+            size += len(chunk)
+            if size > self.max_bytes:
+                r.close()
+                raise TooLargeError(f"{self.url}: an answer of more than max_response_bytes "
+                                    f"({self.max_bytes})")
+            if time.monotonic() > deadline:
+                r.close()
+                raise RemoteError(f"{self.url}: an answer still arriving after the {self.timeout} s timeout")
+            parts.append(chunk)
+        r._content, r._content_consumed = b"".join(parts), True
+        return r
 
     def close(self) -> None:
         self.session.close()
@@ -299,7 +330,7 @@ def _open_url(url: str, options: Options, web: WebOptions) -> Slide:
             from None
     study, series = web.study, web.series
     base = url[len(SCHEME):] if url.startswith(SCHEME) else url
-    args = (web.headers, web.verify, web.timeout, web.retries)
+    args = (web.headers, web.verify, web.timeout, web.retries, web.max_response_bytes)
     fetching = (args, web.batch, web.connections)
     client = _Client(base, *args)
     try:
@@ -454,7 +485,7 @@ def find_slides(url: str, options: Options, web: WebOptions, *, study_instance_u
     search on study, patient and study ID; the container identifier is checked in each series'
     metadata, which QIDO-RS does not search)."""
     base = url[len(SCHEME):] if url.startswith(SCHEME) else url
-    client = _Client(base, web.headers, web.verify, web.timeout, web.retries)
+    client = _Client(base, web.headers, web.verify, web.timeout, web.retries, web.max_response_bytes)
     filters = {"Modality": "SM"}
     if patient_id:
         filters["PatientID"] = patient_id

@@ -7,13 +7,14 @@ imagecodecs decodes is read.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 
 from .. import codecs
 from ..engine import GridPlane, Layout, Plane
-from ..errors import CorruptDataError, TilescopeError, UnsupportedFormatError
+from ..errors import CorruptDataError, TilescopeError, TooLargeError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges
 
@@ -230,8 +231,36 @@ def icc_profile(page: TiffPage) -> bytes | None:
 
 
 def pages(tf: TiffFile) -> list[TiffPage]:
-    """The file's pages (tifffile yields TiffFrames only when asked to, which we never do)."""
-    return cast("list[TiffPage]", list(tf.pages))
+    """The file's pages (tifffile yields TiffFrames only when asked to, which we never do);
+    TooLargeError for a chain of more than MAX_PAGES IFDs, counted before tifffile parses one."""
+    # by index up to the count: tifffile's own iteration runs forever on some loops
+    return cast("list[TiffPage]", [tf.pages[i] for i in range(_count_pages(tf))])
+
+
+MAX_PAGES = 1 << 16  # pages a slide's TIFF may list (ScanImage stacks, walked by their driver, may hold more)
+
+
+def _count_pages(tf: TiffFile) -> int:
+    """Walk the IFD chain reading only each IFD's entry count and next link (~1 µs an IFD here,
+    where tifffile parses each page in ~50 µs): a forged chain of 10^6 IFDs is refused at once.
+    A loop or a broken link ends the walk."""
+    fmt, fh = tf.tiff, tf.filehandle
+    offset, seen = tf.pages.first.offset, set[int]()
+    while offset and offset not in seen:
+        if len(seen) == MAX_PAGES:
+            raise TooLargeError(f"{fh.path}: more than {MAX_PAGES} TIFF pages (IFDs): refusing to list them")
+        fh.seek(offset)
+        raw = fh.read(fmt.tagnosize)
+        if len(raw) != fmt.tagnosize:
+            break
+        seen.add(offset)
+        (n,) = struct.unpack(fmt.tagnoformat, raw)
+        fh.seek(offset + fmt.tagnosize + n * fmt.tagsize)
+        raw = fh.read(fmt.offsetsize)
+        if len(raw) != fmt.offsetsize:
+            break
+        (offset,) = struct.unpack(fmt.offsetformat, raw)
+    return len(seen)
 
 
 def pyramid_pages(tf: TiffFile) -> list[TiffPage]:

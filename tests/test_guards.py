@@ -1,0 +1,258 @@
+"""Resource guards: handles and memory stay flat over many opens and reads; forged sizes, tables,
+IFD chains and bombs are refused fast and before allocating; 16 threads read what one does; a
+misbehaving DICOMweb server gives a typed error in bounded time and memory."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import tifffile
+
+import tilescope
+from fuzz import corpus, seeds
+
+
+@pytest.fixture(scope="module")
+def seed_files(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("seeds"))
+    return {f: seeds.make(f, root) for f in ("tiff", "czi", "dicom", "dicomweb")}
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_handles_flat_over_5000_cycles_and_2000_failed_opens(seed_files, tmp_path):
+    svs = seed_files["tiff"]["svs.svs"]
+    before = _fds()
+    for i in range(5000):
+        with tilescope.open(svs) as s:
+            s.scenes[0].read((i % 500, i % 400, 64, 64))
+    assert _fds() == before
+    bad = tmp_path / "bad.svs"
+    shutil.copy(svs, bad)
+    corpus._tag(0, "TileWidth", None, 0)(str(bad))
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"II*\x00" + b"\xff" * 100)
+    for i in range(2000):
+        with pytest.raises(tilescope.CorruptDataError):
+            tilescope.open(bad if i % 2 else junk)
+    assert _fds() == before
+
+
+def test_rss_flat_over_10000_reads_with_the_cache_capped(seed_files):
+    rng = np.random.default_rng(0)
+    with tilescope.open(seed_files["tiff"]["svs.svs"], cache=tilescope.TileCache(400_000)) as s:  # two tiles: reads decode
+        sc = s.scenes[0]
+        for x, y in rng.integers(0, 340, (1000, 2)):
+            sc.read((int(x), int(y), 256, 256))
+        start = _rss_mb()
+        for x, y in rng.integers(0, 340, (9000, 2)):
+            sc.read((int(x), int(y), 256, 256))
+        assert _rss_mb() - start < 16
+
+
+def _quick(fn, error, match=None):
+    """``fn`` raises ``error`` in under a second, with the process's peak RSS nearly unchanged."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    with pytest.raises(error, match=match):
+        fn()
+    assert time.monotonic() - start < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100 << 10  # KiB
+
+
+def _damaged(seed_files, tmp_path, damage, name="svs.svs"):
+    p = str(tmp_path / name)
+    shutil.copy(seed_files["tiff"][name], p)
+    damage(p)
+    return p
+
+
+def test_a_claimed_billion_by_billion_image_is_refused(seed_files, tmp_path):
+    def both(p):
+        corpus._tag(0, "ImageWidth", None, 10**9)(p)
+        corpus._tag(0, "ImageLength", None, 10**9)(p)
+    p = _damaged(seed_files, tmp_path, both)
+    _quick(lambda: tilescope.open(p), tilescope.CorruptDataError, r"svs\.svs.*TileOffsets has 6 values")
+
+
+def test_a_2_31_entry_tile_table_is_refused(seed_files, tmp_path):
+    p = _damaged(seed_files, tmp_path, corpus._entry_count(0, "TileOffsets", 1 << 31))
+    _quick(lambda: tilescope.open(p), tilescope.CorruptDataError, r"svs\.svs")
+
+
+def _chain(path, n, loop_to=None):
+    """A one-page TIFF followed by ``n`` empty IFDs, the last linking to IFD ``loop_to`` (or none)."""
+    tifffile.imwrite(path, np.zeros((64, 64), np.uint8), tile=(16, 16))
+    with tifffile.TiffFile(path) as tf:
+        p = tf.pages[0]
+        link = p.offset + 2 + len(p.tags) * 12
+    b = bytearray(open(path, "rb").read())
+    b += b"\0" * (len(b) % 2)
+    start = len(b)
+    nxt = np.arange(1, n + 1, dtype="<u4") * 6 + start
+    nxt[-1] = 0 if loop_to is None else start + 6 * loop_to
+    ifds = np.zeros(n, [("count", "<u2"), ("next", "<u4")])
+    ifds["next"] = nxt
+    b[link:link + 4] = struct.pack("<I", start)
+    with open(path, "wb") as f:
+        f.write(bytes(b) + ifds.tobytes())
+
+
+def test_an_ifd_chain_of_a_million_pages_is_refused(tmp_path):
+    p = str(tmp_path / "chain.tif")
+    _chain(p, 10**6)
+    _quick(lambda: tilescope.open(p), tilescope.TooLargeError, r"chain\.tif: more than 65536 TIFF pages")
+
+
+@pytest.mark.parametrize("loop_to", [0, 500])
+def test_a_looping_ifd_chain_opens_at_once(tmp_path, loop_to):
+    p = str(tmp_path / "loop.tif")
+    _chain(p, 1000, loop_to)
+    start = time.monotonic()
+    with tilescope.open(p) as s:
+        assert s.scenes[0].size == (64, 64)
+        s.scenes[0].read()
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_zip_bomb_tile_is_refused_before_decoding(tmp_path):
+    """One zlib tile that claims 65536² pixels (4 GiB decoded from a few KiB)."""
+    p = str(tmp_path / "bomb.tif")
+    tifffile.imwrite(p, np.zeros((256, 256), np.uint8), tile=(256, 256), compression="zlib")
+    for tag in ("ImageWidth", "ImageLength", "TileWidth", "TileLength"):
+        corpus._tag(0, tag, None, 65536)(p)
+    with tilescope.open(p) as s:
+        _quick(lambda: s.scenes[0].read((0, 0, 16, 16)), tilescope.TooLargeError, r"bomb\.tif.*max_decode_pixels")
+
+
+def _regions(size, n=400, seed=3):
+    rng = np.random.default_rng(seed)
+    w, h = size
+    return [(int(x), int(y), int(rng.integers(1, 300)), int(rng.integers(1, 300)))
+            for x, y in zip(rng.integers(-50, w, n), rng.integers(-50, h, n), strict=True)]
+
+
+@pytest.mark.parametrize("cache", ["off", "shared", "tiny"])
+@pytest.mark.parametrize("kind", ["svs", "czi mosaic", "dicom"])
+def test_16_threads_read_what_one_reads(seed_files, kind, cache):
+    path = {"svs": seed_files["tiff"]["svs.svs"], "czi mosaic": seed_files["czi"]["mosaic.czi"],
+            "dicom": os.path.dirname(next(iter(seed_files["dicom"].values())))}[kind]
+    caches = {"off": tilescope.TileCache(0), "shared": None, "tiny": tilescope.TileCache(200_000)}
+    with tilescope.open(path, threads=1, cache=tilescope.TileCache(0)) as serial_slide:
+        sc = serial_slide.scenes[0]
+        regions = _regions(sc.size)
+        want = [sc.read(r) for r in regions]
+    with tilescope.open(path) as s:
+        if caches[cache] is not None:
+            s.set_cache(caches[cache])
+        sc = s.scenes[0]
+        with ThreadPoolExecutor(16) as ex:
+            got = list(ex.map(sc.read, regions))
+    for r, a, b in zip(regions, want, got, strict=True):
+        assert np.array_equal(a, b), r
+
+
+class _Hostile(BaseHTTPRequestHandler):
+    """Serves the DICOMweb seed's metadata, and frames as ``mode`` says: slow, truncated, with
+    a wrong content type, or 10 GB long."""
+
+    meta = b"[]"
+    frames = b""
+    mode = "ok"
+
+    def do_GET(self):  # noqa: N802
+        if "/frames/" not in self.path:
+            return self._send(self.meta, "application/dicom+json")
+        mode = _Hostile.mode
+        if mode == "slow":  # a byte every 0.2 s: each read is quick, the whole answer is not
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/related; type="application/octet-stream"; boundary=BOUND')
+            self.send_header("Content-Length", str(len(self.frames)))
+            self.end_headers()
+            for i in range(len(self.frames)):
+                self.wfile.write(self.frames[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.2)
+        elif mode == "truncated":
+            self._send(self.frames[: len(self.frames) // 10], 'multipart/related; type="application/octet-stream"; boundary=BOUND')
+        elif mode == "content type":
+            self._send(self.frames, "text/html")
+        elif mode == "10 GB":
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/related; type="application/octet-stream"; boundary=BOUND')
+            self.end_headers()  # no length: chunks until the client stops reading
+            chunk = b"\0" * (1 << 20)
+            try:
+                for _ in range(10 * 1024):
+                    self.wfile.write(chunk)
+            except OSError:
+                pass
+        else:
+            self._send(self.frames, 'multipart/related; type="application/octet-stream"; boundary=BOUND')
+
+    def _send(self, data, ctype):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def hostile(seed_files):
+    files = seed_files["dicomweb"]
+    _Hostile.meta = open(files["metadata.json"], "rb").read()
+    _Hostile.frames = open(files["frames.multipart"], "rb").read()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"dicomweb+http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    server.shutdown()
+
+
+@pytest.mark.parametrize(("mode", "error", "match"), [
+    ("slow", tilescope.RemoteError, "still arriving after the 1.0 s timeout"),
+    ("truncated", tilescope.TilescopeError, None),
+    ("content type", tilescope.TilescopeError, None),
+    ("10 GB", tilescope.TooLargeError, "above max_response_bytes|more than max_response_bytes"),
+])
+def test_a_misbehaving_dicomweb_server(hostile, mode, error, match):
+    _Hostile.mode = mode
+    """Opening asks for a frame (to tell its encoding), reads ask for more: one of them fails."""
+    start = time.monotonic()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def open_and_read():
+        with tilescope.open(hostile, study="1.2.3", series="4.5.6", timeout=1.0, retries=0,
+                            max_response_bytes=64 << 20, cache=tilescope.TileCache(0)) as s:
+            s.scenes[0].read((0, 0, 64, 64))
+    with pytest.raises(error, match=match):
+        open_and_read()
+    assert time.monotonic() - start < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200 << 10  # KiB
+
+
+def test_the_well_behaved_answers_read(hostile):
+    """The same server answering properly: the errors above come from the misbehaviour."""
+    _Hostile.mode = "ok"
+    with tilescope.open(hostile, study="1.2.3", series="4.5.6", cache=tilescope.TileCache(0)) as s:
+        assert s.scenes[0].read((0, 0, 64, 64)).shape == (64, 64, 3)
