@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import glob
 import os
 
 import numpy as np
 import pytest
 
+from fuzz.seeds import turbojpeg
 from tools import synth
 
 
@@ -106,19 +106,9 @@ def svs_exact(fixtures_dir):
                  icc_profile=icc)
 
 
-def _turbojpeg() -> None:
-    """wsidicomizer (opentile) loads libturbojpeg by path: point it at the system's."""
-    if "TURBOJPEG" in os.environ:
-        return
-    paths = sorted(glob.glob("/usr/lib/*/libturbojpeg.so*") + glob.glob("/usr/lib/libturbojpeg.so*"))
-    found = paths[0] if paths else ctypes.util.find_library("turbojpeg")
-    if found:
-        os.environ["TURBOJPEG"] = found
-
-
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory):
-    _turbojpeg()
+    turbojpeg()
     WsiDicomizer = pytest.importorskip("wsidicomizer").WsiDicomizer
 
     d = tmp_path_factory.mktemp("dicom")
@@ -299,7 +289,7 @@ def fluorescent(tmp_path_factory):
     and container, as per-channel exports are. Each optical path is described as epifluorescence
     at its excitation wavelength (wsidicomizer's CZI source writes one brightfield path; its
     metadata hook fixes that). Returns the DICOM folder and the CZI of each channel."""
-    _turbojpeg()
+    turbojpeg()
     pyczi = pytest.importorskip("pylibCZIrw.czi")
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid

@@ -5,6 +5,7 @@ misbehaving DICOMweb server gives a typed error in bounded time and memory."""
 from __future__ import annotations
 
 import os
+import pathlib
 import resource
 import shutil
 import struct
@@ -102,7 +103,7 @@ def _chain(path, n, loop_to=None):
     with tifffile.TiffFile(path) as tf:
         p = tf.pages[0]
         link = p.offset + 2 + len(p.tags) * 12
-    b = bytearray(open(path, "rb").read())
+    b = bytearray(pathlib.Path(path).read_bytes())
     b += b"\0" * (len(b) % 2)
     start = len(b)
     nxt = np.arange(1, n + 1, dtype="<u4") * 6 + start
@@ -176,7 +177,7 @@ class _Hostile(BaseHTTPRequestHandler):
     frames = b""
     mode = "ok"
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if "/frames/" not in self.path:
             return self._send(self.meta, "application/dicom+json")
         mode = _Hostile.mode
@@ -220,8 +221,8 @@ class _Hostile(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def hostile(seed_files):
     files = seed_files["dicomweb"]
-    _Hostile.meta = open(files["metadata.json"], "rb").read()
-    _Hostile.frames = open(files["frames.multipart"], "rb").read()
+    _Hostile.meta = pathlib.Path(files["metadata.json"]).read_bytes()
+    _Hostile.frames = pathlib.Path(files["frames.multipart"]).read_bytes()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
