@@ -4,6 +4,7 @@ misbehaving DICOMweb server gives a typed error in bounded time and memory."""
 
 from __future__ import annotations
 
+import gc
 import os
 import pathlib
 import resource
@@ -39,11 +40,12 @@ def _rss_mb() -> float:
 
 def test_handles_flat_over_5000_cycles_and_2000_failed_opens(seed_files, tmp_path):
     svs = seed_files["tiff"]["svs.svs"]
+    gc.collect()  # descriptors earlier tests left to the collector (sockets, ...) go now, not mid-count
     before = _fds()
     for i in range(5000):
         with tilescope.open(svs) as s:
             s.scenes[0].read((i % 500, i % 400, 64, 64))
-    assert _fds() == before
+    assert _fds() <= before  # not one more (others' may still close)
     bad = tmp_path / "bad.svs"
     shutil.copy(svs, bad)
     corpus._tag(0, "TileWidth", None, 0)(str(bad))
@@ -52,7 +54,7 @@ def test_handles_flat_over_5000_cycles_and_2000_failed_opens(seed_files, tmp_pat
     for i in range(2000):
         with pytest.raises(tilescope.CorruptDataError):
             tilescope.open(bad if i % 2 else junk)
-    assert _fds() == before
+    assert _fds() <= before
 
 
 def test_rss_flat_over_10000_reads_with_the_cache_capped(seed_files):
