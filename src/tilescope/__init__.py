@@ -150,7 +150,8 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
     ImageDescription; ``driver`` forces one, see :func:`drivers`), a folder (its DICOM slide, or its
     first file a driver recognizes), a list of files (the instances of one DICOM slide), or a URL a
     driver opens (``dicomweb+http(s)://host/path``: keywords ``study``, ``series``, ``headers``,
-    ``verify``, ``timeout``, ``retries``, ``batch``, ``connections``, ``whole_study``; see the
+    ``verify``, ``timeout``, ``retries``, ``max_response_bytes``, ``batch``, ``connections``,
+    ``whole_study``; see the
     README). ``overrides`` are :class:`Options` fields for this slide: ``max_read_bytes``,
     ``band_bytes``, ``threads``, ``cache`` (a :class:`TileCache`; by default one process-wide
     cache of 64 MiB is shared), ...

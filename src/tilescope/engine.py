@@ -153,8 +153,8 @@ class PlacedPlane(Plane):
                 continue
             if a.shape != (n, cols) or a.dtype.kind not in "iu":
                 raise CorruptDataError(f"{label}: {name} {a.shape} {a.dtype} do not match its {n} pieces")
-            if (np.abs(a) > _MAX_SIDE).any() or (low is not None and (a < low).any()):
-                raise CorruptDataError(f"{label}: {name} hold values outside {low}..{_MAX_SIDE}")
+            if (np.abs(a) > MAX_SIDE).any() or (low is not None and (a < low).any()):
+                raise CorruptDataError(f"{label}: {name} hold values outside {low}..{MAX_SIDE}")
         if n and (self.rects[:, 2:] < 1).any():
             raise CorruptDataError(f"{label}: a piece has no width or height")
 
@@ -534,7 +534,7 @@ def _overlap(rects: np.ndarray) -> bool:
 
 
 _ALL = slice(None)  # every sample / channel: _paste copies with plain slices
-_MAX_SIDE = 1 << 31  # image and piece sides, per axis (10^6 x 10^6 slides and more are fine)
+MAX_SIDE = 1 << 31  # image and piece sides, per axis (10^6 x 10^6 slides and more are fine)
 _MAX_SAMPLES = 1 << 16
 
 
@@ -543,12 +543,12 @@ def check_size(v: Any, what: str) -> tuple[int, int]:
     bytes, a float, NaN, zero...)."""
     try:
         w, h = v
-        ok = all(isinstance(d, int | np.integer) and not isinstance(d, bool) and 1 <= d <= _MAX_SIDE
+        ok = all(isinstance(d, int | np.integer) and not isinstance(d, bool) and 1 <= d <= MAX_SIDE
                  for d in (w, h))
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise CorruptDataError(f"{what} {v!r} is not two whole numbers in 1..{_MAX_SIDE}")
+        raise CorruptDataError(f"{what} {v!r} is not two whole numbers in 1..{MAX_SIDE}")
     return int(w), int(h)
 
 # The threading rule. A read hands pieces to other threads only when each thread gets at least

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ... import codecs
+from ...engine import MAX_SIDE
 from ...errors import CorruptDataError, UnsupportedFormatError
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ PM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"
 DERIVED = (*SEGMENTATIONS, PM_SOP_CLASS)
 MALFORMED = (AttributeError, KeyError, IndexError, TypeError, ValueError)  # what missing attributes raise
 PIXELS = ((0x7FE00010, None), (0x7FE00008, np.float32), (0x7FE00009, np.float64))  # element, float type
-_MAX_SIDE = 1 << 31
 MAX_FRAMES = 1 << 24  # 16.7 M frames: a 10^6 x 10^6 pixel level in 256² tiles has 15 M
 MAX_FOCAL_PLANES = 1 << 12
 _JPEG = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
@@ -78,8 +78,8 @@ class Instance:
         self.frames = int(ds.get("NumberOfFrames", 1))
         focal = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
         # values every list and array of frames is sized by, checked before any is built
-        for name, v, top in (("TotalPixelMatrixColumns", self.size[0], _MAX_SIDE),
-                             ("TotalPixelMatrixRows", self.size[1], _MAX_SIDE),
+        for name, v, top in (("TotalPixelMatrixColumns", self.size[0], MAX_SIDE),
+                             ("TotalPixelMatrixRows", self.size[1], MAX_SIDE),
                              ("Columns", self.tile[0], 1 << 16),
                              ("Rows", self.tile[1], 1 << 16), ("NumberOfFrames", self.frames, MAX_FRAMES),
                              ("TotalPixelMatrixFocalPlanes", focal, MAX_FOCAL_PLANES)):
