@@ -30,7 +30,6 @@ from .webserver import dicomweb_input, dicomweb_target
 
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 warnings.simplefilter("ignore")  # pydicom's and tifffile's warnings on every broken input
-EXTENSIONS = {"tiff": ".tif", "czi": ".czi", "dicom": ".dcm", "afi": ".afi", "pillow": ".img"}
 
 
 def main() -> None:
@@ -55,7 +54,7 @@ def main() -> None:
             tempfile.mkdtemp(prefix=f"tilescope-fuzz-{family}-", dir="/dev/shm")
         if family == "afi":
             seeds.make("afi", os.path.dirname(folder))
-        target = os.path.join(folder, f"fuzzed{os.getpid()}{EXTENSIONS[family]}")
+        target = os.path.join(folder, f"fuzzed{os.getpid()}{seeds.EXTENSIONS[family]}")
 
         def run(data: bytes) -> None:
             with open(target, "wb") as f:

@@ -17,6 +17,8 @@ import sys
 import time
 import traceback
 
+from tilescope.formats import TIFF_MAGIC
+
 from . import check, mutate, seeds  # check imported here: each child starts warm
 
 
@@ -64,7 +66,7 @@ def run_one(path: str, data: bytes, timeout: float, mem_mb: int) -> tuple[str, s
 def variants(path: str) -> list[mutate.Mutation]:
     with open(path, "rb") as f:
         b = f.read()
-    ms = mutate.tiff_mutations(b) if b[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+") else \
+    ms = mutate.tiff_mutations(b) if b[:4] in TIFF_MAGIC else \
         mutate.byte_mutations(b)
     return list(ms)
 

@@ -538,18 +538,21 @@ MAX_SIDE = 1 << 31  # image and piece sides, per axis (10^6 x 10^6 slides and mo
 _MAX_SAMPLES = 1 << 16
 
 
+def check_whole(v: Any, what: str) -> int:
+    """A structural value from a file as a positive Python int up to MAX_SIDE; CorruptDataError
+    naming ``what`` for anything else (a tag stored as bytes, a float, NaN, zero...)."""
+    if isinstance(v, int | np.integer) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE:
+        return int(v)
+    raise CorruptDataError(f"{what} is {v!r}, not a whole number in 1..{MAX_SIDE}")
+
+
 def check_size(v: Any, what: str) -> tuple[int, int]:
-    """(w, h) as positive Python ints; CorruptDataError for anything else (a tag stored as
-    bytes, a float, NaN, zero...)."""
+    """(w, h) as positive Python ints (see :func:`check_whole`)."""
     try:
         w, h = v
-        ok = all(isinstance(d, int | np.integer) and not isinstance(d, bool) and 1 <= d <= MAX_SIDE
-                 for d in (w, h))
     except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise CorruptDataError(f"{what} {v!r} is not two whole numbers in 1..{MAX_SIDE}")
-    return int(w), int(h)
+        raise CorruptDataError(f"{what} {v!r} is not a width and a height") from None
+    return check_whole(w, what), check_whole(h, what)
 
 # The threading rule. A read hands pieces to other threads only when each thread gets at least
 # _MIN_WORK of fetching and decoding: waking a parked thread costs ~70 µs here, and two threads

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 import numpy as np
 
 from .. import codecs
-from ..engine import GridPlane, Layout, Plane
+from ..engine import GridPlane, Layout, Plane, check_whole
 from ..errors import CorruptDataError, TilescopeError, TooLargeError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges
@@ -55,14 +55,16 @@ def page_planes(page: TiffPage, probe: Probe, label: str, missing_ok: bool = Fal
     where = f"{probe.path}: {label}"
     if kf.imagedepth > 1:
         raise UnsupportedFormatError(f"{where}: volumetric (ImageDepth > 1) TIFF tiles are not supported")
-    w, h = _whole(kf.imagewidth, "ImageWidth", where), _whole(kf.imagelength, "ImageLength", where)
+    w = check_whole(kf.imagewidth, f"{where}: ImageWidth")
+    h = check_whole(kf.imagelength, f"{where}: ImageLength")
     if not kf.is_tiled and is_tiled(page):
         raise CorruptDataError(f"{where}: TileWidth x TileLength is {kf.tilewidth}x{kf.tilelength}")
     if kf.is_tiled:
-        tile = (_whole(kf.tilewidth, "TileWidth", where), _whole(kf.tilelength, "TileLength", where))
+        tile = (check_whole(kf.tilewidth, f"{where}: TileWidth"),
+                check_whole(kf.tilelength, f"{where}: TileLength"))
     else:
-        tile = (w, min(_whole(kf.rowsperstrip or h, "RowsPerStrip", where), h))
-    spp = _whole(kf.samplesperpixel, "SamplesPerPixel", where)
+        tile = (w, min(check_whole(kf.rowsperstrip or h, f"{where}: RowsPerStrip"), h))
+    spp = check_whole(kf.samplesperpixel, f"{where}: SamplesPerPixel")
     separate = kf.planarconfig == 2 and spp > 1
     codec = codecs.from_tiff(
         kf.compression, dtype=dtype_of(page, where), samples=1 if separate else spp,
@@ -92,13 +94,6 @@ def is_tiled(page: TiffPage) -> bool:
     stripped: the tags say what the writer meant)."""
     tags = getattr(page, "tags", None)
     return page.is_tiled or (tags is not None and (322 in tags or 323 in tags))
-
-
-def _whole(v: Any, tag: str, where: str) -> int:
-    """A structural tag's value as a positive int; CorruptDataError naming the tag otherwise."""
-    if isinstance(v, int | np.integer) and not isinstance(v, bool) and 0 < v < 1 << 32:
-        return int(v)
-    raise CorruptDataError(f"{where}: {tag} is {v!r}, not a positive whole number")
 
 
 def piece_table(page: TiffPage, source: ByteSource) -> tuple[np.ndarray, np.ndarray]:
