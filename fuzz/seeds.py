@@ -17,6 +17,8 @@ from PIL import Image
 from tools import synth
 
 FAMILIES = ("tiff", "czi", "dicom", "dicomweb", "afi", "pillow")
+# what a fuzzed input of a file family is named (detection reads content; the name only looks right)
+EXTENSIONS = {"tiff": ".tif", "czi": ".czi", "dicom": ".dcm", "afi": ".afi", "pillow": ".img"}
 
 
 def _tiff(d: str) -> dict[str, str]:
@@ -132,23 +134,18 @@ def dicomweb_messages(d: str) -> dict[str, str]:
 
     import pydicom
 
-    out = {}
-    for path in _dicom(d).values():
-        ds = pydicom.dcmread(path)
-        if "PixelData" not in ds or getattr(ds, "ImageType", [""])[2:3] != ["VOLUME"]:
-            continue
-        meta = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda e: "http://x/bulk")
-        meta.update(ds.file_meta.to_json_dict())
-        p = out["metadata.json"] = os.path.join(d, "metadata.json")
-        with open(p, "w") as f:
-            json.dump([meta], f)
-        frames = [bytes(f) for f in pydicom.encaps.generate_frames(ds.PixelData)][:3]
-        body = b"".join(b"--BOUND\r\nContent-Type: application/octet-stream\r\n\r\n" + f + b"\r\n"
-                        for f in frames) + b"--BOUND--"
-        p = out["frames.multipart"] = os.path.join(d, "frames.multipart")
-        with open(p, "wb") as f:
-            f.write(body)
-        break
+    from .webserver import multipart
+
+    volumes = [ds for ds in map(pydicom.dcmread, _dicom(d).values())
+               if "PixelData" in ds and getattr(ds, "ImageType", [""])[2:3] == ["VOLUME"]]
+    ds = max(volumes, key=lambda ds: int(ds.TotalPixelMatrixColumns))  # level 0: the same one every time
+    meta = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda e: "http://x/bulk")
+    meta.update(ds.file_meta.to_json_dict())
+    out = {name: os.path.join(d, name) for name in ("metadata.json", "frames.multipart")}
+    with open(out["metadata.json"], "w") as f:
+        json.dump([meta], f)
+    with open(out["frames.multipart"], "wb") as f:  # every frame, in order
+        f.write(multipart([bytes(f) for f in pydicom.encaps.generate_frames(ds.PixelData)]))
     return out
 
 

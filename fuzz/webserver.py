@@ -11,6 +11,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from . import check
 
 SPLIT = b"\n--tilescope-fuzz-frames--\n"  # a DICOMweb input: metadata JSON, SPLIT, multipart frames
+MULTIPART = 'multipart/related; type="application/octet-stream"; boundary=BOUND'
+
+
+def multipart(frames: list[bytes]) -> bytes:
+    """A WADO-RS frames answer: one octet-stream part per frame (boundary BOUND)."""
+    return b"".join(b"--BOUND\r\nContent-Type: application/octet-stream\r\n\r\n" + f + b"\r\n"
+                    for f in frames) + b"--BOUND--"
+
+
+def frames_of(body: bytes) -> list[bytes]:
+    """The parts of a :func:`multipart` body."""
+    return [p.split(b"\r\n\r\n", 1)[1][:-2] for p in body.split(b"--BOUND")[1:-1]]
 
 
 class _Server(BaseHTTPRequestHandler):
@@ -22,7 +34,7 @@ class _Server(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         meta, frames = _Server.body
         if "/frames/" in self.path:
-            data, ctype = frames, 'multipart/related; type="application/octet-stream"; boundary=BOUND'
+            data, ctype = frames, MULTIPART
         else:
             data, ctype = meta, "application/dicom+json"
         self.send_response(200)

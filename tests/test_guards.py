@@ -21,6 +21,7 @@ import tifffile
 
 import tilescope
 from fuzz import corpus, seeds
+from fuzz.webserver import MULTIPART, frames_of, multipart
 
 
 @pytest.fixture(scope="module")
@@ -172,33 +173,38 @@ def test_16_threads_read_what_one_reads(seed_files, kind, cache):
 
 
 class _Hostile(BaseHTTPRequestHandler):
-    """Serves the DICOMweb seed's metadata, and frames as ``mode`` says: slow, truncated, with
-    a wrong content type, or 10 GB long."""
+    """Serves the DICOMweb seed's metadata, and the frames asked for as ``mode`` says: as they
+    are, slowly, truncated, with a wrong content type, or 10 GB long."""
 
     meta = b"[]"
-    frames = b""
+    frames: tuple[bytes, ...] = ()
     mode = "ok"
 
     def do_GET(self):
         if "/frames/" not in self.path:
             return self._send(self.meta, "application/dicom+json")
+        numbers = [int(n) for n in self.path.rsplit("/frames/", 1)[1].split("?")[0].split(",")]
+        body = multipart([self.frames[(n - 1) % len(self.frames)] for n in numbers])
         mode = _Hostile.mode
         if mode == "slow":  # a byte every 0.2 s: each read is quick, the whole answer is not
             self.send_response(200)
-            self.send_header("Content-Type", 'multipart/related; type="application/octet-stream"; boundary=BOUND')
-            self.send_header("Content-Length", str(len(self.frames)))
+            self.send_header("Content-Type", MULTIPART)
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            for i in range(len(self.frames)):
-                self.wfile.write(self.frames[i:i + 1])
-                self.wfile.flush()
-                time.sleep(0.2)
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
         elif mode == "truncated":
-            self._send(self.frames[: len(self.frames) // 10], 'multipart/related; type="application/octet-stream"; boundary=BOUND')
+            self._send(body[: len(body) // 10], MULTIPART)
         elif mode == "content type":
-            self._send(self.frames, "text/html")
+            self._send(body, "text/html")
         elif mode == "10 GB":
             self.send_response(200)
-            self.send_header("Content-Type", 'multipart/related; type="application/octet-stream"; boundary=BOUND')
+            self.send_header("Content-Type", MULTIPART)
             self.end_headers()  # no length: chunks until the client stops reading
             chunk = b"\0" * (1 << 20)
             try:
@@ -207,7 +213,7 @@ class _Hostile(BaseHTTPRequestHandler):
             except OSError:
                 pass
         else:
-            self._send(self.frames, 'multipart/related; type="application/octet-stream"; boundary=BOUND')
+            self._send(body, MULTIPART)
 
     def _send(self, data, ctype):
         self.send_response(200)
@@ -224,7 +230,7 @@ class _Hostile(BaseHTTPRequestHandler):
 def hostile(seed_files):
     files = seed_files["dicomweb"]
     _Hostile.meta = pathlib.Path(files["metadata.json"]).read_bytes()
-    _Hostile.frames = pathlib.Path(files["frames.multipart"]).read_bytes()
+    _Hostile.frames = tuple(frames_of(pathlib.Path(files["frames.multipart"]).read_bytes()))
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
