@@ -4,7 +4,8 @@
 # work with a harness started as ``python -m``: its jobs re-run argv[0] as a script; run several
 # campaigns on other $OUT folders for more cores). Prints inputs executed and findings per family; a finding
 # (crash-*, timeout-*, oom-* in $OUT/FAMILY/findings) gets fixed, minimized (-minimize_crash=1)
-# and committed to fuzz/regressions/FAMILY/.
+# and committed to fuzz/regressions/FAMILY/. RUNS=N stops each family after N inputs (to top up a
+# count run before on the same corpora).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -15,7 +16,7 @@ for family in ${FAMILIES:-tiff czi dicom dicomweb afi pillow}; do
   extra=()
   [ -d "fuzz/regressions/$family" ] && extra+=("fuzz/regressions/$family")
   PYTHONPATH=. "$PY" -m fuzz.harness "$family" "$OUT/$family/corpus" "${extra[@]}" \
-    -max_total_time=$((MINUTES * 60)) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    -max_total_time=$((MINUTES * 60)) -runs=${RUNS:--1} -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$OUT/$family/findings/" > "$OUT/$family/log" 2>&1
   runs=$(grep -o 'number_of_executed_units: [0-9]*' "$OUT/$family/log" | grep -o '[0-9]*$')
   echo "$family: ${runs:-0} inputs in $MINUTES min, $(ls "$OUT/$family/findings" | wc -l) findings," \
