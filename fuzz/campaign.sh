@@ -15,7 +15,7 @@ for family in ${FAMILIES:-tiff czi dicom dicomweb afi pillow}; do
   mkdir -p "$OUT/$family/corpus" "$OUT/$family/findings"
   extra=()
   [ -d "fuzz/regressions/$family" ] && extra+=("fuzz/regressions/$family")
-  PYTHONPATH=. "$PY" -m fuzz.harness "$family" "$OUT/$family/corpus" "${extra[@]}" \
+  PYTHONPATH=src:. "$PY" -m fuzz.harness "$family" "$OUT/$family/corpus" "${extra[@]}" \
     -max_total_time=$((MINUTES * 60)) -runs=${RUNS:--1} -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$OUT/$family/findings/" > "$OUT/$family/log" 2>&1
   runs=$(grep -o 'number_of_executed_units: [0-9]*' "$OUT/$family/log" | grep -o '[0-9]*$')
