@@ -312,3 +312,34 @@ def test_concatenated_level_over_dicomweb(orthanc_wsi, tmp_path, monkeypatch):
         sc, lc = s.scenes[0], local.scenes[0]
         for li in range(len(lc.levels)):
             np.testing.assert_array_equal(sc.read_level(li), lc.read_level(li))
+
+
+def _child_read(slide, queue) -> None:
+    queue.put(slide.scenes[0].read((100, 100, 300, 200)))
+
+
+def test_a_dicomweb_slide_pickles_and_forks(orthanc, converted):
+    """A pickled DICOMweb slide re-connects on the other side; a forked child opens its own HTTP
+    session (the parent's requests in flight are not its own)."""
+    import multiprocessing as mp
+    import pickle
+
+    url, _ = orthanc
+    with tilescope.open(converted[1]) as local:
+        want = local.scenes[0].read((100, 100, 300, 200))
+        props = local.properties["dicom"]
+    with tilescope.open(url, study=props["StudyInstanceUID"], series=props["SeriesInstanceUID"],
+                        batch=4) as s:
+        np.testing.assert_array_equal(s.scenes[0].read((100, 100, 300, 200)), want)
+        data = pickle.dumps(s)
+        assert len(data) < 2000
+        with pickle.loads(data) as s2:
+            np.testing.assert_array_equal(s2.scenes[0].read((100, 100, 300, 200)), want)
+        for method in ("fork", "spawn"):
+            ctx = mp.get_context(method)
+            q = ctx.Queue()
+            p = ctx.Process(target=_child_read, args=(s, q))
+            p.start()
+            np.testing.assert_array_equal(q.get(timeout=60), want)
+            p.join(30)
+            assert p.exitcode == 0

@@ -25,12 +25,14 @@ from .errors import (
     InvalidRequestError,
     RemoteError,
     SlideClosedError,
+    SourceChangedError,
     SourceNotFoundError,
     TilescopeError,
     TooLargeError,
     UnsupportedFormatError,
 )
 from .model import Level, Scene, Slide, clone
+from .procs import Ticket
 from .source import FileSource
 
 __version__ = "0.1.0"
@@ -43,6 +45,7 @@ __all__ = [
     "Scene",
     "Slide",
     "SlideClosedError",
+    "SourceChangedError",
     "SourceNotFoundError",
     "TileCache",
     "TilescopeError",
@@ -64,6 +67,14 @@ _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
 _PARSED: OrderedDict = OrderedDict()
 _PARSED_MAX = 128
 _parsed_lock = threading.Lock()
+
+
+def _reset_parsed_lock() -> None:  # a parent thread may have held it at the fork
+    global _parsed_lock
+    _parsed_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_parsed_lock)
 
 
 def _folder_mtime(path: str) -> int:
@@ -157,21 +168,29 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
     cache of 64 MiB is shared), ...
     """
     if isinstance(source, str) and (web := formats.for_url(source)) is not None:
+        ticket = Ticket(source, driver, dict(overrides))
         names = {f.name for f in dataclasses.fields(web.URL_OPTIONS)}
         url_options = web.URL_OPTIONS(**{k: overrides.pop(k) for k in list(overrides) if k in names})
-        return web.open_url(source, _options(overrides), url_options)
+        slide = web.open_url(source, _options(overrides), url_options)
+        slide._ticket = ticket
+        return slide
     path, folder, files = _resolve(source)
     opts = _options(overrides)
     src = FileSource(path)
     key = (src.identity, driver.upper() if driver else None, folder is not None)
     parsed = _cached(key, path) if files is None else None
     if parsed is not None:
-        return parsed._bind(src, opts)
-    try:
-        return _parse(src, opts, driver, folder, files, key)
-    except BaseException:
-        src.close()
-        raise
+        slide = parsed._bind(src, opts)
+    else:
+        try:
+            slide = _parse(src, opts, driver, folder, files, key)
+        except BaseException:
+            src.close()
+            raise
+    # what a pickle of it re-opens: absolute paths (another process may work elsewhere)
+    where = [os.path.abspath(f) for f in files] if files is not None else os.path.abspath(folder or path)
+    slide._ticket = Ticket(where, driver, overrides, src.identity[2:])
+    return slide
 
 
 def _resolve(source: str | os.PathLike | Sequence[str | os.PathLike]

@@ -3,6 +3,7 @@ recycled, decoder-friendly buffers pieces are decoded into."""
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import sys
@@ -11,6 +12,8 @@ from collections import OrderedDict
 from collections.abc import Hashable
 
 import numpy as np
+
+from . import procs
 
 _PAGE = mmap.PAGESIZE
 _FREE_MAX = 8  # recycled buffers kept: a few per decoding thread is all the steady state uses
@@ -46,16 +49,31 @@ class TileCache:
 
     def __init__(self, capacity_bytes: int = 64 << 20, *, floor_bytes: int = 1 << 20):
         self._lock = threading.Lock()
+        self.capacity = int(capacity_bytes)
+        self.floor = int(floor_bytes)
+        self._empty()
+        self.hits = self.misses = 0
+        procs.reset_after_fork(self)
+
+    def _empty(self) -> None:
         self._items: OrderedDict = OrderedDict()  # key -> [array, was_hit]
         self._ghosts: OrderedDict = OrderedDict()  # keys of dropped pieces -> their nbytes
         self._ghost_bytes = 0
         self._free: dict[tuple, list[np.ndarray]] = {}
         self._nfree = 0
         self._bytes = 0
-        self.capacity = int(capacity_bytes)
-        self.floor = int(floor_bytes)
         self.limit = min(self.floor, self.capacity)
-        self.hits = self.misses = 0
+
+    def _after_fork(self) -> None:
+        # a parent thread may have been halfway through an update at the fork: start empty
+        self._lock = threading.Lock()
+        self._empty()
+
+    def __reduce__(self) -> tuple:
+        # the settings, not the pieces; the process-wide cache is the other process's own
+        if self is DEFAULT_CACHE:
+            return _default_cache, ()
+        return functools.partial(TileCache, floor_bytes=self.floor), (self.capacity,)
 
     @property
     def nbytes(self) -> int:
@@ -140,8 +158,11 @@ class TileCache:
 
     def clear(self) -> None:
         with self._lock:
-            self._items.clear()
-            self._ghosts.clear()
-            self._free.clear()
-            self._bytes = self._ghost_bytes = self._nfree = 0
-            self.limit = min(self.floor, self.capacity)
+            self._empty()
+
+
+DEFAULT_CACHE = TileCache(64 << 20)  # the process-wide cache slides share unless given their own
+
+
+def _default_cache() -> TileCache:
+    return DEFAULT_CACHE

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .cache import TileCache
+from . import procs
+from .cache import DEFAULT_CACHE, TileCache
 from .codecs import Codec
 from .errors import CorruptDataError, InvalidRequestError, SlideClosedError, TilescopeError, TooLargeError
 from .geometry import LEVEL_TOLERANCE, best_level
@@ -248,7 +249,6 @@ class Options:
     cache: TileCache | None = None  # None: the process-wide cache
 
 
-DEFAULT_CACHE = TileCache(64 << 20)
 _REDUCTIONS = (2, 4, 8, 16, 32)  # DCT scaling stops at 8; block means (mosaics) go on
 
 
@@ -266,7 +266,16 @@ class Reader:
         self.cache = options.cache if options.cache is not None else DEFAULT_CACHE
         self._big: tuple | None = None  # the last piece too large for the shared cache (key, array)
         self._files: dict = {}  # other files (or library handles) pieces live in, opened on first use
+        self._fork_safe: set = set()  # keys of the handles a forked child keeps
         self._files_lock = threading.Lock()
+        procs.reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        # handles that are not fork-safe (HTTP sessions, a library's file position, thread
+        # pools) are forgotten, not closed: closing might touch the parent's connections or
+        # locks; the child opens its own on first use
+        self._files_lock = threading.Lock()
+        self._files = {k: f for k, f in self._files.items() if k in self._fork_safe}
 
     def _source_of(self, pieces: Pieces, index: int = 0) -> Any:
         """Where piece ``index`` is read from: the slide's own source, or its home (another file, a
@@ -283,6 +292,8 @@ class Reader:
                 src = self._files.get(key)
                 if src is None:
                     src = self._files[key] = home.open()
+                    if home.fork_safe:
+                        self._fork_safe.add(key)
         return src
 
     def close(self) -> None:

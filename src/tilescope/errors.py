@@ -33,3 +33,7 @@ class SourceNotFoundError(TilescopeError, FileNotFoundError):
 
 class RemoteError(TilescopeError, OSError):
     """A server could not be reached or refused a request (DICOMweb): names the server and object."""
+
+
+class SourceChangedError(TilescopeError):
+    """A pickled slide's file changed (size or modification time) before the other side opened it."""

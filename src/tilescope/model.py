@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import procs
 from . import units as _units
 from .cache import TileCache
 from .color import ToSrgb
@@ -100,6 +101,7 @@ class Scene:
                  t_offsets: Sequence[float] | None = None):
         self._slide = slide
         self.name = name
+        self.index = 0  # its place in ``slide.scenes`` (set by Slide.set_contents)
         self._location = f"{slide.path} [scene {name!r}]"
         levels = _checked(levels, len(channel_names), self._location)
         self.channel_names = tuple(channel_names)
@@ -137,6 +139,20 @@ class Scene:
                                       tuple(lv.scale for lv in self.levels))
         # what every read hands the engine: (scale x, scale y, layout) per level
         self._read_levels = [(lv.scale[0], lv.scale[1], lv.layout) for lv in self.levels]
+
+    def __reduce__(self) -> tuple:
+        # what to open (the slide's ticket) and which scene: no parsed structure, no handle
+        return procs.pending_scene, (type(self), self._slide, self.index)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for a name not found: an unpickled scene looks itself up on first use
+        where = self.__dict__.get("_pending_in")
+        if where is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        slide, index = where
+        self.__dict__.update(slide.scenes[index].__dict__)
+        del self.__dict__["_pending_in"]
+        return getattr(self, name)
 
     def _bind(self, slide: Slide) -> Scene:
         new = clone(self)
@@ -304,9 +320,10 @@ class Scene:
         return max(fits, key=lambda i: ds[i]) if fits else 0
 
     def read_level(self, level: int, rect: RectLike = None, *, channels: Channels = None,
-                   z: PlaneIndex = 0, t: PlaneIndex = 0) -> np.ndarray:
+                   z: PlaneIndex = 0, t: PlaneIndex = 0, threads: int | None = None) -> np.ndarray:
         """Pixels of ``rect`` in level ``level``'s own pixel grid, exactly as stored (no
-        resampling). A fractional x or y reads the nearest level pixels."""
+        resampling). A fractional x or y reads the nearest level pixels. ``threads`` caps the
+        decode threads of this read (default: the slide's ``threads`` option)."""
         reader = self._reader()
         lv = self.levels[self.level_index(level)]
         x, y, w, h = normalize_rect(rect, lv.size, self.location, integral=False)
@@ -324,7 +341,8 @@ class Scene:
                                           f"{chans}")
             dtype, background = self._mixed(chans)
             chans, layout = list(range(len(chans))), selected
-        out = reader.read([(1.0, 1.0, layout)], rect, (int(w), int(h)), chans, planes, dtype, background)
+        out = reader.read([(1.0, 1.0, layout)], rect, (int(w), int(h)), chans, planes, dtype, background,
+                          threads)
         return out.reshape(*lead, *out.shape[1:])
 
     def _mixed(self, chans: list[int]) -> tuple[np.dtype, np.ndarray]:
@@ -485,12 +503,15 @@ class Slide:
         self.scenes: tuple[Scene, ...] = ()
         self._associated: dict[str, AssociatedImage] = {}
         self._broken: dict[str, CorruptDataError] = {}
+        self._ticket: procs.Ticket | None = None  # what to open, set by tilescope.open
 
     def set_contents(self, scenes: Sequence[Scene], associated: dict[str, AssociatedImage],
                      canvas: tuple[int, int] | None = None) -> None:
         """What a driver found (the last step of its ``open``): the scenes, the associated images
         and the canvas the scenes sit on, if they share one."""
         self.scenes = tuple(scenes)
+        for i, sc in enumerate(self.scenes):
+            sc.index = i
         self._associated = associated
         # associated images whose description is broken: listed, their read raises this error
         # (a damaged label does not stop the slide)
@@ -508,9 +529,34 @@ class Slide:
         """Where the slide's own bytes are read from (a local file, a server, ...)."""
         return self._source
 
+    @property
+    def options(self) -> Options:
+        """This slide's engine settings (the process defaults with ``open()``'s overrides)."""
+        return self._reader.options
+
     def set_cache(self, cache: TileCache) -> None:
         """Decode this slide's tiles into ``cache`` from now on (``TileCache(0)`` disables)."""
         self._reader.cache = cache
+
+    def __reduce__(self) -> tuple:
+        # pickled as what to open; the other side re-opens on first use (module procs)
+        ticket = self.__dict__.get("_pending") or self.__dict__.get("_ticket")
+        if ticket is None:
+            raise TypeError(f"{self.path}: only a slide from tilescope.open pickles")
+        return procs.pending, (type(self), ticket)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for a name not found: an unpickled slide opens on first use
+        if "_pending" not in self.__dict__ or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        procs.resolve(self)
+        return getattr(self, name)
+
+    def _adopt(self, opened: Slide) -> None:
+        """Become ``opened`` (an unpickled slide on first use): its state, its scenes bound to us."""
+        self.__dict__.update(opened.__dict__)
+        self.scenes = tuple(sc._bind(self) for sc in opened.scenes)
+        del self.__dict__["_pending"]
 
     def _bind(self, source: Source | None, options: Options) -> Slide:
         """This parsed slide on another descriptor of the same file (re-opening skips parsing);

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import procs
 from .errors import CorruptDataError, SlideClosedError, SourceNotFoundError, UnsupportedFormatError
 
 
@@ -42,6 +43,13 @@ class FileSource:
         self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         self._lock = threading.Lock()
         self._inflight = 0  # reads using the descriptor now: close() waits for them
+        procs.reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        # the inherited descriptor reads on (pread moves no shared offset); the parent's reads in
+        # flight are not the child's
+        self._lock = threading.Lock()
+        self._inflight = 0
 
     @property
     def closed(self) -> bool:
@@ -166,6 +174,7 @@ class Home:
     key: Hashable
     open: Callable[[], Handle]
     per_thread: bool = False
+    fork_safe: bool = False  # a forked child may keep using the handle (pread on a descriptor)
 
 
 class Pieces(Protocol):
@@ -224,7 +233,7 @@ class PieceList:
 
 def file_home(path: str) -> Home:
     """Pieces in another local file, opened by offset like the slide's own."""
-    return Home(path, functools.partial(FileSource, path))
+    return Home(path, functools.partial(FileSource, path), fork_safe=True)
 
 
 class ByteRanges(PieceList):

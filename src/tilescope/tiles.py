@@ -70,11 +70,16 @@ class Tile:
     @property
     def array(self) -> np.ndarray:
         """The pixels, (h, w, c) (with leading z/t axes for ranges), decoded on first access."""
+        return self.load()
+
+    def load(self, threads: int | None = None) -> np.ndarray:
+        """:attr:`array`, decoded now (if not yet) on at most ``threads`` threads (default: the
+        slide's option): a worker of a job that is itself one of many in parallel asks for 1."""
         if self._array is None:
             if self._future is not None:
                 self._array, self._future = self._future.result(), None
             else:
-                self._array = self._tiles._load(self)
+                self._array = self._tiles._load(self, threads)
         return self._array
 
     def image(self) -> PIL.Image.Image:

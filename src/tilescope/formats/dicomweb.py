@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import procs
 from ..errors import (
     CorruptDataError,
     RemoteError,
@@ -211,6 +212,12 @@ class WebFrames(PieceList):
         self._kept: OrderedDict = OrderedDict()  # (uid, number) -> Future of {number: bytes}
         self._lock = threading.Lock()
         self._home = Home(url, functools.partial(_Fetcher, url, client_args, connections))
+        procs.reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        # the parent's requests in flight never answer here
+        self._lock = threading.Lock()
+        self._kept = OrderedDict()
 
     def is_missing(self, index: int) -> bool:
         return self.numbers[index] <= 0
