@@ -1,10 +1,7 @@
 """Processes: slides read before fork read in the child (fork, forkserver, spawn); every object a
 user holds pickles as what to open and reads the same on the other side; a changed or missing
-file is a typed error on first use, never at unpickling.
-
-Fixtures with planes labelled by their own indices (value // 256 == 100*z + 10*t + c) so a wrong
-plane or channel mapping cannot pass: an OME-TIFF written by tifffile and a CZI mosaic written by
-pylibCZIrw; with them the main SVS and a DICOM slide converted by wsidicomizer."""
+file is a typed error on first use, never at unpickling. On the ``labelled`` fixtures (conftest:
+SVS, OME-TIFF by tifffile, CZI mosaic by pylibCZIrw, DICOM by wsidicomizer)."""
 
 from __future__ import annotations
 
@@ -16,52 +13,11 @@ import threading
 
 import numpy as np
 import pytest
-import tifffile
 
 import tilescope
 from tilescope.units import Scale
 
 RECT = (300, 200, 500, 400)
-
-
-def _label(t: int, z: int, c: int) -> int:
-    return 100 * z + 10 * t + c
-
-
-def labelled_plane(t: int, z: int, c: int, h: int, w: int, x0: int = 0, y0: int = 0) -> np.ndarray:
-    """uint16: the plane's label in the high byte, a gradient (x + 3y) in the low byte."""
-    yy, xx = np.mgrid[y0:y0 + h, x0:x0 + w]
-    return (_label(t, z, c) * 256 + (xx + 3 * yy) % 256).astype(np.uint16)
-
-
-@pytest.fixture(scope="session")
-def labelled(tmp_path_factory, svs, converted):
-    """{kind: path}: the SVS, an OME-TIFF (T2 C3 Z3, two levels, named channels, z and t steps), a
-    CZI mosaic (C2 Z2 T2, 2x2 tiles of which one is missing) and a DICOM folder."""
-    d = tmp_path_factory.mktemp("labelled")
-    ome = str(d / "labelled.ome.tiff")
-    h, w = 600, 700
-    data = np.stack([np.stack([np.stack([labelled_plane(t, z, c, h, w) for z in range(3)]) for c in range(3)])
-                     for t in range(2)])  # TCZYX
-    meta = {"axes": "TCZYX", "Channel": {"Name": ["DAPI", "FITC", "TRITC"]}, "PhysicalSizeX": 0.5,
-            "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0, "TimeIncrement": 3.0, "TimeIncrementUnit": "s"}
-    with tifffile.TiffWriter(ome, bigtiff=True, ome=True) as tw:
-        opts = dict(tile=(256, 256), compression="zlib", photometric="minisblack")
-        tw.write(data, subifds=1, metadata=meta, **opts)
-        tw.write(np.ascontiguousarray(data[..., ::2, ::2]), subfiletype=1, metadata=None, **opts)
-    pyczi = pytest.importorskip("pylibCZIrw.czi")
-    czi = str(d / "labelled.czi")
-    th, tw_ = 200, 250
-    with pyczi.create_czi(czi, exist_ok=True) as wr:
-        for c in range(2):
-            for z in range(2):
-                for t in range(2):
-                    for ty, tx in ((0, 0), (0, 1), (1, 0)):  # (1, 1) missing: background
-                        wr.write(data=labelled_plane(t, z, c, th, tw_, tx * tw_, ty * th)[..., None],
-                                 plane={"C": c, "Z": z, "T": t}, location=(tx * tw_, ty * th))
-        wr.write_metadata(document_name="labelled", channel_names={0: "DAPI", 1: "GFP"}, scale_x=0.4,
-                          scale_y=0.4, scale_z=1.5)
-    return {"svs": svs, "ome": ome, "czi": czi, "dicom": converted[1]}
 
 
 KINDS = ("svs", "ome", "czi", "dicom")

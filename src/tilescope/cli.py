@@ -1,9 +1,11 @@
-"""The ``tilescope`` command: ``info``, ``thumbnail`` and ``region``.
+"""The ``tilescope`` command: ``info``, ``thumbnail``, ``region`` and ``tiles``.
 
     tilescope info slide.svs [--json]
     tilescope thumbnail slide.svs thumb.png [--max-size 1024]
     tilescope region slide.svs out.png --rect 1000,2000,512,512 [--size 256,0] [--scene 0]
                      [--channels 0,2] [--z 0] [--t 0]
+    tilescope tiles a.svs b.svs --out patches --size 256 [--mpp 0.5 | --magnification 20]
+                    [--overlap N] [--tissue 0.5] [--format png|jpeg|npy|zarr] [--scheduler ADDR]
 
 Region and thumbnail files are written by extension: .png/.jpg through Pillow (uint8, or uint16
 grey), .tif/.tiff through tifffile (any type and channel count), .npy as the raw array.
@@ -16,10 +18,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-
 from . import Slide, TilescopeError
 from . import open as open_slide
+from .export import FORMATS, save
 
 
 def _ints(text: str, n: int | None, what: str) -> tuple[int, ...]:
@@ -35,26 +36,6 @@ def _ints(text: str, n: int | None, what: str) -> tuple[int, ...]:
 def _plane(text: str) -> int | tuple[int, ...]:
     v = _ints(text, None, "plane")
     return v[0] if len(v) == 1 else v
-
-
-def save(path: str, a: np.ndarray) -> None:
-    """Write an (h, w, c) array as PNG/JPEG (Pillow), TIFF (tifffile) or .npy, by extension."""
-    low = path.lower()
-    if low.endswith(".npy"):
-        np.save(path, a)
-    elif low.endswith((".tif", ".tiff")):
-        import tifffile
-
-        photometric = "rgb" if a.ndim == 3 and a.shape[-1] in (3, 4) and a.dtype == np.uint8 else "minisblack"
-        tifffile.imwrite(path, a, photometric=photometric, compression="zlib")
-    else:
-        from PIL import Image
-
-        if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or a.dtype not in (np.uint8, np.uint16) \
-                or (a.dtype == np.uint16 and a.shape[-1] != 1):
-            raise TilescopeError(f"{path}: PNG/JPEG take 8-bit grey/RGB(A) or 16-bit grey; "
-                                 f"got {a.dtype} with shape {a.shape}: write .tiff or .npy instead")
-        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(path)
 
 
 def _info(slide: Slide) -> str:
@@ -103,7 +84,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--t", type=_plane, default=0, help="index or start,stop")
     p.add_argument("--frames", type=lambda t: _ints(t, 2, "--frames"), default=None,
                    help="start,stop: raw frames in file order (stacks such as ScanImage), as (n, h, w)")
+    p = sub.add_parser("tiles", help="export the tiles of many slides (patches), with a manifest")
+    p.add_argument("slides", nargs="+")
+    p.add_argument("--out", required=True, help="folder: OUT/<slide>/ per slide, OUT/manifest.csv")
+    p.add_argument("--size", type=int, default=256, help="tile width and height in output pixels")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--mpp", type=float, default=None, help="µm per output pixel")
+    scale.add_argument("--magnification", type=float, default=None)
+    p.add_argument("--overlap", type=int, default=0, help="pixels of context on every side")
+    p.add_argument("--tissue", type=float, default=None, help="keep tiles at least this much tissue")
+    p.add_argument("--format", choices=FORMATS, default="png")
+    p.add_argument("--scheduler", default=None, help="a dask.distributed scheduler address "
+                   "(default: a local cluster, one process per core); OUT must be shared with its workers")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores)")
     a = ap.parse_args(argv)
+    if a.cmd == "tiles":
+        return _tiles(a)
     try:
         with open_slide(a.path) as slide:
             if a.cmd == "info":
@@ -136,6 +132,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TilescopeError as e:
         print(f"tilescope: error: {e}", file=sys.stderr)
         return 1
+
+
+def _tiles(a: argparse.Namespace) -> int:
+    import contextlib
+
+    try:
+        from .export import export_tiles
+
+        with contextlib.ExitStack() as stack:
+            client = None
+            if a.scheduler:
+                from dask.distributed import Client
+
+                client = stack.enter_context(Client(a.scheduler))
+            n = export_tiles(a.slides, a.out, tile_size=a.size, overlap=a.overlap, mpp=a.mpp,
+                             magnification=a.magnification, tissue=a.tissue, format=a.format, client=client,
+                             workers=a.workers)
+    except ImportError as e:
+        print(f"tilescope: error: tiles needs the [dask] extra (pip install 'tilescope[dask]'): {e}",
+              file=sys.stderr)
+        return 1
+    except TilescopeError as e:
+        print(f"tilescope: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{a.out}: {n['done']} slide(s) exported ({n['tiles']} tiles), {n['skipped']} already complete")
+    return 0
 
 
 if __name__ == "__main__":

@@ -146,12 +146,9 @@ class Scene:
 
     def __getattr__(self, name: str) -> Any:
         # only reached for a name not found: an unpickled scene looks itself up on first use
-        where = self.__dict__.get("_pending_in")
-        if where is None or name.startswith("__"):
+        if "_pending_in" not in self.__dict__ or name.startswith("__"):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        slide, index = where
-        self.__dict__.update(slide.scenes[index].__dict__)
-        del self.__dict__["_pending_in"]
+        procs.resolve_scene(self)
         return getattr(self, name)
 
     def _bind(self, slide: Slide) -> Scene:
@@ -393,6 +390,34 @@ class Scene:
         ``scene.view(1)[y0:y1, x0:x1]`` reads only those tiles."""
         return LevelView(self, level, channels, z, t)
 
+    # -- layers for parallel Python (arrays.py, zarrstore.py; extras [dask], [xarray]) --------------
+    def to_dask(self, level: int = 0, *, chunks: Any = None, channels: Channels = None,
+                z: PlaneIndex | None = None, t: PlaneIndex | None = None) -> Any:
+        """Level ``level`` as a lazy ``dask.array.Array``: shape ``(h, w, c)``, with leading ``t``,
+        ``z`` axes for ranges (as :meth:`read`; None reads plane 0). ``chunks``: (h, w), an int,
+        or dask chunks for every axis; default the stored tiles, doubled per side up to >= 1 MiB.
+        Each chunk is one :meth:`read_level` on one thread; the graph pickles small."""
+        from .arrays import to_dask
+
+        return to_dask(self, level, chunks=chunks, channels=channels, z=z, t=t)
+
+    def to_xarray(self, level: int = 0, *, chunks: Any = None, channels: Channels = None,
+                  z: PlaneIndex | None = None, t: PlaneIndex | None = None) -> Any:
+        """:meth:`to_dask` as an ``xarray.DataArray``: dims ``("t", "z", "y", "x", "c")`` as present,
+        ``x``/``y`` in µm at pixel centres (where mpp is known), ``c`` the channel names, ``z`` in
+        µm and ``t`` in s where known; attrs mpp, level, downsample, source."""
+        from .arrays import to_xarray
+
+        return to_xarray(self, level, chunks=chunks, channels=channels, z=z, t=t)
+
+    def zarr_store(self) -> Any:
+        """The whole pyramid as a read-only zarr v3 store: an OME-NGFF 0.5 multiscales group with
+        arrays ``"0"``, ``"1"``, ... (axes ``[t,] c, [z,] y, x``; a chunk is a stored tile, served
+        uncompressed by the engine). See :class:`tilescope.zarrstore.SceneStore`."""
+        from .zarrstore import SceneStore
+
+        return SceneStore(self)
+
     def describe(self) -> dict[str, Any]:
         """This scene's normalized metadata (JSON-serializable)."""
         return {
@@ -533,6 +558,10 @@ class Slide:
     def options(self) -> Options:
         """This slide's engine settings (the process defaults with ``open()``'s overrides)."""
         return self._reader.options
+
+    def zarr_store(self, scene: int | str = 0) -> Any:
+        """A scene's pyramid as a read-only zarr v3 store (:meth:`Scene.zarr_store`)."""
+        return self.scene(scene).zarr_store()
 
     def set_cache(self, cache: TileCache) -> None:
         """Decode this slide's tiles into ``cache`` from now on (``TileCache(0)`` disables)."""

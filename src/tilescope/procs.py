@@ -30,14 +30,16 @@ def reset_after_fork(obj: Any) -> None:
 
 def _in_child() -> None:
     global _open_lock
-    _open_lock = threading.Lock()
+    _open_lock = threading.RLock()
     for obj in list(_objects):
         obj._after_fork()
 
 
 os.register_at_fork(after_in_child=_in_child)
 
-_open_lock = threading.Lock()  # one first use of an unpickled slide opens it, not every thread
+# one first use of an unpickled slide opens it, not every thread (re-entered: a scene's first use
+# opens its slide)
+_open_lock = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,20 @@ def resolve(obj: Any) -> None:
 
 
 def pending_scene(cls: type, slide: Any, index: int) -> Any:
-    """An unpickled Scene: scene ``index`` of ``slide``, looked up on first attribute access."""
+    """An unpickled Scene: scene ``index`` of ``slide``, looked up on first attribute access
+    (``Scene.__getattr__``)."""
     if "_pending" not in slide.__dict__:
         return slide.scenes[index]
     obj: Any = object.__new__(cls)
     obj.__dict__["_pending_in"] = (slide, index)
     return obj
+
+
+def resolve_scene(obj: Any) -> None:
+    """Make a pending scene its slide's scene (opening the slide if it is pending too), once."""
+    with _open_lock:
+        where = obj.__dict__.get("_pending_in")
+        if where is not None:
+            slide, index = where
+            obj.__dict__.update(slide.scenes[index].__dict__)
+            del obj.__dict__["_pending_in"]
