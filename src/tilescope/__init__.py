@@ -188,9 +188,14 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
             src.close()
             raise
     # what a pickle of it re-opens: absolute paths (another process may work elsewhere)
-    where = [os.path.abspath(f) for f in files] if files is not None else os.path.abspath(folder or path)
+    where = [_absolute(f) for f in files] if files is not None else _absolute(folder or path)
     slide._ticket = Ticket(where, driver, overrides, src.identity[2:])
     return slide
+
+
+def _absolute(path: str) -> str:
+    # abspath asks the kernel for the working directory: only where needed (re-opens cost ~15 µs)
+    return path if path.startswith(os.sep) else os.path.abspath(path)
 
 
 def _resolve(source: str | os.PathLike | Sequence[str | os.PathLike]

@@ -276,6 +276,9 @@ class Reader:
         # locks; the child opens its own on first use
         self._files_lock = threading.Lock()
         self._files = {k: f for k, f in self._files.items() if k in self._fork_safe}
+        for src in (self.source, *self._files.values()):  # their locks and in-flight counts
+            if hasattr(src, "_after_fork"):
+                src._after_fork()
 
     def _source_of(self, pieces: Pieces, index: int = 0) -> Any:
         """Where piece ``index`` is read from: the slide's own source, or its home (another file, a

@@ -8,6 +8,7 @@ tile order, the same as a serial run."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -91,11 +92,13 @@ def run_batch(fn: Callable[[Any, Tile], Any], scene: Scene, grid: Grid,
 
 @contextlib.contextmanager
 def local_client(workers: int | None = None) -> Iterator[Any]:
-    """A ``LocalCluster`` on 127.0.0.1: one single-threaded worker process per core, no dashboard."""
+    """A ``LocalCluster`` on 127.0.0.1: one single-threaded worker process per core, no dashboard,
+    tilescope imported in each worker before the client is handed out."""
     from dask.distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
                       host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+        client.run(importlib.import_module, "tilescope")  # at start-up, not in the first tasks
         yield client
 
 

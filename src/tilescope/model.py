@@ -142,14 +142,8 @@ class Scene:
 
     def __reduce__(self) -> tuple:
         # what to open (the slide's ticket) and which scene: no parsed structure, no handle
-        return procs.pending_scene, (type(self), self._slide, self.index)
-
-    def __getattr__(self, name: str) -> Any:
-        # only reached for a name not found: an unpickled scene looks itself up on first use
-        if "_pending_in" not in self.__dict__ or name.startswith("__"):
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        procs.resolve_scene(self)
-        return getattr(self, name)
+        slide, index = self.__dict__.get("_pending_in") or (self._slide, self.index)
+        return procs.pending_scene, (procs.own_class(self), slide, index)
 
     def _bind(self, slide: Slide) -> Scene:
         new = clone(self)
@@ -572,20 +566,12 @@ class Slide:
         ticket = self.__dict__.get("_pending") or self.__dict__.get("_ticket")
         if ticket is None:
             raise TypeError(f"{self.path}: only a slide from tilescope.open pickles")
-        return procs.pending, (type(self), ticket)
-
-    def __getattr__(self, name: str) -> Any:
-        # only reached for a name not found: an unpickled slide opens on first use
-        if "_pending" not in self.__dict__ or name.startswith("__"):
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        procs.resolve(self)
-        return getattr(self, name)
+        return procs.pending, (procs.own_class(self), ticket)
 
     def _adopt(self, opened: Slide) -> None:
         """Become ``opened`` (an unpickled slide on first use): its state, its scenes bound to us."""
         self.__dict__.update(opened.__dict__)
         self.scenes = tuple(sc._bind(self) for sc in opened.scenes)
-        del self.__dict__["_pending"]
 
     def _bind(self, source: Source | None, options: Options) -> Slide:
         """This parsed slide on another descriptor of the same file (re-opening skips parsing);

@@ -12,6 +12,7 @@ never needs the parent (a Dask scheduler may unpickle a graph on a machine witho
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -42,7 +43,7 @@ os.register_at_fork(after_in_child=_in_child)
 _open_lock = threading.RLock()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ticket:
     """What to open: ``tilescope.open(source, driver, **options)``, and the (size, mtime) of the
     file at the time (``stamp``; None for URLs): a file that changed since raises
@@ -66,36 +67,60 @@ class Ticket:
         return slide
 
 
+class _Pending:
+    """Mixed into an unpickled object's class until its first use. ``__getattr__`` is reached only
+    for a name not found, that is, on first use: it opens what the object stands for and turns the
+    object into its own class again. (A class of its own, not a ``__getattr__`` on Slide and Scene:
+    a class with ``__getattr__`` loses CPython's fast attribute access on every read. No
+    ``__slots__`` here: with them the object could not take its own class back.)"""
+
+    def __getattr__(self, name: str) -> Any:
+        d = object.__getattribute__(self, "__dict__")
+        if name.startswith("__") or not ("_pending" in d or "_pending_in" in d):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        _resolve(self)
+        return getattr(self, name)
+
+
+@functools.cache
+def _pending_class(cls: type) -> type:
+    return type(cls.__name__, (_Pending, cls), {"__module__": cls.__module__})
+
+
+def _resolve(obj: Any) -> None:
+    """Open a pending slide, or look up a pending scene in its slide, in place; once, whichever
+    thread gets here first."""
+    with _open_lock:
+        d = obj.__dict__
+        if "_pending" in d:
+            obj._adopt(d["_pending"].open())
+            del d["_pending"]
+        elif "_pending_in" in d:
+            slide, index = d["_pending_in"]
+            d.update(slide.scenes[index].__dict__)  # opens the slide if it is pending too
+            del d["_pending_in"]
+        else:
+            return
+        obj.__class__ = own_class(obj)
+
+
+def own_class(obj: Any) -> type:
+    """The class an object is (or becomes on first use, if it is still pending)."""
+    cls = type(obj)
+    return cls.__bases__[1] if issubclass(cls, _Pending) else cls
+
+
 def pending(cls: type, ticket: Ticket) -> Any:
-    """An unpickled Slide: only its ticket, opened on first attribute access (``Slide.__getattr__``)."""
-    obj: Any = object.__new__(cls)
+    """An unpickled Slide: only its ticket, opened on first use."""
+    obj: Any = object.__new__(_pending_class(cls))
     obj.__dict__["_pending"] = ticket
     return obj
 
 
-def resolve(obj: Any) -> None:
-    """Open a pending slide in place (once, whichever thread gets here first)."""
-    with _open_lock:
-        ticket = obj.__dict__.get("_pending")
-        if ticket is not None:
-            obj._adopt(ticket.open())
-
-
 def pending_scene(cls: type, slide: Any, index: int) -> Any:
-    """An unpickled Scene: scene ``index`` of ``slide``, looked up on first attribute access
-    (``Scene.__getattr__``)."""
+    """An unpickled Scene: scene ``index`` of ``slide``, looked up on first use."""
     if "_pending" not in slide.__dict__:
         return slide.scenes[index]
-    obj: Any = object.__new__(cls)
+    obj: Any = object.__new__(_pending_class(cls))
     obj.__dict__["_pending_in"] = (slide, index)
     return obj
-
-
-def resolve_scene(obj: Any) -> None:
-    """Make a pending scene its slide's scene (opening the slide if it is pending too), once."""
-    with _open_lock:
-        where = obj.__dict__.get("_pending_in")
-        if where is not None:
-            slide, index = where
-            obj.__dict__.update(slide.scenes[index].__dict__)
-            del obj.__dict__["_pending_in"]

@@ -19,7 +19,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import procs
 from .errors import CorruptDataError, SlideClosedError, SourceNotFoundError, UnsupportedFormatError
 
 
@@ -43,11 +42,10 @@ class FileSource:
         self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         self._lock = threading.Lock()
         self._inflight = 0  # reads using the descriptor now: close() waits for them
-        procs.reset_after_fork(self)
 
     def _after_fork(self) -> None:
-        # the inherited descriptor reads on (pread moves no shared offset); the parent's reads in
-        # flight are not the child's
+        # (called by the Reader that reads it) the inherited descriptor reads on (pread moves
+        # no shared offset); the parent's reads in flight are not the child's
         self._lock = threading.Lock()
         self._inflight = 0
 
