@@ -57,10 +57,10 @@ class LevelArray:
         ranges = [range(*k.indices(n)) for k, n in zip(key, self.shape, strict=True)]
         lead = dict(zip(self.lead, ranges, strict=False))
         ry, rx, rc = ranges[-3:]
+        if not all(len(r) for r in ranges):
+            return np.empty([len(r) for r in ranges], self.dtype)
         z = self._planes(self.zs, lead.get("z"))
         t = self._planes(self.ts, lead.get("t"))
-        if not (len(ry) and len(rx) and len(rc)) or any(not len(r) for r in lead.values()):
-            return np.empty([len(r) for r in ranges], self.dtype)
         return self.scene.read_level(self.level, (rx.start, ry.start, len(rx), len(ry)),
                                      channels=self.channels[rc.start:rc.stop], z=z, t=t, threads=1)
 
@@ -83,9 +83,13 @@ def default_chunks(scene: Scene, level: int, itemsize: int, channels: int) -> tu
 def to_dask(scene: Scene, level: int = 0, *, chunks: Any = None, channels: Channels = None,
             z: PlaneIndex | None = None, t: PlaneIndex | None = None) -> dask.array.Array:
     """See :meth:`tilescope.Scene.to_dask`."""
+    return _dask_of(LevelArray(scene, level, channels, z, t), chunks)
+
+
+def _dask_of(arr: LevelArray, chunks: Any) -> dask.array.Array:
     import dask.array as da
 
-    arr = LevelArray(scene, level, channels, z, t)
+    scene = arr.scene
     lead = (1,) * len(arr.lead)
     if chunks is None:
         chunks = (*lead, *default_chunks(scene, arr.level, arr.dtype.itemsize, len(arr.channels)), -1)
@@ -105,8 +109,8 @@ def to_xarray(scene: Scene, level: int = 0, *, chunks: Any = None, channels: Cha
     """See :meth:`tilescope.Scene.to_xarray`."""
     import xarray as xr
 
-    data = to_dask(scene, level, chunks=chunks, channels=channels, z=z, t=t)
     arr = LevelArray(scene, level, channels, z, t)
+    data = _dask_of(arr, chunks)
     lv = scene.levels[arr.level]
     h, w = arr.shape[-3:-1]
     coords: dict[str, Any] = {"c": [scene.channel_names[c] for c in arr.channels]}

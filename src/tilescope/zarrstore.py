@@ -28,9 +28,9 @@ class SceneStore(Store):
     def __init__(self, scene: Scene):
         super().__init__(read_only=True)
         self.scene = scene
-        self._meta = _metadata(scene)
-        # per level: its chunk grid, axes and chunk shape
+        # per level: its axes, chunk grid, chunk shape and shape
         self._levels = [_grid(scene, i) for i in range(len(scene.levels))]
+        self._meta = _metadata(scene, self._levels)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SceneStore) and other.scene is self.scene
@@ -85,7 +85,7 @@ class SceneStore(Store):
     async def list(self) -> AsyncIterator[str]:
         for key in self._meta:
             yield key
-        for i, (_, grid, _) in enumerate(self._levels):
+        for i, (_, grid, _, _) in enumerate(self._levels):
             for idx in np.ndindex(*grid):
                 yield f"{i}/c/" + "/".join(map(str, idx))
 
@@ -109,7 +109,7 @@ class SceneStore(Store):
         level, sep, rest = key.partition("/c/")
         if not sep or not level.isdigit() or int(level) >= len(self._levels):
             return None
-        _, grid, _ = self._levels[int(level)]
+        _, grid, _, _ = self._levels[int(level)]
         parts = rest.split("/")
         if len(parts) != len(grid) or not all(p.isdigit() for p in parts):
             return None
@@ -117,7 +117,7 @@ class SceneStore(Store):
         return (int(level), idx) if all(i < n for i, n in zip(idx, grid, strict=True)) else None
 
     def _read(self, level: int, idx: tuple[int, ...]) -> bytes:
-        axes, _, chunk = self._levels[level]
+        axes, _, chunk, _ = self._levels[level]
         at = dict(zip(axes, idx, strict=True))
         th, tw = chunk[-2:]
         a = self.scene.read_level(level, (at["x"] * tw, at["y"] * th, tw, th), channels=None,
@@ -142,16 +142,17 @@ def _axes(scene: Scene) -> list[str]:
     return ["t"] * (scene.num_t_frames > 1) + ["c"] + ["z"] * (scene.num_z_slices > 1) + ["y", "x"]
 
 
-def _grid(scene: Scene, level: int) -> tuple[list[str], tuple[int, ...], tuple[int, ...]]:
-    """(axes, chunks per axis, chunk shape) of one level."""
+def _grid(scene: Scene, level: int) -> tuple[list[str], tuple[int, ...], tuple[int, ...], list[int]]:
+    """(axes, chunks per axis, chunk shape, array shape) of one level."""
     axes = _axes(scene)
     (w, h), (tw, th) = scene.levels[level].size, scene.levels[level].tile_size
     chunk = {"t": 1, "c": scene.image_channels, "z": 1, "y": min(th, h), "x": min(tw, w)}
     size = {"t": scene.num_t_frames, "c": scene.image_channels, "z": scene.num_z_slices, "y": h, "x": w}
-    return axes, tuple(-(-size[a] // chunk[a]) for a in axes), tuple(chunk[a] for a in axes)
+    return (axes, tuple(-(-size[a] // chunk[a]) for a in axes), tuple(chunk[a] for a in axes),
+            [size[a] for a in axes])
 
 
-def _metadata(scene: Scene) -> dict[str, bytes]:
+def _metadata(scene: Scene, levels: list[tuple]) -> dict[str, bytes]:
     """zarr.json of the group (NGFF 0.5 multiscales, omero channels) and of each level's array."""
     axes = _axes(scene)
     unit = {"t": "second", "z": "micrometer", "y": "micrometer", "x": "micrometer"}
@@ -183,11 +184,8 @@ def _metadata(scene: Scene) -> dict[str, bytes]:
         "omero": omero}}}
     fill = scene.background
     out = {"zarr.json": json.dumps(group).encode()}
-    for i, lv in enumerate(scene.levels):
-        _, _, chunk = _grid(scene, i)
-        w, h = lv.size
-        size = {"t": scene.num_t_frames, "c": scene.image_channels, "z": scene.num_z_slices, "y": h, "x": w}
-        array = {"zarr_format": 3, "node_type": "array", "shape": [size[a] for a in axes],
+    for i, (_, _, chunk, shape) in enumerate(levels):
+        array = {"zarr_format": 3, "node_type": "array", "shape": shape,
                  "data_type": dtype.name,
                  "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}},
                  "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
