@@ -221,15 +221,15 @@ def raw(*, dtype: np.typing.DTypeLike, samples: int, decompress: Callable[[bytes
         else:
             a = np.frombuffer(data, stored)
         rows = min(h, a.size // row)
-        a = a[: rows * row].reshape(rows, w, samples).astype(dtype, copy=False)
-        if predictor != 1:  # unpredict in native byte order, along x, as tifffile does
-            a = _UNPREDICT[predictor](a if a.flags.writeable else a.copy(), axis=-2)
+        a = a[: rows * row].reshape(rows, w, samples)
+        if predictor == 3:  # rows of byte-shuffled floats: undone in the file's byte order (the dtype's)
+            a = imagecodecs.floatpred_decode(a if a.flags.writeable else a.copy(), axis=-2)
+        a = a.astype(dtype, copy=False)
+        if predictor == 2:  # differences of values along x, in native byte order, as tifffile does
+            a = imagecodecs.delta_decode(a if a.flags.writeable else a.copy(), axis=-2)
         return a
 
     return Codec(name, dtype, samples, dec)
-
-
-_UNPREDICT = {2: imagecodecs.delta_decode, 3: imagecodecs.floatpred_decode}
 
 
 def dicom_rle(*, dtype: np.typing.DTypeLike, samples: int) -> Codec:
@@ -272,7 +272,7 @@ def from_tiff(compression: int, *, dtype: np.typing.DTypeLike, samples: int, pho
     if compression in _TIFF_BYTE_CODECS:
         if photometric == 6:
             raise UnsupportedFormatError(f"{where}: uncompressed subsampled YCbCr is not supported")
-        if predictor not in (1, *_UNPREDICT):
+        if predictor not in (1, 2, 3):
             raise UnsupportedFormatError(f"{where}: TIFF predictor {predictor} is not supported")
         fn = None if compression == 1 else _decompressor(TIFF, compression, where)
         return raw(dtype=dtype, samples=samples, decompress=fn, name=_TIFF_BYTE_CODECS[compression],
