@@ -40,7 +40,7 @@ _REFERENCE, _PROPERTY_MAP = 65427, 65449
 
 
 def detect(probe: Probe) -> bool:
-    return probe.is_tiff and probe.head[:2] == b"II" and _FORMAT_FLAG in probe.tiff().pages.first.tags
+    return probe.is_tiff and probe.head[:2] == b"II" and _FORMAT_FLAG in probe.first_page().tags
 
 
 def _tag(page: TiffPage, code, default=None):

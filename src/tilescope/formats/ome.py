@@ -35,7 +35,7 @@ _TIME_S = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9, "min": 60.
 def detect(probe: Probe) -> bool:
     if not probe.is_tiff:
         return False
-    desc = probe.tiff().pages.first.description or ""
+    desc = probe.first_page().description or ""
     return "<OME" in desc[:4096] and desc.rstrip().endswith("OME>")
 
 

@@ -39,7 +39,7 @@ OPENSLIDE_VENDOR = "philips"  # openslide's name for the format (detect_format, 
 def detect(probe: Probe) -> bool:
     if not probe.is_tiff:
         return False
-    page = probe.tiff().pages.first
+    page = probe.first_page()
     desc = (page.description or "").lstrip()
     return (page.software or "").startswith("Philips") and desc.startswith("<") and \
         'ObjectType="DPUfsImport"' in desc[:512]

@@ -33,7 +33,7 @@ _ASSOCIATED = {"thumbnail": "thumbnail", "overview": "macro", "macro": "macro", 
 def detect(probe: Probe) -> bool:
     if not probe.is_tiff:
         return False
-    page = probe.tiff().pages.first
+    page = probe.first_page()
     return "PerkinElmer-QPI-ImageDescription" in (page.description or "")[:1024]
 
 

@@ -60,7 +60,7 @@ def detect(probe: Probe) -> bool:
         return False
     if _static_block(probe.head) is not None:
         return True
-    page = probe.tiff().pages.first  # older ScanImage: its keys in the frame description
+    page = probe.first_page()  # older ScanImage: its keys in the frame description
     text = (page.description or "") + (page.software or "")
     return "scanimage.SI" in text or text.lstrip().startswith("SI.") or "state.software.version" in text
 

@@ -36,7 +36,7 @@ _NAMESPACES = ("http://www.leica-microsystems.com/scn/2010/10/01",
 def detect(probe: Probe) -> bool:
     if not probe.is_tiff:
         return False
-    desc = probe.tiff().pages.first.description or ""
+    desc = probe.first_page().description or ""
     return any(ns in desc[:1024] for ns in _NAMESPACES)
 
 

@@ -28,7 +28,7 @@ OPENSLIDE_VENDOR = "aperio"  # openslide's name for the format (detect_format, o
 def detect(probe: Probe) -> bool:
     if not probe.is_tiff:
         return False
-    desc = probe.tiff().pages.first.description or ""
+    desc = probe.first_page().description or ""
     return desc.startswith("Aperio")
 
 
@@ -66,8 +66,7 @@ def _associated_name(index: int, page: TiffPage) -> str | None:
 
 
 def open(probe: Probe, options: Options) -> Slide:
-    tf = probe.tiff()
-    pages = tiff.pages(tf)
+    pages = probe.pages()
     p0 = pages[0]
     desc = p0.description or ""
     props = parse_description(desc)

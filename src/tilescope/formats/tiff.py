@@ -17,6 +17,7 @@ from ..engine import GridPlane, Layout, Plane, check_whole
 from ..errors import CorruptDataError, TilescopeError, TooLargeError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
 from ..source import ByteRanges
+from .ifd import MAX_PAGES  # pages a slide's TIFF may list (ScanImage walks longer stacks itself)
 
 if TYPE_CHECKING:
     from tifffile import TiffFile, TiffPage
@@ -101,6 +102,8 @@ def piece_table(page: TiffPage, source: ByteSource) -> tuple[np.ndarray, np.ndar
     the file in one go: turning tifffile's tuples of Python ints into arrays costs ~0.4 ms per 20000
     pieces, most of what a first open spends outside tifffile; a table that does not match the
     tuple's ends (NDPI's 64-bit extensions of 32-bit tags, say) is converted from the tuple."""
+    if isinstance(page.dataoffsets, np.ndarray):  # a plain page (ifd.Page) read them as arrays
+        return page.dataoffsets, page.databytecounts
     tags = getattr(page, "tags", None)  # a TiffFrame has none: its tuples are all there is
     out = []
     for codes, values in (((324, 273), page.dataoffsets), ((325, 279), page.databytecounts)):
@@ -232,7 +235,6 @@ def pages(tf: TiffFile) -> list[TiffPage]:
     return cast("list[TiffPage]", [tf.pages[i] for i in range(_count_pages(tf))])
 
 
-MAX_PAGES = 1 << 16  # pages a slide's TIFF may list (ScanImage stacks, walked by their driver, may hold more)
 
 
 def _count_pages(tf: TiffFile) -> int:
@@ -258,13 +260,13 @@ def _count_pages(tf: TiffFile) -> int:
     return len(seen)
 
 
-def pyramid_pages(tf: TiffFile) -> list[TiffPage]:
+def pyramid_pages(probe: Probe) -> list[TiffPage]:
     """Page 0 and the pages that are its reduced-resolution copies."""
-    p0 = tf.pages.first
+    p0 = probe.first_page()
     if p0.subifds:
         return [p0, *cast("list[TiffPage]", p0.pages)]
     levels = [p0]
-    for page in pages(tf)[1:]:
+    for page in probe.pages()[1:]:
         prev = levels[-1].keyframe
         kf = page.keyframe
         if (kf.samplesperpixel, kf.dtype, kf.photometric, kf.is_tiled) != \
@@ -276,8 +278,7 @@ def pyramid_pages(tf: TiffFile) -> list[TiffPage]:
 
 
 def open(probe: Probe, options: Options) -> Slide:
-    tf = probe.tiff()
-    pages = pyramid_pages(tf)
+    pages = pyramid_pages(probe)
     p0 = pages[0]
     slide = Slide(probe.source, NAME, options, raw_metadata=p0.description or "", vendor=None,
                   properties={"tiff": tag_properties(p0)}, icc_profile=icc_profile(p0),

@@ -46,7 +46,7 @@ def _xmp(page: TiffPage) -> str:
 
 
 def detect(probe: Probe) -> bool:
-    return probe.is_tiff and "iScan" in _xmp(probe.tiff().pages.first)
+    return probe.is_tiff and "iScan" in _xmp(probe.first_page())
 
 
 def _iscan(xml: str, where: str):
