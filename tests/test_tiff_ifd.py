@@ -11,6 +11,7 @@ import tifffile
 import tilescope
 from tilescope.formats import ifd
 from tilescope.source import FileSource
+from tools import synth
 
 ATTRS = ("imagewidth", "imagelength", "tilewidth", "tilelength", "is_tiled", "rowsperstrip",
          "samplesperpixel", "planarconfig", "compression", "photometric", "predictor", "bitspersample",
@@ -177,6 +178,34 @@ def test_a_slide_read_either_way_is_the_same(tiff_files, monkeypatch):
         with monkeypatch.context() as m:
             m.setattr(ifd, "read", lambda source, head: None)
             via_tifffile = _slide_facts(tiff_files[name])
+        tilescope._PARSED.clear()
+        assert plain[0] == via_tifffile[0], name
+        for a, b in zip(plain[1], via_tifffile[1], strict=True):
+            assert np.array_equal(a, b), name
+
+
+@pytest.fixture(scope="module")
+def dialects(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dialects")
+    return {"philips": str(synth.write_philips(d / "p.tiff", 1200, 900)),
+            "qptiff": str(synth.write_qptiff(d / "q.qptiff", 1200, 900)),
+            "scn": str(synth.write_scn(d / "s.scn")), "bif": str(synth.write_bif(d / "v.bif")),
+            "ndpi": str(synth.write_ndpi(d / "n.ndpi", 1024, 768, downsamples=(1, 4)))}
+
+
+def test_dialects_read_either_way_are_the_same(dialects, monkeypatch):
+    """Dialects detected from the plain first page, and read from plain pages where theirs are
+    plain (Philips, QPTIFF, SCN, Ventana; NDPI's tags take tifffile's path)."""
+    assert _plain(dialects["ndpi"])[0] is None
+    for name in ("philips", "qptiff", "scn", "bif"):
+        assert _plain(dialects[name])[1] is not None, name
+    for name, path in dialects.items():
+        tilescope._PARSED.clear()
+        plain = _slide_facts(path)
+        tilescope._PARSED.clear()
+        with monkeypatch.context() as m:
+            m.setattr(ifd, "read", lambda source, head: None)
+            via_tifffile = _slide_facts(path)
         tilescope._PARSED.clear()
         assert plain[0] == via_tifffile[0], name
         for a, b in zip(plain[1], via_tifffile[1], strict=True):

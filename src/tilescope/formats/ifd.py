@@ -291,6 +291,8 @@ def all_pages(pages: Pages) -> list[Page] | None:
     """Every page, or None when one of them needs tifffile."""
     try:
         return pages.all()
+    except TilescopeError:  # too many pages: refused, whoever would read them
+        raise
     except _ODD:
         return None
 

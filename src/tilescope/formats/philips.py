@@ -26,7 +26,7 @@ from ..source import PieceList
 from . import parse_xml, tiff
 
 if TYPE_CHECKING:
-    from tifffile import TiffFile, TiffPage
+    from tifffile import TiffPage
 
     from ..engine import Options
     from ..source import ByteSource
@@ -79,8 +79,7 @@ class _Bytes(PieceList):
 
 
 def open(probe: Probe, options: Options) -> Slide:
-    tf = probe.tiff()
-    first = tf.pages.first
+    first = probe.first_page()
     root = parse_xml(first.description, probe.path, "Philips XML")
     props: dict[str, str] = {}
     images: list = []
@@ -104,7 +103,7 @@ def open(probe: Probe, options: Options) -> Slide:
             sp = _numbers(value)
             if len(sp) == 2:
                 spacing[int(number) if number and number.isdigit() else i] = sp
-    pages = [p for p in tiff.pages(tf) if p.is_tiled]
+    pages = [p for p in probe.pages() if p.is_tiled]
     base_sp = spacing.get(0)
     w0, h0 = pages[0].imagewidth, pages[0].imagelength
     levels = []
@@ -127,7 +126,7 @@ def open(probe: Probe, options: Options) -> Slide:
     scene = Scene(slide, name="main", levels=levels, channel_names=tiff.channel_names(first),
                   dtype=tiff.dtype_of(first, probe.path), mpp=mpp, **tiff.compression_of(first),
                   brightfield=tiff.is_brightfield(first))
-    slide.set_contents([scene], _associated(probe, tf, kinds))
+    slide.set_contents([scene], _associated(probe, kinds))
     return slide
 
 
@@ -136,9 +135,9 @@ def _level(page: TiffPage, probe: Probe, label: str):
     return (page.imagewidth, page.imagelength), layout.planes[(0, 0)][0].tile, layout
 
 
-def _associated(probe: Probe, tf: TiffFile, kinds) -> dict[str, AssociatedImage]:
+def _associated(probe: Probe, kinds) -> dict[str, AssociatedImage]:
     out = {}
-    for page in tiff.pages(tf)[1:]:
+    for page in probe.pages()[1:]:
         desc = (page.description or "").strip().lower()
         for name in ("label", "macro"):
             if not page.is_tiled and desc.startswith(name) and name not in out:

@@ -57,8 +57,7 @@ def _kind(page: TiffPage, fields: dict) -> str:
 
 
 def open(probe: Probe, options: Options) -> Slide:
-    tf = probe.tiff()
-    pages = tiff.pages(tf)
+    pages = probe.pages()
     infos = [(p, _fields(p.description or "")) for p in pages]
     if not infos[0][1]:
         raise CorruptDataError(f"{probe.path}: QPTIFF first page's PerkinElmer-QPI XML is malformed")
@@ -115,11 +114,11 @@ def _level(pages, probe: Probe, i: int):
 
 def _mpp(page: TiffPage) -> tuple[float, float] | None:
     tags = page.tags
-    unit = tags.get("ResolutionUnit")
+    unit = tags.get(296)  # ResolutionUnit (tags by code: a plain page has no names)
     um = {3: 1e4, 2: 25400.0}.get(int(unit.value) if unit is not None else 0)
     out = []
-    for name in ("XResolution", "YResolution"):
-        tag = tags.get(name)
+    for code in (282, 283):  # XResolution, YResolution
+        tag = tags.get(code)
         if tag is None or um is None:
             return None
         num, den = tag.value

@@ -48,8 +48,7 @@ def _int(el, attr: str, where: str) -> int:
 
 
 def open(probe: Probe, options: Options) -> Slide:
-    tf = probe.tiff()
-    first = tf.pages.first
+    first = probe.first_page()
     root = parse_xml(first.description, probe.path, "Leica SCN XML")
     ns = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
     where = f"{probe.path}: Leica SCN XML"
@@ -64,7 +63,7 @@ def open(probe: Probe, options: Options) -> Slide:
             if "2010/10/01" in ns:  # Base64 in this namespace (openslide >= 3.4.1 decodes it too)
                 barcode = base64.b64decode(barcode, validate=True).decode("utf-8")
         props["barcode"] = barcode
-    pages = tiff.pages(tf)
+    pages = probe.pages()
     scenes: list[Scene] = []
     associated: dict[str, AssociatedImage] = {}
     slide = Slide(probe.source, NAME, options, raw_metadata=first.description, vendor="leica",

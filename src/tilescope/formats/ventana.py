@@ -134,8 +134,7 @@ def _placed_level(page: TiffPage, probe: Probe, areas, adv, ds: int, label: str)
 
 
 def open(probe: Probe, options: Options) -> Slide:
-    tf = probe.tiff()
-    pages = tiff.pages(tf)
+    pages = probe.pages()
     iscan = _iscan(_xmp(pages[0]), probe.path)
     props = {k: v for k, v in iscan.attrib.items() if v}
     levels, associated = [], {}
