@@ -296,8 +296,17 @@ def from_tiff(compression: int, *, dtype: np.typing.DTypeLike, samples: int, pho
 
 
 def _decompressor(tiff: Any, compression: int, where: str) -> Callable[[bytes], Any]:
-    try:
-        return tiff.DECOMPRESSORS[compression]
-    except Exception as e:  # imagecodecs built without it, or a tag nobody knows
-        raise UnsupportedFormatError(
-            f"{where}: TIFF compression {compression} cannot be decoded here ({e})") from None
+    """tifffile's decoder for ``compression``, looked up on first use: the lookup loads an
+    imagecodecs extension (~3 ms), which opening a slide whose label is LZW should not cost."""
+    found: list[Callable[[bytes], Any]] = []
+
+    def decompress(data: bytes) -> Any:
+        if not found:
+            try:
+                found.append(tiff.DECOMPRESSORS[compression])
+            except Exception as e:  # imagecodecs built without it, or a tag nobody knows
+                raise UnsupportedFormatError(
+                    f"{where}: TIFF compression {compression} cannot be decoded here ({e})") from None
+        return found[0](data)
+
+    return decompress
