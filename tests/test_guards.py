@@ -265,3 +265,31 @@ def test_the_well_behaved_answers_read(hostile):
     _Hostile.mode = "ok"
     with tilescope.open(hostile, study="1.2.3", series="4.5.6", cache=tilescope.TileCache(0)) as s:
         assert s.scenes[0].read((0, 0, 64, 64)).shape == (64, 64, 3)
+
+
+def test_a_jpeg_piece_whose_own_header_is_forged_larger_is_refused_before_decoding(tmp_path):
+    """The piece's place is 256x256 but its SOF says 62975 rows (138 MB decoded): refused from
+    the header (found by the DICOM fuzzer; the same holds for any container)."""
+    import tracemalloc
+
+    p = str(tmp_path / "sof.tif")
+    rng = np.random.default_rng(1)
+    tifffile.imwrite(p, rng.integers(0, 255, (256, 256, 3), np.uint8), tile=(256, 256), compression="jpeg",
+                     photometric="rgb")
+    with tifffile.TiffFile(p) as tf:
+        off, n = tf.pages.first.dataoffsets[0], tf.pages.first.databytecounts[0]
+    with open(p, "r+b") as f:
+        f.seek(off)
+        tile = bytearray(f.read(n))
+        sof = tile.index(b"\xff\xc0")
+        tile[sof + 5:sof + 7] = (62975).to_bytes(2, "big")
+        f.seek(off)
+        f.write(tile)
+    tracemalloc.start()
+    try:
+        with tilescope.open(p, cache=tilescope.TileCache(0)) as s, \
+                pytest.raises(tilescope.CorruptDataError, match=r"sof\.tif.*62975 pixels, more than its 256x256"):
+            s.scenes[0].read((0, 0, 16, 16))
+        assert tracemalloc.get_traced_memory()[1] < 32 << 20
+    finally:
+        tracemalloc.stop()

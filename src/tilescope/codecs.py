@@ -141,8 +141,12 @@ def jpeg(tables: bytes | None = None, *, colorspace: int | str | None = None,
         except ValueError:  # a piece smaller than its place (the last strip): let it allocate
             if out is None:
                 raise
+            # ... no more than its place: a forged SOF would size the allocation (a bomb)
+            _fits(simplejpeg.decode_jpeg_header(splice + bytes(data[2:]) if splice else data), h, w)
             return imagecodecs.jpeg8_decode(data, tables=tables, colorspace=colorspace,
                                             outcolorspace=outcolorspace)
+
+    splice = tables[:-2] if tables else b""  # the shared tables before a piece's own segments
 
     scaled: Callable[[int], Codec | None] | None = None
     # reduced decode only where both libraries pick the same colour conversion: libjpeg's default
@@ -164,9 +168,18 @@ def _jpeg_scaled(head: bytes, colorspace: str, samples: int, k: int) -> Codec | 
         jh, jw = simplejpeg.decode_jpeg_header(data)[:2]
         sh, sw = -(-jh // k), -(-jw // k)
         if out is not None and out.shape[:2] != (sh, sw):
+            _fits((sh, sw), h, w)
             out = None
         return simplejpeg.decode_jpeg(data, colorspace, min_height=sh, min_width=sw, buffer=out)
     return Codec(f"jpeg/{k}", np.dtype(np.uint8), samples, dec, True)
+
+
+def _fits(header: tuple, h: int, w: int) -> None:
+    """ValueError (a decode error, then CorruptDataError) for a stream whose own header is larger
+    than the piece's place: checked before the codec allocates what the header says."""
+    jh, jw = header[:2]
+    if jh > h or jw > w:
+        raise ValueError(f"the JPEG stream says {jw}x{jh} pixels, more than its {w}x{h} place")
 
 
 def _fix(x: float) -> int:
