@@ -293,3 +293,21 @@ def test_a_jpeg_piece_whose_own_header_is_forged_larger_is_refused_before_decodi
         assert tracemalloc.get_traced_memory()[1] < 32 << 20
     finally:
         tracemalloc.stop()
+
+
+def test_a_dicom_tile_grid_of_67_million_cells_is_refused_at_open(tmp_path):
+    """A fuzzer's DICOM: TotalPixelMatrixColumns 67109014 in 1-pixel-wide tiles built 3.3 GB of
+    piece tables before anything refused it; now the grid is checked first."""
+    import shutil
+    import tracemalloc
+
+    p = str(tmp_path / "grid.dcm")
+    shutil.copy(os.path.join(os.path.dirname(__file__), os.pardir, "fuzz", "regressions", "dicom",
+                             "oom-forged-tile-grid"), p)
+    tracemalloc.start()
+    try:
+        with pytest.raises(tilescope.CorruptDataError, match=r"grid\.dcm: .*67109014 tiles, above 16777216"):
+            tilescope.open(p)
+        assert tracemalloc.get_traced_memory()[1] < 64 << 20
+    finally:
+        tracemalloc.stop()

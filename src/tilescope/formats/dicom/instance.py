@@ -13,6 +13,8 @@ from ... import codecs
 from ...engine import MAX_SIDE
 from ...errors import CorruptDataError, UnsupportedFormatError
 
+MAX_GRID = 1 << 24  # tiles a level may have (a 1,000,000² px slide in 256² tiles has 15.3 million)
+
 if TYPE_CHECKING:
     from pydicom import Dataset
 
@@ -86,6 +88,10 @@ class Instance:
             if not 1 <= v <= top:
                 raise CorruptDataError(f"{self.path}: {name} is {v}, outside 1..{top}")
         self.grid = (-(-self.size[0] // self.tile[0]), -(-self.size[1] // self.tile[1]))  # tile columns, rows
+        if self.grid[0] * self.grid[1] > MAX_GRID:  # each plane's piece table has a cell per tile
+            raise CorruptDataError(f"{self.path}: a {self.size[0]}x{self.size[1]} matrix in "
+                                   f"{self.tile[0]}x{self.tile[1]} tiles is {self.grid[0] * self.grid[1]} "
+                                   f"tiles, above {MAX_GRID}")
         self.syntax = syntax or str(ds.file_meta.TransferSyntaxUID)
         self.sop_class = str(ds.get("SOPClassUID", ""))
         self.pixel_tag, float_type = next(((t, f) for t, f in PIXELS if t in ds), PIXELS[0])
