@@ -9,6 +9,7 @@ range table most formats are, :class:`PieceList` the defaults for pieces of anot
 from __future__ import annotations
 
 import functools
+import io
 import os
 import stat
 import threading
@@ -145,6 +146,42 @@ class ByteSource(Source, Protocol):
     def head(self, n: int = 4096) -> bytes: ...
 
 
+class SourceFile(io.RawIOBase):
+    """A ByteSource as a read-only binary file, for libraries that parse from a file object
+    (tifffile, pydicom) when the bytes are not in a local file."""
+
+    def __init__(self, source: ByteSource):
+        super().__init__()
+        self.source, self.name, self._pos = source, source.path, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = 0 if whence == 0 else self._pos if whence == 1 else self.source.size
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self.source.size - self._pos))
+        if n:
+            self.source.readinto(self._pos, view[:n])
+            self._pos += n
+        return n
+
+
+def local(source: Source) -> str | None:
+    """The local path of ``source``, or None when its bytes are elsewhere (a server, a bucket)."""
+    return source.path if isinstance(source, FileSource) else None
+
+
 class Detached:
     """The source of a parsed slide kept without an open file (the parse cache): closed."""
 
@@ -268,6 +305,12 @@ class ByteRanges(PieceList):
         if home is None:
             home = self._homes[path] = file_home(path)
         return home
+
+    def prefetch(self, handle: Any, indices: list[int]) -> None:
+        """Hand a source read by request (``remote.RemoteSource.prefetch``) the pieces' byte ranges."""
+        warm = getattr(handle, "prefetch", None)
+        if warm is not None:
+            warm([(int(self.offsets[i]), int(self.counts[i])) for i in indices])
 
     def fetch(self, handle: ByteSource, index: int) -> bytes:
         """The encoded bytes of piece ``index``; CorruptDataError if it is missing or truncated."""

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import tifffile
 
 from ..errors import CorruptDataError, InvalidRequestError
-from ..source import ByteSource
+from ..source import ByteSource, SourceFile, local
 from . import ifd
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class Probe:
         """The file as a ``tifffile.TiffFile``; CorruptDataError if its structure is broken."""
         if self._tiff is None:
             try:
-                self._tiff = tifffile.TiffFile(self.path)
+                self._tiff = self.tifffile()
                 self._tiff.pages[0]
             except Exception as e:
                 if self._tiff is not None:
@@ -60,6 +60,11 @@ class Probe:
                     self._tiff = None
                 raise CorruptDataError(f"{self.path}: TIFF structure is broken: {e}") from e
         return self._tiff
+
+    def tifffile(self, **kw: Any) -> tifffile.TiffFile:
+        """A new ``tifffile.TiffFile`` of the file (its path, or its bytes from a server)."""
+        path = local(self.source)
+        return tifffile.TiffFile(path if path is not None else cast(IO[bytes], SourceFile(self.source)), **kw)
 
     def plain(self) -> ifd.Pages | None:
         """The IFD chain read by :mod:`.ifd`, or None where tifffile must read the file."""

@@ -115,10 +115,9 @@ def _interval_starts(page: TiffPage, source: ByteSource, start: int, count: int,
 
 
 def open(probe: Probe, options: Options) -> Slide:
-    import tifffile
 
     source = probe.source
-    with tifffile.TiffFile(probe.path, is_ndpi=True) as tf:
+    with probe.tifffile(is_ndpi=True) as tf:
         pages = tiff.pages(tf)
         levels: dict[int, list] = {}
         macro = None

@@ -19,7 +19,7 @@ from ..codecs import Codec
 from ..engine import GridPlane, Layout
 from ..errors import TooLargeError
 from ..model import Scene, Slide, make_levels
-from ..source import PieceList
+from ..source import PieceList, SourceFile, local
 
 if TYPE_CHECKING:
     from ..engine import Options
@@ -70,7 +70,7 @@ def _image(data, path: str):
 
 def open(probe: Probe, options: Options) -> Slide:
     path = probe.path
-    with _image(path, path) as im:
+    with _image(path if local(probe.source) else SourceFile(probe.source), path) as im:
         fmt, mode, (w, h) = im.format, im.mode, im.size
         icc = im.info.get("icc_profile")
         frames = getattr(im, "n_frames", 1)

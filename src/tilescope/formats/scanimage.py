@@ -23,7 +23,7 @@ import mmap
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from .. import codecs
 from ..engine import GridPlane, Layout
 from ..errors import CorruptDataError, InvalidRequestError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
-from ..source import ByteRanges
+from ..source import ByteRanges, local
 
 if TYPE_CHECKING:
     from ..engine import Options
@@ -168,9 +168,10 @@ class _Frames:
 
     def __init__(self, path: str, mm, big: bool):
         self.path = path
+        self._unpack = struct.unpack_from if isinstance(mm, mmap.mmap) else mm.unpack_from
         fmt_n, fmt_e, fmt_next, esize = ("<Q", "<HHQ", "<Q", 20) if big else ("<H", "<HHI", "<I", 12)
         vsize = 8 if big else 4
-        first = struct.unpack_from("<Q" if big else "<I", mm, 8 if big else 4)[0]
+        first = self._unpack("<Q" if big else "<I", mm, 8 if big else 4)[0]
         size = len(mm)
         desc: list[tuple[int, int]] = []
         strips: list[tuple[tuple, tuple]] = []
@@ -179,12 +180,12 @@ class _Frames:
         while pos:
             if pos + 8 > size or seen > size // 8:
                 raise CorruptDataError(f"{path}: IFD {len(desc)} at {pos} is outside the file or loops")
-            n = struct.unpack_from(fmt_n, mm, pos)[0]
+            n = self._unpack(fmt_n, mm, pos)[0]
             base = pos + struct.calcsize(fmt_n)
             if layout is None or layout[0] != n:  # learn (or re-learn) where the entries that matter are
                 layout = (n, {}, {})
                 for k in range(n):
-                    tag = struct.unpack_from("<H", mm, base + k * esize)[0]
+                    tag = self._unpack("<H", mm, base + k * esize)[0]
                     if tag in _TAGS:
                         layout[1][tag] = k
                 if 273 not in layout[1] or 279 not in layout[1]:
@@ -192,7 +193,7 @@ class _Frames:
             entries = {}
             for tag, k in layout[1].items():
                 e = base + k * esize
-                t, typ, count = struct.unpack_from(fmt_e, mm, e)
+                t, typ, count = self._unpack(fmt_e, mm, e)
                 if t != tag:  # a frame with a different tag layout: re-learn it
                     layout = (-1, {}, {})
                     break
@@ -200,7 +201,7 @@ class _Frames:
             else:
                 self._frame(mm, entries, vsize, big, desc, strips)
                 seen += 1
-                pos = struct.unpack_from(fmt_next, mm, base + n * esize)[0]
+                pos = self._unpack(fmt_next, mm, base + n * esize)[0]
                 continue
             layout = None
         if not desc:
@@ -214,14 +215,14 @@ class _Frames:
             code = _TYPES.get(typ, "B")
             nbytes = struct.calcsize(code) * count
             if nbytes > vsize:
-                at = struct.unpack_from("<Q" if big else "<I", mm, at)[0]
+                at = self._unpack("<Q" if big else "<I", mm, at)[0]
             return at, count, code
         if not hasattr(self, "shape"):  # the first frame: what every frame shares
             get = {}
             for t in (256, 257, 258, 277, 339):
                 if t in entries:
                     at, _, code = values(t)
-                    get[t] = struct.unpack_from("<" + code, mm, at)[0]
+                    get[t] = self._unpack("<" + code, mm, at)[0]
             self.shape = (get[257], get[256])
             self.bits, self.spp, self.format = get.get(258, 16), get.get(277, 1), get.get(339, 1)
             self.software = self._text(mm, *values(305)[:2]) if 305 in entries else ""
@@ -229,8 +230,8 @@ class _Frames:
         d = values(270)[:2] if 270 in entries else (0, 0)
         desc.append(d)
         so, sc = values(273), values(279)
-        offs = struct.unpack_from(f"<{so[1]}{so[2]}", mm, so[0])
-        cnts = struct.unpack_from(f"<{sc[1]}{sc[2]}", mm, sc[0])
+        offs = self._unpack(f"<{so[1]}{so[2]}", mm, so[0])
+        cnts = self._unpack(f"<{sc[1]}{sc[2]}", mm, sc[0])
         strips.append((offs, cnts))
 
     @staticmethod
@@ -335,7 +336,7 @@ class ScanImageScene(Scene):
 def open(probe: Probe, options: Options) -> Slide:
     src = probe.source
     big = probe.head[2:4] == b"+\x00"
-    with _mapped(src.path) as mm:
+    with _mapped(src) as mm:
         frames = _Frames(src.path, mm, big)
         block = _static_block(bytes(mm[:32]))
         settings_text, roi_text = frames.software, frames.artist
@@ -400,7 +401,32 @@ def open(probe: Probe, options: Options) -> Slide:
 
 
 @contextlib.contextmanager
-def _mapped(path: str):
-    """The file memory-mapped for the IFD walk, unmapped afterwards."""
+def _mapped(src: ByteSource):
+    """The file memory-mapped for the IFD walk (unmapped afterwards), or its bytes on a server
+    read through the source's block cache."""
+    path = local(src)
+    if path is None:
+        yield _Ranged(src)
+        return
     with builtins.open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         yield mm
+
+
+class _Ranged:
+    """The parts of an mmap the IFD walk uses, over a source that is not a local file."""
+
+    def __init__(self, src: ByteSource):
+        self.src = src
+
+    def __len__(self) -> int:
+        return self.src.size
+
+    def __getitem__(self, s: slice) -> bytes:
+        start, stop, _ = s.indices(self.src.size)
+        return self.src.pread(start, max(0, stop - start))
+
+    def unpack_from(self, fmt: str, _mm: Any, at: int) -> tuple:
+        n = struct.calcsize(fmt)
+        if at < 0 or at + n > self.src.size:
+            raise struct.error(f"{n} bytes at {at} are outside the file")
+        return struct.unpack(fmt, self.src.pread(at, n))
