@@ -268,6 +268,8 @@ class Reader:
         self._files: dict = {}  # other files (or library handles) pieces live in, opened on first use
         self._fork_safe: set = set()  # keys of the handles a forked child keeps
         self._files_lock = threading.Lock()
+        # a source read by request (a server, a bucket) gets each read's byte ranges first
+        self._batches = getattr(source, "batches", False)
         procs.reset_after_fork(self)
 
     def _after_fork(self) -> None:
@@ -388,8 +390,8 @@ class Reader:
             tasks += anyhow
             ordered += in_order
 
-        if any(planes[p].pieces.prefetches for p in groups):
-            self._prefetch(tasks)
+        if self._batches or any(planes[p].pieces.prefetches for p in groups):
+            self._prefetch(tasks + ordered)
 
         def run(batch: list[Task]) -> None:
             for task in batch:
@@ -412,11 +414,12 @@ class Reader:
         return out
 
     def _prefetch(self, tasks: list) -> None:
-        """Hand network pieces (DICOMweb frames) their read's uncached indices at once, so they
-        can be asked for in few requests before the decoding threads want them."""
+        """Hand network pieces (DICOMweb frames, byte ranges on a server) their read's uncached
+        indices at once, so they can be asked for in few requests before the decoding threads
+        want them."""
         wanted: dict = {}
         for plane, index, *_ in tasks:
-            if plane.pieces.prefetches and (plane.uid, index) not in self.cache:
+            if (self._batches or plane.pieces.prefetches) and (plane.uid, index) not in self.cache:
                 wanted.setdefault(plane.uid, (plane, []))[1].append(index)
         for plane, todo in wanted.values():
             plane.pieces.prefetch(self._source_of(plane.pieces, todo[0]), todo)
