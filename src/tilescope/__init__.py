@@ -15,9 +15,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
-from . import formats
+from . import formats, remote
 from .cache import TileCache
 from .engine import DEFAULT_CACHE, Options
 from .errors import (
@@ -33,7 +33,7 @@ from .errors import (
 )
 from .model import Level, Scene, Slide, clone
 from .procs import Ticket
-from .source import FileSource
+from .source import ByteSource, FileSource, local
 
 __version__ = "0.1.0"
 __all__ = [
@@ -86,7 +86,7 @@ def drivers() -> list[str]:
     return [m.NAME for m in formats.modules() + formats.url_modules()]
 
 
-def _probe_driver(source: FileSource) -> formats.Probe:
+def _probe_driver(source: ByteSource) -> formats.Probe:
     probe = formats.Probe(source)
     if not probe.head:
         probe.close()
@@ -127,6 +127,11 @@ def _detect_file(path: str) -> ModuleType | None:
         src = FileSource(path)
     except TilescopeError:
         return None
+    return _detect_source(src)
+
+
+def _detect_source(src: ByteSource) -> ModuleType | None:
+    """The driver module that recognizes ``src`` (closed after), or None."""
     try:
         probe = formats.Probe(src)
         try:
@@ -140,8 +145,11 @@ def _detect_file(path: str) -> ModuleType | None:
 
 
 def detect(source: str | os.PathLike) -> str | None:
-    """The name of the driver that would open ``source`` (a file, or a folder: see :func:`open`),
-    or None if no driver recognizes it."""
+    """The name of the driver that would open ``source`` (a file, a folder: see :func:`open`, or
+    the URL of a file on a server or in a bucket), or None if no driver recognizes it."""
+    if remote.is_remote(source):
+        mod = _detect_source(remote.RemoteSource(cast(str, source)))
+        return mod.NAME if mod else None
     if os.path.isdir(source):
         try:
             source = _in_folder(os.fspath(source))
@@ -174,6 +182,8 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
         slide = web.open_url(source, _options(overrides), url_options)
         slide._ticket = ticket
         return slide
+    if remote.is_remote(source):
+        return _open_remote(cast(str, source), driver, overrides)
     path, folder, files = _resolve(source)
     opts = _options(overrides)
     src = FileSource(path)
@@ -190,6 +200,28 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
     # what a pickle of it re-opens: absolute paths (another process may work elsewhere)
     where = [_absolute(f) for f in files] if files is not None else _absolute(folder or path)
     slide._ticket = Ticket(where, driver, overrides, src.identity[2:])
+    return slide
+
+
+def _open_remote(url: str, driver: str | None, overrides: dict[str, Any]) -> Slide:
+    """A slide on a web server or in an object store (:mod:`.remote`): parsed from its bytes as a
+    file is, through the block cache; the parse cache knows it by URL, size and ETag."""
+    given = dict(overrides)
+    names = {f.name for f in dataclasses.fields(remote.RemoteOptions)}
+    ropts = remote.RemoteOptions(**{k: overrides.pop(k) for k in list(overrides) if k in names})
+    opts = _options(overrides)
+    src = remote.RemoteSource(url, ropts)
+    key = (src.identity, driver.upper() if driver else None, False)
+    parsed = _cached(key, url)
+    if parsed is not None:
+        slide = parsed._bind(src, opts)
+    else:
+        try:
+            slide = _parse(src, opts, driver, None, None, key)
+        except BaseException:
+            src.close()
+            raise
+    slide._ticket = Ticket(url, driver, given, src.identity[2:])
     return slide
 
 
@@ -224,7 +256,7 @@ def _cached(key: Hashable, path: str) -> Slide | None:
     return None
 
 
-def _parse(src: FileSource, opts: Options, driver: str | None, folder: str | None, files: list[str] | None,
+def _parse(src: ByteSource, opts: Options, driver: str | None, folder: str | None, files: list[str] | None,
            key: Hashable) -> Slide:
     probe = _probe_driver(src)
     probe.folder = folder  # the folder the caller opened (drivers of several files choose in it)
@@ -237,13 +269,17 @@ def _parse(src: FileSource, opts: Options, driver: str | None, folder: str | Non
         if driver and not mod.detect(probe):
             raise UnsupportedFormatError(f"{src.path}: is not a {mod.NAME} file")
         multi = getattr(mod, "MULTI_FILE", False)
+        if local(src) is None and getattr(mod, "LOCAL_ONLY", False):
+            raise UnsupportedFormatError(f"{src.path}: {mod.NAME} slides are read from local files only (the "
+                                         "driver opens files by path), not from a server or a bucket")
         if files is not None and not multi:
             raise InvalidRequestError(f"{src.path}: a list of files is read as the files of one slide "
                                       f"(DICOM instances); a {mod.NAME} slide is opened by its file")
         try:
             if files is not None:
                 return mod.open(probe, opts, files=files)
-            mtime = _folder_mtime(src.path) if multi else None  # before the parse: changes during it count
+            # before the parse: changes during it count
+            mtime = _folder_mtime(src.path) if multi and local(src) else None
             slide = mod.open(probe, opts)
         except TilescopeError:
             raise

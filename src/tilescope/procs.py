@@ -46,13 +46,14 @@ _open_lock = threading.RLock()
 @dataclass(slots=True)
 class Ticket:
     """What to open: ``tilescope.open(source, driver, **options)``, and the (size, mtime) of the
-    file at the time (``stamp``; None for URLs): a file that changed since raises
-    :class:`SourceChangedError` when the other side opens it."""
+    file at the time (``stamp``; (size, ETag) for a file on a server or in a bucket, None for
+    DICOMweb): a file that changed since raises :class:`SourceChangedError` when the other side
+    opens it."""
 
     source: Any  # an absolute path, a list of them, or a URL
     driver: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # open()'s keywords: Options and URL options
-    stamp: tuple[int, int] | None = None
+    stamp: tuple[Any, ...] | None = None
 
     def open(self) -> Any:
         import tilescope

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 NAME = "AFI"
 OPENSLIDE_VENDOR = "aperio"  # openslide's name for the format (detect_format, openslide.vendor)
+LOCAL_ONLY = True  # the XML names image files beside it, opened by path
 _MAX_XML = 1 << 20
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 NAME = "GDAL"
 OPENSLIDE_VENDOR = "gdal"  # openslide's name for the format (detect_format, openslide.vendor)
 # the encoding of a driver's files where GDAL reports no compression
+LOCAL_ONLY = True  # rasterio opens the file by path
 _DRIVER_CODECS = {"JP2OpenJPEG": "jpeg2000", "JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
 
 def _rasterio():

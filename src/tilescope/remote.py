@@ -1,0 +1,406 @@
+"""Slides on web servers and in object storage: a :class:`~tilescope.source.ByteSource` read by
+byte ranges, so every single-file format opens from a URL without the format knowing.
+
+``http(s)://`` is read with urllib3 (one thread-safe connection pool per source; a HEAD gives the
+size, the ETag / Last-Modified and whether the server serves ranges); ``s3://``, ``gs://``,
+``az://`` / ``abfs://`` with fsspec's filesystems (s3fs, gcsfs, adlfs: credentials from their
+usual places — ``AWS_*``, profiles, instance roles — plus ``storage_options``). obstore was tried
+first: its tokio runtime does not survive ``fork`` (a forked child's first request hangs, even on
+a new store), and a DataLoader's or a multiprocessing pool's workers are forked.
+
+Reads go through a per-slide block cache of fetched spans (LRU, ``cache_bytes``): a miss reads at
+least ``min_read`` bytes from where it starts, so an IFD chain, a CZI directory or DICOM metadata
+come in few requests; the engine hands a read's pieces over first (:meth:`RemoteSource.prefetch`),
+ranges closer than ``gap`` bytes are coalesced into spans of at most ``max_span`` bytes, the spans
+are fetched ``connections`` at a time, and each piece's decode waits only for its own span.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CorruptDataError, RemoteError, SlideClosedError, SourceChangedError, SourceNotFoundError
+
+HTTP_SCHEMES = ("http://", "https://")
+STORE_SCHEMES = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://")
+SCHEMES = HTTP_SCHEMES + STORE_SCHEMES
+
+
+def is_remote(source: Any) -> bool:
+    return isinstance(source, str) and source.startswith(SCHEMES)
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """What ``tilescope.open(url, ...)`` takes for a slide on a server or in a bucket.
+
+    ``storage_options`` go to the client: for HTTP ``headers`` (authentication) and ``verify``
+    (False, or a CA bundle's path); for object stores fsspec's filesystem keywords (``anon``,
+    ``key``, ``secret``, ``endpoint_url``, ``client_kwargs``, ``profile``, ...). The rest say how it
+    is read: requests in flight at once, the block cache's size, the smallest read, the gap below
+    which two ranges are fetched as one, per-request ``timeout`` (s) and ``retries`` (with back-off,
+    on connection errors, 5xx and 429), and how much of a server that ignores ranges may be
+    downloaded whole."""
+
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    connections: int = 8
+    cache_bytes: int = 64 << 20
+    min_read: int = 256 << 10
+    gap: int = 64 << 10
+    max_span: int = 16 << 20
+    timeout: float = 30.0
+    retries: int = 3
+    max_download: int = 64 << 20
+
+
+URL_OPTIONS = RemoteOptions
+
+
+class _Stat:
+    def __init__(self, size: int, tag: str | None, ranges: bool = True, version: str | None = None):
+        self.size, self.tag, self.ranges, self.version = size, tag, ranges, version
+
+
+class _Http:
+    """Range requests over HTTP(S) with urllib3."""
+
+    def __init__(self, url: str, opts: RemoteOptions):
+        import urllib3
+
+        so = dict(opts.storage_options)
+        self.url = url
+        self.headers = dict(so.pop("headers", None) or {})
+        verify = so.pop("verify", True)
+        if so:
+            raise RemoteError(f"{url}: unknown storage_options for HTTP: {sorted(so)} "
+                              "(known: headers, verify)")
+        tls: dict[str, Any] = {}
+        if verify is False:
+            tls["cert_reqs"] = "CERT_NONE"
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        elif isinstance(verify, str):
+            tls["ca_certs"] = verify
+        retry = urllib3.Retry(total=opts.retries, backoff_factor=0.2,
+                              status_forcelist=(429, 500, 502, 503, 504), allowed_methods={"HEAD", "GET"},
+                              raise_on_status=False, respect_retry_after_header=True)
+        timeout = urllib3.Timeout(connect=opts.timeout, read=opts.timeout)
+        self.pool = urllib3.PoolManager(num_pools=4, maxsize=max(opts.connections, 1), retries=retry,
+                                        timeout=timeout, **tls)
+        self.tag: str | None = None
+        self.version: str | None = None
+
+    def _request(self, method: str, headers: dict[str, str], preload: bool = True) -> Any:
+        import urllib3
+
+        try:
+            return self.pool.request(method, self.url, headers={**self.headers, **headers},
+                                     preload_content=preload, redirect=True)
+        except urllib3.exceptions.HTTPError as e:
+            raise RemoteError(f"{self.url}: {method} failed: {type(e).__name__}: {e}") from None
+
+    def _status(self, r: Any, what: str) -> None:
+        if r.status == 404 or r.status == 410:
+            raise SourceNotFoundError(f"{self.url}: not found ({r.status})")
+        if r.status in (401, 403):
+            raise RemoteError(f"{self.url}: access denied ({r.status}): credentials are missing or wrong")
+        if r.status == 412:
+            raise SourceChangedError(f"{self.url}: changed on the server while being read "
+                                     f"(ETag no longer {self.tag})")
+        if not 200 <= r.status < 300:
+            raise RemoteError(f"{self.url}: {what}: the server answered {r.status}")
+
+    def first(self, n: int, limit: int) -> tuple[_Stat, bytes]:
+        """The first ``n`` bytes and what they tell of the file, in one request: a 206's
+        Content-Range gives the size; a server that ignores ranges (200) sends the whole body,
+        kept if it is at most ``limit`` bytes."""
+        r = self._request("GET", {"Range": f"bytes=0-{n - 1}"}, preload=False)
+        try:
+            if r.status == 416:  # an empty file has no byte 0
+                return _Stat(0, None), b""
+            self._status(r, f"bytes 0-{n - 1}")
+            self.tag = r.headers.get("ETag") or r.headers.get("Last-Modified")
+            if r.status == 206:
+                total = r.headers.get("Content-Range", "").rpartition("/")[2]
+                if not total.isdigit():
+                    raise RemoteError(f"{self.url}: the server gives no size (Content-Range {total!r})")
+                return _Stat(int(total), self.tag), r.read(n + 1)
+            length = r.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > limit:
+                raise RemoteError(f"{self.url}: the server does not serve byte ranges and the file "
+                                  f"({length} bytes) is larger than max_download ({limit} bytes)")
+            data = r.read(limit + 1)
+            if len(data) > limit:
+                raise RemoteError(f"{self.url}: the server does not serve byte ranges and the file is "
+                                  f"larger than max_download ({limit} bytes)")
+            return _Stat(len(data), self.tag, ranges=False), data
+        finally:
+            r.release_conn()
+
+    def _check_tag(self, r: Any) -> None:
+        tag = r.headers.get("ETag") or r.headers.get("Last-Modified")
+        if self.tag is not None and tag is not None and tag != self.tag:
+            raise SourceChangedError(f"{self.url}: changed on the server while being read "
+                                     f"(ETag {self.tag} at open, {tag} now)")
+
+    def get(self, start: int, end: int) -> bytes:
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if self.tag is not None:
+            headers["If-Match" if self.tag.startswith(('"', 'W/"')) else "If-Unmodified-Since"] = self.tag
+        r = self._request("GET", headers, preload=False)
+        try:
+            self._status(r, f"bytes {start}-{end - 1}")
+            if r.status != 206:
+                raise RemoteError(f"{self.url}: the server ignored a range request (answered {r.status} "
+                                  f"with the whole body)")
+            self._check_tag(r)
+            data = r.read(end - start + 1)  # at most one byte more than asked: a longer body is an error
+        finally:
+            r.release_conn()
+        return data
+
+    def close(self) -> None:
+        self.pool.clear()
+
+
+class _Store:
+    """Range reads from an object store through its fsspec filesystem."""
+
+    def __init__(self, url: str, opts: RemoteOptions):
+        try:
+            import fsspec
+        except ImportError:
+            raise RemoteError(f"{url}: object stores need the [remote] extra "
+                              "(fsspec, s3fs, gcsfs, adlfs)") from None
+        self.url = url
+        protocol = url.split("://", 1)[0]
+        try:
+            self.fs = fsspec.filesystem(protocol, **opts.storage_options)
+        except ImportError as e:
+            raise RemoteError(f"{url}: the {protocol}:// filesystem is not installed ({e}): see the [remote] "
+                              "extra") from None
+        except (TypeError, ValueError) as e:
+            raise RemoteError(f"{url}: bad storage_options: {e}") from None
+        self.tag: str | None = None
+        self.version: str | None = None
+
+    def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except FileNotFoundError:
+            raise SourceNotFoundError(f"{self.url}: not found") from None
+        except PermissionError as e:
+            raise RemoteError(f"{self.url}: access denied: credentials are missing or wrong ({e})") from None
+        except OSError as e:
+            raise RemoteError(f"{self.url}: {what} failed: {type(e).__name__}: {e}") from None
+        except Exception as e:  # a client's own errors (botocore's, aiohttp's): ours, naming the URL
+            raise RemoteError(f"{self.url}: {what} failed: {type(e).__name__}: {e}") from None
+
+    def first(self, n: int, limit: int) -> tuple[_Stat, bytes]:
+        """What the object is (a HEAD), and no bytes yet: the first read asks for them."""
+        info = self._call("stat", self.fs.info, self.url)
+        if info.get("type") == "directory":
+            raise SourceNotFoundError(f"{self.url}: is a folder (prefix), not an object")
+        tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
+        self.version = info.get("VersionId") if info.get("VersionId") not in (None, "null") else None
+        return _Stat(int(info["size"]), None if tag is None else str(tag), version=self.version), b""
+
+    def get(self, start: int, end: int) -> bytes:
+        kw = {"version_id": self.version} if self.version else {}
+        return self._call(f"bytes {start}-{end - 1}", self.fs.cat_file, self.url, start=start, end=end, **kw)
+
+    def close(self) -> None:
+        pass
+
+
+def _client(url: str, opts: RemoteOptions) -> _Http | _Store:
+    return _Http(url, opts) if url.startswith(HTTP_SCHEMES) else _Store(url, opts)
+
+
+class RemoteSource:
+    """A slide's bytes on a server or in a bucket. Thread-safe; forks and pickles as its URL."""
+
+    batches = True  # the engine hands over a read's pieces first (prefetch)
+
+    def __init__(self, url: str, options: RemoteOptions | None = None):
+        self.path = url
+        self.options = opts = options or RemoteOptions()
+        if opts.connections < 1 or opts.min_read < 1 or opts.cache_bytes < 0:
+            raise RemoteError(f"{url}: connections and min_read must be >= 1, cache_bytes >= 0")
+        self._client: _Http | _Store | None = _client(url, opts)
+        n = min(opts.min_read, opts.max_span)
+        st, first = self._client.first(n, opts.max_download)
+        self.size, self._version = st.size, st.version
+        self.identity = ("remote", url, st.size, st.tag)
+        # a server without ranges sent the whole file (if small enough): read from memory
+        self._whole = None if st.ranges else first
+        self.requests = 1  # requests so far, the first included (what the tests and the benchmark count)
+        self._fresh()
+        if first and st.ranges:
+            if len(first) != min(n, self.size):
+                raise CorruptDataError(f"{url}: the server sent {len(first)} bytes of a "
+                                       f"{self.size}-byte file")
+            self._spans[0] = (len(first), first)
+            self._starts.append(0)
+            self._held = len(first)
+
+    def _fresh(self) -> None:
+        self._lock = threading.Lock()
+        self._spans: OrderedDict[int, tuple[int, bytes | Future]] = OrderedDict()  # start -> (end, data)
+        self._starts: list[int] = []
+        self._held = 0  # bytes of the completed spans
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    def _after_fork(self) -> None:
+        # connections, the pool and spans in flight are the parent's: start over with new ones. The
+        # client is made on first use, not here: fsspec resets its event loop in its own at-fork
+        # hook, which may run after this one (a filesystem made here would keep the dead loop)
+        self._client = None
+        self._fresh()
+
+    def _get(self, start: int, end: int) -> bytes:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = _client(self.path, self.options)
+                    self._client.tag, self._client.version = self.identity[3], self._version
+                client = self._client
+        return client.get(start, end)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- the block cache ---------------------------------------------------------------------
+    def _find(self, offset: int, end: int) -> tuple[int, bytes | Future] | None:
+        """(start, data or a future of it) of a span holding [offset, end); with the lock held."""
+        i = bisect.bisect_right(self._starts, offset)
+        for start in reversed(self._starts[max(0, i - 4):i]):  # spans overlap rarely: a few suffice
+            span_end, data = self._spans[start]
+            if span_end >= end:
+                self._spans.move_to_end(start)
+                return start, data
+        return None
+
+    def _claim(self, start: int, end: int) -> Future:
+        fut: Future = Future()
+        if start in self._spans:  # a shorter span at the same start: the new one replaces it
+            self._drop(start)
+        self._spans[start] = (end, fut)
+        bisect.insort(self._starts, start)
+        return fut
+
+    def _drop(self, start: int) -> None:
+        end, data = self._spans.pop(start)
+        self._starts.remove(start)
+        if not isinstance(data, Future):
+            self._held -= end - start
+
+    def _fill(self, start: int, end: int, fut: Future) -> None:
+        """Fetch span [start, end) into ``fut`` (and the cache); a failure is kept by the future
+        (its waiters raise it) and the span forgotten, so a later read asks again."""
+        try:
+            if self._whole is not None:
+                data = self._whole[start:end]
+            else:
+                with self._lock:
+                    self.requests += 1
+                data = self._get(start, end)
+            if len(data) != end - start:
+                raise CorruptDataError(f"{self.path}: the server sent {len(data)} bytes for bytes "
+                                       f"{start}-{end - 1} of a {self.size}-byte file: short or changed")
+        except BaseException as e:
+            with self._lock:
+                if self._spans.get(start, (0, None))[1] is fut:
+                    self._drop(start)
+            fut.set_exception(e)
+            return
+        with self._lock:
+            if self._spans.get(start, (0, None))[1] is fut:
+                self._spans[start] = (end, data)
+                self._held += end - start
+                self._evict()
+        fut.set_result(data)
+
+    def _evict(self) -> None:
+        for start in list(self._spans):
+            if self._held <= self.options.cache_bytes:
+                break
+            if not isinstance(self._spans[start][1], Future):
+                self._drop(start)
+
+    # -- ByteSource --------------------------------------------------------------------------
+    def _check(self, offset: int, count: int) -> None:
+        if self._closed:
+            raise SlideClosedError(f"{self.path}: slide is closed")
+        if offset < 0 or count < 0 or offset + count > self.size:
+            raise CorruptDataError(f"{self.path}: file is truncated or a size in it is forged: wanted "
+                                   f"{count} bytes at offset {offset}, file has {self.size} bytes")
+
+    def _view(self, offset: int, count: int) -> memoryview:
+        self._check(offset, count)
+        end = offset + count
+        mine = None
+        with self._lock:
+            hit = self._find(offset, end)
+            if hit is None:
+                span_end = min(self.size, offset + max(count, self.options.min_read))
+                hit = offset, (mine := self._claim(offset, span_end))
+        start, data = hit
+        if mine is not None:
+            self._fill(offset, span_end, mine)
+        if isinstance(data, Future):
+            data = data.result()
+        return memoryview(data)[offset - start:end - start]
+
+    def pread(self, offset: int, count: int) -> bytes:
+        return bytes(self._view(offset, count)) if count else b""
+
+    def readinto(self, offset: int, buffer: Any) -> None:
+        view = memoryview(buffer).cast("B")
+        view[:] = self._view(offset, len(view))
+
+    def head(self, n: int = 4096) -> bytes:
+        return self.pread(0, min(n, self.size))
+
+    def prefetch(self, ranges: list[tuple[int, int]]) -> None:
+        """Start fetching the byte ranges ``(offset, count)`` (one read's pieces): those not held
+        or in flight are coalesced into spans and requested ``connections`` at a time."""
+        if self._closed:
+            return
+        opts = self.options
+        todo: list[tuple[int, int]] = []
+        with self._lock:
+            for offset, count in sorted(ranges):
+                end = offset + count
+                if count <= 0 or offset < 0 or end > self.size or self._find(offset, end):
+                    continue
+                if todo and offset - todo[-1][1] <= opts.gap and end - todo[-1][0] <= opts.max_span:
+                    todo[-1] = (todo[-1][0], max(end, todo[-1][1]))
+                else:
+                    todo.append((offset, end))
+            claimed = [(s, e, self._claim(s, e)) for s, e in todo]
+            if claimed and self._pool is None:
+                self._pool = ThreadPoolExecutor(opts.connections, thread_name_prefix="tilescope-remote")
+            pool = self._pool
+        for s, e, fut in claimed:
+            assert pool is not None
+            pool.submit(self._fill, s, e, fut)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._spans.clear()
+            self._starts.clear()
+            self._held = 0
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            self._client.close()
