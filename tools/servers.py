@@ -1,0 +1,111 @@
+"""Real servers on 127.0.0.1 for the remote-storage tests and benchmarks: Debian's nginx serving a
+folder (with byte ranges; under ``/noranges/`` without; ``/private/`` forbidden; ``/throttled/``
+answering 429 above 10 requests a second), and moto's standalone S3 server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+NGINX_CONF = """daemon off;
+{user}worker_processes 2;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 512; }}
+http {{
+  access_log {tmp}/access.log;
+  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
+  uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+  types {{ }}
+  default_type application/octet-stream;
+  limit_req_zone $server_port zone=throttle:1m rate=10r/s;
+  server {{
+    listen 127.0.0.1:{port};
+    root {root};
+    location /noranges/ {{ alias {root}/; max_ranges 0; }}
+    location /private/ {{ deny all; }}
+    location /throttled/ {{ alias {root}/; limit_req zone=throttle burst=2 nodelay; limit_req_status 429; }}
+  }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(port: int, proc: subprocess.Popen, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {seconds} s")
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+
+
+@contextlib.contextmanager
+def nginx(root: str) -> Iterator[str]:
+    """nginx serving ``root`` at the URL yielded (``http://127.0.0.1:PORT``)."""
+    binary = nginx_binary()
+    if binary is None:
+        raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="tilescope-nginx") as tmp:
+        conf = os.path.join(tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            # workers as this user (started as root, nginx would run them as nobody: no access to root)
+            user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+            f.write(NGINX_CONF.format(user=user, tmp=tmp, port=port, root=os.path.abspath(root)))
+        proc = subprocess.Popen([binary, "-c", conf, "-p", tmp], stderr=subprocess.DEVNULL)
+        try:
+            _wait(port, proc, "nginx")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    """moto's standalone S3 server; yields its endpoint URL. Any access key and secret sign
+    requests; unsigned (anonymous) requests are refused unless a bucket policy allows them."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(port, proc, "moto_server", 60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+S3_KEYS = {"key": "tilescope", "secret": "tilescope-secret"}
+
+
+def s3_options(endpoint: str) -> dict:
+    """``storage_options`` for a signed client of :func:`s3_server`."""
+    return {**S3_KEYS, "endpoint_url": endpoint, "client_kwargs": {"region_name": "us-east-1"}}
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEYS["key"],
+                        aws_secret_access_key=S3_KEYS["secret"], region_name="us-east-1")
