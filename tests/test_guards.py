@@ -311,3 +311,24 @@ def test_a_dicom_tile_grid_of_67_million_cells_is_refused_at_open(tmp_path):
         assert tracemalloc.get_traced_memory()[1] < 64 << 20
     finally:
         tracemalloc.stop()
+
+
+def test_the_parse_cache_is_bounded_by_the_bytes_of_its_tables(seed_files, tmp_path):
+    """A fuzzing run ran out of memory on inputs that each opened fine: every forged 10^6² px
+    DICOM level (15 million tiles, ~250 MB of piece tables) stayed in the parse cache. The cache
+    now keeps at most ``_PARSED_BYTES`` of tables; a slide's own are freed when it goes."""
+    import pydicom
+
+    level0 = next(p for _, p in sorted(seed_files["dicom"].items())
+                  if pydicom.dcmread(p, stop_before_pixels=True).ImageType[2] == "VOLUME")
+    ds = pydicom.dcmread(level0)
+    ds.TotalPixelMatrixColumns = ds.TotalPixelMatrixRows = 400_000  # 2.4 M tiles: ~40 MB of tables
+    tilescope._PARSED.clear()
+    for i in range(12):
+        p = str(tmp_path / f"big{i}.dcm")
+        ds.save_as(p)
+        with tilescope.open(p) as s:
+            assert s.scenes[0].size == (400_000, 400_000)
+            assert tilescope._table_bytes(s) > 32 << 20
+        assert sum(e[2] for e in tilescope._PARSED.values()) <= tilescope._PARSED_BYTES
+    assert len(tilescope._PARSED) < 12

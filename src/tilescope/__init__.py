@@ -63,9 +63,11 @@ _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
 
 # Parsed slides by file identity (device, inode, size, mtime) and forced driver, with the folder's
 # mtime for slides gathered from their folder (DICOM): data loaders re-open a slide for every
-# sample, and a re-open then costs an open() and an fstat().
-_PARSED: OrderedDict = OrderedDict()
+# sample, and a re-open then costs an open() and an fstat(). Bounded in slides and in the bytes
+# of their piece tables (a forged 10^6² px level has 15 M tiles: ~250 MB of tables).
+_PARSED: OrderedDict = OrderedDict()  # key -> (slide, folder mtime, bytes of its tables)
 _PARSED_MAX = 128
+_PARSED_BYTES = 256 << 20
 _parsed_lock = threading.Lock()
 
 
@@ -248,7 +250,7 @@ def _cached(key: Hashable, path: str) -> Slide | None:
     """The parsed slide of an unchanged file (and, for slides gathered from their folder, an
     unchanged folder: files added are seen), or None."""
     with _parsed_lock:
-        parsed, mtime = _PARSED.get(key, (None, None))
+        parsed, mtime, _ = _PARSED.get(key, (None, None, 0))
         if parsed is not None:
             _PARSED.move_to_end(key)
     if parsed is not None and (mtime is None or mtime == _folder_mtime(path)):
@@ -286,13 +288,25 @@ def _parse(src: ByteSource, opts: Options, driver: str | None, folder: str | Non
         except Exception as e:  # a library's parse error on damaged structure: ours, naming the file
             raise CorruptDataError(f"{src.path}: cannot read the {mod.NAME} structure: "
                                    f"{type(e).__name__}: {e}") from e
-        with _parsed_lock:
-            _PARSED[key] = slide._bind(None, opts), mtime
-            while len(_PARSED) > _PARSED_MAX:
-                _PARSED.popitem(last=False)
+        _keep_parsed(key, slide._bind(None, opts), mtime)
         return slide
     finally:
         probe.close()
+
+
+def _table_bytes(slide: Slide) -> int:
+    return sum(lv.layout.nbytes for sc in slide.scenes for lv in sc.levels)
+
+
+def _keep_parsed(key: Hashable, parsed: Slide, mtime: Any) -> None:
+    size = _table_bytes(parsed)
+    if size > _PARSED_BYTES:
+        return
+    with _parsed_lock:
+        _PARSED[key] = parsed, mtime, size
+        total = sum(e[2] for e in _PARSED.values())
+        while len(_PARSED) > _PARSED_MAX or total > _PARSED_BYTES:
+            total -= _PARSED.popitem(last=False)[1][2]
 
 
 def set_cache_size(nbytes: int) -> None:
