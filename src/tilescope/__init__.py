@@ -10,12 +10,16 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from types import ModuleType
+from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Any, cast
+
+import numpy as np
 
 from . import formats, remote
 from .cache import TileCache
@@ -63,11 +67,13 @@ _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
 
 # Parsed slides by file identity (device, inode, size, mtime) and forced driver, with the folder's
 # mtime for slides gathered from their folder (DICOM): data loaders re-open a slide for every
-# sample, and a re-open then costs an open() and an fstat(). Bounded in slides and in the bytes
-# of their piece tables (a forged 10^6² px level has 15 M tiles: ~250 MB of tables).
-_PARSED: OrderedDict = OrderedDict()  # key -> (slide, folder mtime, bytes of its tables)
+# sample, and a re-open then costs an open() and an fstat(). Bounded in slides and in the memory
+# they hold (a 40000x30000 SVS holds ~330 KiB; a forged 10^6² px DICOM level 15 M tiles: ~380 MB
+# of piece tables; a fuzzing run kept such slides until glibc's heap grew past 2 GB).
+_PARSED: OrderedDict = OrderedDict()  # key -> (slide, folder mtime, bytes it holds)
 _PARSED_MAX = 128
-_PARSED_BYTES = 256 << 20
+_PARSED_BYTES = 64 << 20
+_PARSED_ONE = 16 << 20  # a slide holding more is not kept: its reads cost far more than its parse
 _parsed_lock = threading.Lock()
 
 
@@ -294,13 +300,42 @@ def _parse(src: ByteSource, opts: Options, driver: str | None, folder: str | Non
         probe.close()
 
 
-def _table_bytes(slide: Slide) -> int:
-    return sum(lv.layout.nbytes for sc in slide.scenes for lv in sc.levels)
+_SHARED = (type, ModuleType, FunctionType, BuiltinFunctionType, MethodType, TileCache)
+
+
+def _footprint(root: Any) -> int:
+    """About the bytes held by the objects reachable from ``root`` (numpy arrays by their data),
+    not counting what is shared with everything else: modules, classes, functions, the tile cache.
+    A list or tuple of more than 4096 items is judged by 1024 of them (a forged file's list of
+    millions would take a second to walk)."""
+    seen: set[int] = set()
+    todo, total = [root], 0
+    while todo:
+        o = todo.pop()
+        if id(o) in seen or isinstance(o, _SHARED):
+            continue
+        seen.add(id(o))
+        if isinstance(o, np.ndarray):  # its data, or the buffer it views
+            if o.base is None:
+                total += o.nbytes
+            else:
+                todo.append(o.base)
+            continue
+        total += sys.getsizeof(o)
+        if isinstance(o, (list, tuple)) and len(o) > 4096:
+            sample = o[::len(o) // 1024]
+            distinct = list({id(x): x for x in sample}.values())  # [path] * n holds one path
+            more = len(o) * len(distinct) // len(sample) - len(distinct)
+            total += sum(map(sys.getsizeof, distinct)) * more // len(distinct)
+            todo.extend(distinct)
+        else:
+            todo.extend(gc.get_referents(o))
+    return total
 
 
 def _keep_parsed(key: Hashable, parsed: Slide, mtime: Any) -> None:
-    size = _table_bytes(parsed)
-    if size > _PARSED_BYTES:
+    size = _footprint(parsed)
+    if size > _PARSED_ONE:
         return
     with _parsed_lock:
         _PARSED[key] = parsed, mtime, size

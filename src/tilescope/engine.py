@@ -212,12 +212,6 @@ class Layout:
                     raise CorruptDataError(f"{where}: channel at plane {entry[0]}, sample {entry[1]} "
                                            f"is not stored")
 
-    @property
-    def nbytes(self) -> int:
-        """Memory the planes' piece tables take (each table counted once)."""
-        tables = {id(p.pieces): p.pieces for ps in self.planes.values() for p in ps}
-        return sum(getattr(t, "nbytes", 0) for t in tables.values())
-
     def select(self, channels: list[int]) -> Layout | None:
         """A layout of just ``channels`` (in that order), or None if one is not stored at this
         level (``channel_map`` entry None: a derived layer kept at other levels only)."""

@@ -265,12 +265,6 @@ class PieceList:
     def check(self, where: str) -> None:
         pass
 
-    @property
-    def nbytes(self) -> int:
-        """Memory its tables take (its numpy arrays, 8 bytes a list entry): the parse cache's measure."""
-        return sum(v.nbytes if isinstance(v, np.ndarray) else 8 * len(v) if isinstance(v, list) else 0
-                   for v in vars(self).values())
-
 
 def file_home(path: str) -> Home:
     """Pieces in another local file, opened by offset like the slide's own."""
