@@ -177,7 +177,8 @@ def test_http_errors(http, files, tmp_path):
 
 def test_throttled_server_retries(http, files):
     """nginx's request limit answers 429 to most of a read's parallel requests: each is retried
-    with back-off until served (pixels equal); with no retries the read fails, typed."""
+    with back-off until served (pixels equal); with no retries the read fails, typed (on a 429, or
+    on a kept-alive connection nginx closed after one)."""
     url = f"{http}/throttled/{_name(files, 'svs')}"
     with tilescope.open(url, retries=8, min_read=4096, gap=0, cache=tilescope.TileCache(0)) as r, \
             tilescope.open(files["svs"]) as loc:
@@ -186,7 +187,7 @@ def test_throttled_server_retries(http, files):
         assert r.source.requests > 6
     time.sleep(1)
     with tilescope.open(url, retries=0, min_read=4096, gap=0, cache=tilescope.TileCache(0)) as r, \
-            pytest.raises(RemoteError, match="429"):
+            pytest.raises(RemoteError, match=r"throttled/svs\.svs: .*(429|GET failed)"):
         for _ in range(3):
             r.scenes[0].read((0, 0, 1500, 1000))
 

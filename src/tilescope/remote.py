@@ -8,11 +8,12 @@ usual places — ``AWS_*``, profiles, instance roles — plus ``storage_options`
 first: its tokio runtime does not survive ``fork`` (a forked child's first request hangs, even on
 a new store), and a DataLoader's or a multiprocessing pool's workers are forked.
 
-Reads go through a per-slide block cache of fetched spans (LRU, ``cache_bytes``): a miss reads at
-least ``min_read`` bytes from where it starts, so an IFD chain, a CZI directory or DICOM metadata
-come in few requests; the engine hands a read's pieces over first (:meth:`RemoteSource.prefetch`),
-ranges closer than ``gap`` bytes are coalesced into spans of at most ``max_span`` bytes, the spans
-are fetched ``connections`` at a time, and each piece's decode waits only for its own span.
+Reads go through a per-slide block cache of fetched spans (LRU, ``cache_bytes``): the first miss
+reads ``min_read`` bytes from where it starts and each later one 4x more (up to 4 MiB), so an IFD
+chain spread over the file or a CZI directory at its end come in few requests; the engine hands
+a read's pieces over first (:meth:`RemoteSource.prefetch`), ranges closer than ``gap`` bytes are
+coalesced into spans of at most ``max_span`` bytes, the spans are fetched ``connections`` at a
+time, and each piece's decode waits only for its own span.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from .errors import CorruptDataError, RemoteError, SlideClosedError, SourceChangedError, SourceNotFoundError
 
 HTTP_SCHEMES = ("http://", "https://")
+READAHEAD = 4 << 20  # the most a cache miss reads beyond what it asked for (see RemoteSource._view)
 STORE_SCHEMES = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://")
 SCHEMES = HTTP_SCHEMES + STORE_SCHEMES
 
@@ -247,12 +249,14 @@ class RemoteSource:
             self._spans[0] = (len(first), first)
             self._starts.append(0)
             self._held = len(first)
+            self._window = min(4 * n, max(n, READAHEAD))
 
     def _fresh(self) -> None:
         self._lock = threading.Lock()
         self._spans: OrderedDict[int, tuple[int, bytes | Future]] = OrderedDict()  # start -> (end, data)
         self._starts: list[int] = []
         self._held = 0  # bytes of the completed spans
+        self._window = self.options.min_read  # the next cache miss reads this much (it grows)
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
 
@@ -350,7 +354,10 @@ class RemoteSource:
         with self._lock:
             hit = self._find(offset, end)
             if hit is None:
-                span_end = min(self.size, offset + max(count, self.options.min_read))
+                # a parse walking the file (an IFD chain spread over it) misses again and again:
+                # each miss reads 4x more than the last, up to READAHEAD, so it ends in few requests
+                span_end = min(self.size, offset + max(count, self._window))
+                self._window = min(4 * self._window, max(self.options.min_read, READAHEAD))
                 hit = offset, (mine := self._claim(offset, span_end))
         start, data = hit
         if mine is not None:
