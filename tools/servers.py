@@ -1,6 +1,7 @@
 """Real servers on 127.0.0.1 for the remote-storage tests and benchmarks: Debian's nginx serving a
 folder (with byte ranges; under ``/noranges/`` without; ``/private/`` forbidden; ``/throttled/``
-answering 429 above 10 requests a second), and moto's standalone S3 server."""
+answering 429 above 10 requests a second), moto's standalone S3 server, and a TCP proxy that
+delays every request by a fixed time (what a bucket's round trip costs, without ``tc netem``)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def nginx(root: str) -> Iterator[str]:
 @contextlib.contextmanager
 def s3_server() -> Iterator[str]:
     """moto's standalone S3 server; yields its endpoint URL. Any access key and secret sign
-    requests; unsigned (anonymous) requests are refused unless a bucket policy allows them."""
+    requests; unsigned (anonymous) requests are refused unless the object's ACL is public-read."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,3 +110,54 @@ def s3_client(endpoint: str):
 
     return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEYS["key"],
                         aws_secret_access_key=S3_KEYS["secret"], region_name="us-east-1")
+
+
+@contextlib.contextmanager
+def delay_proxy(target: str, delay: float) -> Iterator[str]:
+    """A TCP proxy on 127.0.0.1 in front of ``target`` (``http://host:port``) that holds each chunk
+    a client sends (a request, on a kept-alive connection) for ``delay`` seconds before passing it
+    on; answers come back at once. Yields the proxy's ``http://127.0.0.1:PORT``."""
+    import asyncio
+    import threading
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(target).hostname, urlsplit(target).port
+    loop = asyncio.new_event_loop()
+
+    async def pipe(reader, writer, wait: float) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                if wait:
+                    await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(c_reader, c_writer) -> None:
+        try:
+            s_reader, s_writer = await asyncio.open_connection(host, port)
+            await asyncio.gather(pipe(c_reader, s_writer, delay), pipe(s_reader, c_writer, 0))
+        except (ConnectionError, asyncio.CancelledError):  # the target went, or the proxy stops
+            c_writer.close()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_forever()
+        tasks = asyncio.all_tasks(loop)  # connections still open: ended before the loop closes
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(asyncio.start_server(handle, "127.0.0.1", 0), loop).result(10)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
