@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools import synth
+from tools import servers, synth
 
 README = Path(__file__).parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
@@ -27,8 +29,14 @@ def test_readme_example_runs(code, svs, ome, tmp_path):
     # each example runs as a script of its own, as a user runs it (its functions reach forked
     # children by name and Dask's workers by value, as a script's or a notebook's do)
     (tmp_path / "example.py").write_text(code, encoding="utf-8")
-    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    with contextlib.ExitStack() as stack:
+        env = dict(os.environ)
+        if "SLIDE_URL" in code:  # the remote example reads the folder from a real nginx
+            if servers.nginx_binary() is None:
+                (pytest.fail if os.environ.get("CI") else pytest.skip)("nginx is not installed")
+            env["SLIDE_URL"] = stack.enter_context(servers.nginx(str(tmp_path))) + "/slide.svs"
+        done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
 
 
