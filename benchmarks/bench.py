@@ -632,12 +632,17 @@ def main() -> int:
     if a.baseline:
         versions["tilescope_base"] = subprocess.run(["git", "-C", a.baseline, "rev-parse", "--short", "HEAD"],
                                                     capture_output=True, text=True).stdout.strip()
+    save(out, dict(versions=versions, loads=loads, results=results), md)
+    return 0
+
+
+def save(out: str, data: dict, md: str) -> None:
+    """Write a run's results.json and results.md into ``out``, and print the table."""
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(dict(versions=versions, loads=loads, results=results), f, indent=1)
+        json.dump(data, f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)
     print(md)
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
@@ -42,55 +40,29 @@ def _regions(wl: str, W: int, H: int) -> list[tuple[int, int, int, int]]:
     return bench.regions(wl, W, H)[:SHORT.get(wl)]
 
 
-class Tilescope:
-    def open(self, url: str, so: dict | None) -> None:
+class Tilescope(bench.Tilescope):
+    def open(self, url: str, so: dict | None) -> None:  # type: ignore[override]
         import tilescope
 
         self.s = tilescope.open(url, **({"storage_options": so} if so else {}))
         self.sc = self.s.scenes[0]
 
-    def meta(self):
-        return self.sc.size, len(self.sc.levels), self.sc.mpp[0]
-
-    def region(self, x, y, w, h):
-        return self.sc.read((x, y, w, h))
-
-    def thumbnail(self, n):
-        w, h = self.sc.size
-        return self.sc.read(size=(n, 0) if w >= h else (0, n))
-
     def requests(self) -> int | None:
         return getattr(self.s.source, "requests", None)
 
-    def close(self):
-        self.s.close()
 
-
-class TiffSlide:
-    def open(self, url: str, so: dict | None) -> None:
+class TiffSlide(bench.TiffSlide):
+    def open(self, url: str, so: dict | None) -> None:  # type: ignore[override]
         import tiffslide
 
         self.s = tiffslide.TiffSlide(url, storage_options=so) if so else tiffslide.TiffSlide(url)
 
-    def meta(self):
-        return self.s.dimensions, self.s.level_count, float(self.s.properties["tiffslide.mpp-x"])
-
-    def region(self, x, y, w, h):
-        return self.s.read_region((x, y), 0, (w, h), as_array=True)[..., :3]
-
-    def thumbnail(self, n):
-        return np.asarray(self.s.get_thumbnail((n, n), use_embedded=False))
-
     def requests(self) -> None:
         return None
 
-    def close(self):
-        self.s.close()
-
 
 def run_cell(reader: str, wl: str, url: str, so: dict | None, dims: tuple[int, int]) -> dict:
-    rd = {"tilescope": Tilescope, "tiffslide": TiffSlide}[reader]()
-    __import__(reader)
+    rd = {"tilescope": Tilescope, "tiffslide": TiffSlide}[reader]()  # imports its library
     if wl == "o":
         t0 = time.perf_counter()
         rd.open(url, so)
@@ -237,11 +209,7 @@ def main() -> int:
           f"{table(results, wheres, readers)}\n")
     out = a.out or os.path.join(HERE, "results", f"remote-{datetime.date.today().isoformat()}")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(dict(loads=loads, results=results), f, indent=1)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(md)
-    print(md)
+    bench.save(out, dict(loads=loads, results=results), md)
     return 0
 
 

@@ -196,15 +196,7 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
     opts = _options(overrides)
     src = FileSource(path)
     key = (src.identity, driver.upper() if driver else None, folder is not None)
-    parsed = _cached(key, path) if files is None else None
-    if parsed is not None:
-        slide = parsed._bind(src, opts)
-    else:
-        try:
-            slide = _parse(src, opts, driver, folder, files, key)
-        except BaseException:
-            src.close()
-            raise
+    slide = _bind_or_parse(src, opts, driver, folder, files, key, path)
     # what a pickle of it re-opens: absolute paths (another process may work elsewhere)
     where = [_absolute(f) for f in files] if files is not None else _absolute(folder or path)
     slide._ticket = Ticket(where, driver, overrides, src.identity[2:])
@@ -220,17 +212,22 @@ def _open_remote(url: str, driver: str | None, overrides: dict[str, Any]) -> Sli
     opts = _options(overrides)
     src = remote.RemoteSource(url, ropts)
     key = (src.identity, driver.upper() if driver else None, False)
-    parsed = _cached(key, url)
-    if parsed is not None:
-        slide = parsed._bind(src, opts)
-    else:
-        try:
-            slide = _parse(src, opts, driver, None, None, key)
-        except BaseException:
-            src.close()
-            raise
+    slide = _bind_or_parse(src, opts, driver, None, None, key, url)
     slide._ticket = Ticket(url, driver, given, src.identity[2:])
     return slide
+
+
+def _bind_or_parse(src: ByteSource, opts: Options, driver: str | None, folder: str | None,
+                   files: list[str] | None, key: Hashable, where: str) -> Slide:
+    """The parse cache's slide of ``key`` bound to ``src``, or ``src`` parsed (closed on failure)."""
+    parsed = _cached(key, where) if files is None else None
+    if parsed is not None:
+        return parsed._bind(src, opts)
+    try:
+        return _parse(src, opts, driver, folder, files, key)
+    except BaseException:
+        src.close()
+        raise
 
 
 def _absolute(path: str) -> str:
