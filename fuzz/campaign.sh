@@ -6,7 +6,7 @@
 # (crash-*, timeout-*, oom-* in $OUT/FAMILY/findings) gets fixed, minimized (-minimize_crash=1)
 # and committed to fuzz/regressions/FAMILY/. RUNS=N stops each family after N inputs (to top up a
 # count run before on the same corpora).
-# Each harness process runs at most SEGMENT inputs (default 200000), then a fresh one goes on from
+# Each harness process runs at most SEGMENT inputs (default 100000), then a fresh one goes on from
 # the corpus: under atheris a process's RSS creeps up by 2-4 KB per input on some families (CZI
 # reached the 2 GB limit after 530,000 inputs; the same inputs replayed without atheris stay flat
 # at ~220 MB), which would end a long run with a false out-of-memory finding.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 MINUTES=${MINUTES_EACH:-60}
 OUT=${OUT:-fuzz-campaign}
-SEGMENT=${SEGMENT:-200000}
+SEGMENT=${SEGMENT:-100000}
 for family in ${FAMILIES:-tiff czi dicom dicomweb afi pillow}; do
   mkdir -p "$OUT/$family/corpus" "$OUT/$family/findings"
   extra=()

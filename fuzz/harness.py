@@ -32,7 +32,24 @@ logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 warnings.simplefilter("ignore")  # pydicom's and tifffile's warnings on every broken input
 
 
+def _steady_heap() -> None:
+    """glibc's malloc raises its mmap threshold after each large free (up to 32 MB) and keeps one
+    arena per thread: over 10^5 hostile inputs, each allocating and freeing tables of every size,
+    the heap fragments and RSS climbs (DICOM: 1.4 GB after 30,000 inputs; a fixed 128 KiB
+    threshold and 2 arenas: 0.46 GB), a false out-of-memory finding. Fixed here, as
+    MALLOC_MMAP_THRESHOLD_ / MALLOC_ARENA_MAX would be."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name and sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+
 def main() -> None:
+    _steady_heap()
     family, corpus = sys.argv[1], sys.argv[2]
     if family not in seeds.FAMILIES:
         sys.exit(f"family must be one of {', '.join(seeds.FAMILIES)}")
