@@ -6,6 +6,7 @@ remote read costs in requests, and its errors."""
 from __future__ import annotations
 
 import os
+import pathlib
 import pickle
 import shutil
 import subprocess
@@ -140,6 +141,14 @@ def test_requests_open_and_region(http, files):
         assert r.source.requests == before
 
 
+def test_s3_open_requests(s3, files):
+    """On S3 the first ranged GET also gives the size and the ETag: no HEAD before it."""
+    url = f"s3://slides/cohort/{_name(files, 'svs')}"
+    with tilescope.open(url, storage_options=servers.s3_options(s3), cache=tilescope.TileCache(0)) as r:
+        assert r.source.requests <= 3
+        assert r.source.identity[3]  # the ETag, checked by every later read
+
+
 def test_threads_bit_identical(http, files):
     url = f"{http}/{_name(files, 'ome')}"
     with tilescope.open(url, threads=1, cache=tilescope.TileCache(0)) as one, \
@@ -208,6 +217,23 @@ def test_changed_while_open(http, www, files, tmp_path):
                 sc.read((sc.size[0] - 600, sc.size[1] - 600, 512, 512))
     finally:
         os.remove(www / name)
+
+
+def test_s3_changed_while_open(s3, files, tmp_path):
+    """An object overwritten after the open: reads carry If-Match on the open's ETag, and the next
+    one that asks the bucket raises SourceChangedError."""
+    client = servers.s3_client(s3)
+    client.upload_file(files["svs"], "slides", "changing.svs")
+    so = servers.s3_options(s3)
+    with tilescope.open("s3://slides/changing.svs", storage_options=so, cache=tilescope.TileCache(0),
+                        min_read=4096) as r:
+        sc = r.scenes[0]
+        sc.read((0, 0, 256, 256))
+        changed = bytearray(pathlib.Path(files["svs"]).read_bytes())  # the same size, other bytes
+        changed[-100:] = bytes(100)
+        client.put_object(Bucket="slides", Key="changing.svs", Body=bytes(changed))
+        with pytest.raises(SourceChangedError, match="changing"):
+            sc.read((sc.size[0] - 600, sc.size[1] - 600, 512, 512))
 
 
 def test_s3_credentials(s3, files):

@@ -203,17 +203,65 @@ class _Store:
             raise RemoteError(f"{self.url}: {what} failed: {type(e).__name__}: {e}") from None
 
     def first(self, n: int, limit: int) -> tuple[_Stat, bytes]:
-        """What the object is (a HEAD), and no bytes yet: the first read asks for them."""
+        """What the object is and its first ``n`` bytes: on S3 one ranged GET (its Content-Range
+        gives the size); elsewhere (or for an empty object) a HEAD, and no bytes yet."""
+        if hasattr(self.fs, "_call_s3"):
+            got = self._call("bytes 0-", self._s3_first, n)
+            if got is not None:
+                return got
         info = self._call("stat", self.fs.info, self.url)
         if info.get("type") == "directory":
             raise SourceNotFoundError(f"{self.url}: is a folder (prefix), not an object")
         tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
         self.version = info.get("VersionId") if info.get("VersionId") not in (None, "null") else None
+        self.tag = str(info["ETag"]) if info.get("ETag") else None  # S3's reads send it as If-Match
         return _Stat(int(info["size"]), None if tag is None else str(tag), version=self.version), b""
 
+    def _s3_get(self, start: int, end: int, **kw: Any) -> tuple[dict, bytes]:
+        """An S3 GetObject of bytes [start, end) through s3fs's client: the answer's headers too."""
+        from fsspec.asyn import sync
+
+        bucket, key, _ = self.fs.split_path(self.url)
+
+        async def get() -> tuple[dict, bytes]:
+            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key,
+                                          Range=f"bytes={start}-{end - 1}", **kw)
+            try:
+                return resp, await resp["Body"].read()
+            finally:
+                resp["Body"].close()
+
+        return sync(self.fs.loop, get)
+
+    def _s3_first(self, n: int) -> tuple[_Stat, bytes] | None:
+        try:
+            resp, data = self._s3_get(0, n)
+        except (FileNotFoundError, PermissionError):
+            raise
+        except Exception:  # an empty object has no byte 0 (InvalidRange): the HEAD tells
+            return None
+        total = str(resp.get("ContentRange", "")).rpartition("/")[2]
+        if not total.isdigit():
+            return None
+        version = resp.get("VersionId")
+        self.version = version if version not in (None, "null") else None
+        self.tag = resp.get("ETag")
+        return _Stat(int(total), self.tag, version=self.version), data
+
     def get(self, start: int, end: int) -> bytes:
+        what = f"bytes {start}-{end - 1}"
+        if hasattr(self.fs, "_call_s3"):  # S3: the open's version, or If-Match on its ETag
+            kw = {"VersionId": self.version} if self.version else {"IfMatch": self.tag} if self.tag else {}
+            try:
+                return self._call(what, self._s3_get, start, end, **kw)[1]
+            except RemoteError as e:
+                # s3fs turns S3's 412 PreconditionFailed into an OSError with S3's message
+                if any(s in str(e) for s in ("PreconditionFailed", "pre-conditions", "412")):
+                    raise SourceChangedError(f"{self.url}: changed in the bucket while being read (ETag no "
+                                             f"longer {self.tag})") from None
+                raise
         kw = {"version_id": self.version} if self.version else {}
-        return self._call(f"bytes {start}-{end - 1}", self.fs.cat_file, self.url, start=start, end=end, **kw)
+        return self._call(what, self.fs.cat_file, self.url, start=start, end=end, **kw)
 
     def close(self) -> None:
         pass
