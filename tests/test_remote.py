@@ -180,6 +180,12 @@ def test_http_errors(http, files, tmp_path):
     with pytest.raises(RemoteError, match=f"127.0.0.1:{port}"):
         tilescope.open(f"http://127.0.0.1:{port}/slide.svs", retries=1)
     assert time.monotonic() - t0 < 5
+    auth = f"{http}/auth/{_name(files, 'svs')}"
+    with pytest.raises(RemoteError, match="access denied \\(401\\)"):
+        tilescope.open(auth)
+    with tilescope.open(auth, storage_options={"headers": {"Authorization": "Bearer tilescope"}}) as r, \
+            tilescope.open(files["svs"]) as loc:
+        np.testing.assert_array_equal(r.scenes[0].read((0, 0, 600, 400)), loc.scenes[0].read((0, 0, 600, 400)))
     with pytest.raises(RemoteError, match="unknown storage_options"):
         tilescope.open(f"{http}/{_name(files, 'svs')}", storage_options={"anon": True})
 

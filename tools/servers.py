@@ -1,5 +1,6 @@
 """Real servers on 127.0.0.1 for the remote-storage tests and benchmarks: Debian's nginx serving a
-folder (with byte ranges; under ``/noranges/`` without; ``/private/`` forbidden; ``/throttled/``
+folder (with byte ranges; under ``/noranges/`` without; ``/private/`` forbidden; ``/auth/`` only
+with the header ``Authorization: Bearer tilescope``; ``/throttled/``
 answering 429 above 10 requests a second), moto's standalone S3 server, and a TCP proxy that
 delays every request by a fixed time (what a bucket's round trip costs, without ``tc netem``)."""
 
@@ -33,6 +34,7 @@ http {{
     root {root};
     location /noranges/ {{ alias {root}/; max_ranges 0; }}
     location /private/ {{ deny all; }}
+    location /auth/ {{ alias {root}/; if ($http_authorization != "Bearer tilescope") {{ return 401; }} }}
     location /throttled/ {{ alias {root}/; limit_req zone=throttle burst=2 nodelay; limit_req_status 429; }}
   }}
 }}
