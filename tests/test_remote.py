@@ -26,6 +26,7 @@ from tilescope.errors import (
     TilescopeError,
     UnsupportedFormatError,
 )
+from fuzz import seeds
 from tools import servers, synth
 
 
@@ -283,12 +284,54 @@ def test_dropin_and_cli_on_urls(http, files):
     assert "SVS" in out and url in out
 
 
-def test_local_only_formats(http, converted, www):
-    """Drivers that open files by path (DICOM folders, AFI, GDAL) refuse a URL by name."""
-    level0 = max((os.path.join(converted[1], n) for n in os.listdir(converted[1])), key=os.path.getsize)
-    os.symlink(level0, www / "level0.dcm")
-    with pytest.raises(UnsupportedFormatError, match=r"level0\.dcm: DICOM slides are read from local files only"):
-        tilescope.open(f"{http}/level0.dcm")
+def _dicom_files(folder):
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder))
+
+
+@pytest.fixture(scope="module")
+def dicom_remote(converted, http, s3, www):
+    """wsidicomizer's DICOM slide (every level, label, overview): served by nginx under dicom/ and
+    uploaded to the bucket under the prefix dicom/slide/, beside a non-DICOM object."""
+    folder = converted[1]
+    os.symlink(folder, www / "dicom")
+    client = servers.s3_client(s3)
+    for p in _dicom_files(folder):
+        client.upload_file(p, "slides", f"dicom/slide/{os.path.basename(p)}")
+    client.put_object(Bucket="slides", Key="dicom/slide/README.txt", Body=b"not a DICOM file")
+    return folder
+
+
+def test_dicom_from_a_bucket_prefix_and_from_one_of_its_files(dicom_remote, s3):
+    """A bucket's prefix opens as a local folder does; one instance's URL gathers the others under
+    its prefix, as a local file gathers its folder; frames come by range requests."""
+    so = {"storage_options": servers.s3_options(s3)}
+    level0 = max(_dicom_files(dicom_remote), key=os.path.getsize)
+    with tilescope.open("s3://slides/dicom/slide/", **so) as r, tilescope.open(dicom_remote) as loc:
+        assert r.driver == "DICOM"
+        _same(r, loc)
+    url = f"s3://slides/dicom/slide/{os.path.basename(level0)}"
+    with tilescope.open(url, **so) as r, tilescope.open(level0) as loc:
+        _same(r, loc)
+        assert len(r.scenes[0].levels) == len(loc.scenes[0].levels) > 1
+
+
+def test_dicom_from_a_list_of_urls(dicom_remote, http):
+    """A web server lists no folder: a DICOM slide there opens by the list of its files' URLs."""
+    files = _dicom_files(dicom_remote)
+    urls = [f"{http}/dicom/{os.path.basename(p)}" for p in files]
+    with tilescope.open(urls) as r, tilescope.open(files) as loc:
+        _same(r, loc)
+        blob = pickle.dumps(r)
+    with pickle.loads(blob) as again, tilescope.open(files) as loc:
+        np.testing.assert_array_equal(again.scenes[0].read(size=(200, 0)), loc.scenes[0].read(size=(200, 0)))
+
+
+def test_local_only_formats(http, www, tmp_path):
+    """Drivers that open files by path (AFI's channel files, GDAL) refuse a URL by name."""
+    afi = seeds.make("afi", str(tmp_path))["slide.afi"]
+    os.symlink(os.path.dirname(afi), www / "afi")
+    with pytest.raises(UnsupportedFormatError, match=r"slide\.afi: AFI slides are read from local files only"):
+        tilescope.open(f"{http}/afi/slide.afi")
 
 
 def test_errors_are_typed(http):

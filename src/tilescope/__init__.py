@@ -190,8 +190,8 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
         slide = web.open_url(source, _options(overrides), url_options)
         slide._ticket = ticket
         return slide
-    if remote.is_remote(source):
-        return _open_remote(cast(str, source), driver, overrides)
+    if remote.is_remote(source[0] if isinstance(source, (list, tuple)) and source else source):
+        return _open_remote(source, driver, overrides)
     path, folder, files = _resolve(source)
     opts = _options(overrides)
     src = FileSource(path)
@@ -203,18 +203,36 @@ def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | 
     return slide
 
 
-def _open_remote(url: str, driver: str | None, overrides: dict[str, Any]) -> Slide:
-    """A slide on a web server or in an object store (:mod:`.remote`): parsed from its bytes as a
-    file is, through the block cache; the parse cache knows it by URL, size and ETag."""
+def _open_remote(source: Any, driver: str | None, overrides: dict[str, Any]) -> Slide:
+    """A slide on a web server or in an object store (:mod:`.remote`): a file's URL, a list of
+    URLs (the instances of a DICOM slide) or an object store's prefix ending in ``/`` (a folder:
+    its first DICOM file stands for it); parsed from the bytes as a file is, through the block
+    cache; the parse cache knows a file by URL, size and ETag."""
     given = dict(overrides)
     names = {f.name for f in dataclasses.fields(remote.RemoteOptions)}
     ropts = remote.RemoteOptions(**{k: overrides.pop(k) for k in list(overrides) if k in names})
     opts = _options(overrides)
+    files = [os.fspath(u) for u in source] if isinstance(source, (list, tuple)) else None
+    folder = source if files is None and source.endswith("/") else None
+    url = files[0] if files else source if folder is None else _first_dicom(folder, ropts)
     src = remote.RemoteSource(url, ropts)
-    key = (src.identity, driver.upper() if driver else None, False)
-    slide = _bind_or_parse(src, opts, driver, None, None, key, url)
-    slide._ticket = Ticket(url, driver, given, src.identity[2:])
+    key = (src.identity, driver.upper() if driver else None, folder is not None)
+    slide = _bind_or_parse(src, opts, driver, folder, files, key, url)
+    one = files is None and folder is None
+    slide._ticket = Ticket(source, driver, given, src.identity[2:] if one else None)
     return slide
+
+
+def _first_dicom(folder: str, options: remote.RemoteOptions) -> str:
+    """The first object under an object store's prefix that is a DICOM file."""
+    for url in remote.listing(folder, options=options):
+        src = remote.RemoteSource(url, options)
+        try:
+            if src.head(132)[128:132] == b"DICM":
+                return url
+        finally:
+            src.close()
+    raise UnsupportedFormatError(f"{folder}: no DICOM file under this prefix")
 
 
 def _bind_or_parse(src: ByteSource, opts: Options, driver: str | None, folder: str | None,

@@ -459,3 +459,17 @@ class RemoteSource:
             pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             self._client.close()
+
+
+def listing(folder: str, source: Any = None, options: RemoteOptions | None = None) -> list[str]:
+    """The objects directly under ``folder`` (an object store's prefix), as URLs, sorted; read with
+    ``options`` or those of ``source`` (a slide's own RemoteSource). A web server lists nothing: a
+    folder on one is the file ``source`` alone (a slide of several files there opens by its list
+    of URLs)."""
+    opts = options or (source.options if isinstance(source, RemoteSource) else RemoteOptions())
+    if folder.startswith(HTTP_SCHEMES):
+        return [source.path] if isinstance(source, RemoteSource) else []
+    store = _Store(folder, opts)
+    protocol = folder.split("://", 1)[0]
+    entries = store._call("list", store.fs.ls, folder.rstrip("/"), detail=True)
+    return sorted(f"{protocol}://{e['name']}" for e in entries if e.get("type") == "file")

@@ -266,9 +266,20 @@ class PieceList:
         pass
 
 
-def file_home(path: str) -> Home:
-    """Pieces in another local file, opened by offset like the slide's own."""
-    return Home(path, functools.partial(FileSource, path), fork_safe=True)
+def open_file(path: str, remote_options: Any = None) -> ByteSource:
+    """The file ``path``: a local one, or one on a server or in a bucket (a URL, read with
+    ``remote_options``: the slide's own, its credentials and settings)."""
+    if "://" in path:
+        from .remote import RemoteSource
+
+        return RemoteSource(path, remote_options)
+    return FileSource(path)
+
+
+def file_home(path: str, remote_options: Any = None) -> Home:
+    """Pieces in another file (local, or at a URL), opened by offset like the slide's own. Both
+    kinds stay usable in a forked child (a descriptor's pread; a remote source resets itself)."""
+    return Home(path, functools.partial(open_file, path, remote_options), fork_safe=True)
 
 
 class ByteRanges(PieceList):
@@ -284,6 +295,7 @@ class ByteRanges(PieceList):
         self.missing_ok = missing_ok
         self.file = file
         self.files: list[str] | None = None
+        self.remote_options: Any = None  # how the files are read when they are URLs
         self._homes: dict[str, Home] = {}
 
     def is_missing(self, index: int) -> bool:
@@ -303,7 +315,7 @@ class ByteRanges(PieceList):
             return None
         home = self._homes.get(path)
         if home is None:
-            home = self._homes[path] = file_home(path)
+            home = self._homes[path] = file_home(path, self.remote_options)
         return home
 
     def prefetch(self, handle: Any, indices: list[int]) -> None:

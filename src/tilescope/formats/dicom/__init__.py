@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from ...formats import Probe
 
 OPENSLIDE_VENDOR = "dicom"  # openslide's name for the format (detect_format, openslide.vendor)
-LOCAL_ONLY = True  # instances are found and read by path (DICOM on a server: the dicomweb driver)
 MULTI_FILE = True  # a slide is several files: gathered from the folder, or given as a list (``files=``)
 
 __all__ = ["DERIVED", "NAME", "PIXELS", "RLE", "WSI_SOP_CLASS", "Instance", "assemble", "attributes",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ...errors import CorruptDataError, InvalidRequestError, SourceNotFoundError, UnsupportedFormatError
 from ...model import Slide
-from ...source import FileSource
+from ...source import FileSource, SourceFile, open_file
 from .assemble import assemble, attributes, header_text, icc_profile_of, volume_levels
 from .frames import file_level, frame_ranges, stack
 from .instance import DERIVED, NAME, WSI_SOP_CLASS, Instance, is_dicom_file, read_dataset, read_header
@@ -33,20 +33,29 @@ class _Folder(NamedTuple):
     skipped: dict[str, tuple[str, object]]
 
 
-def _gather(paths: list[str], strict: bool) -> _Folder:
+def _gather(paths: list[str], strict: bool, remote: Any = None) -> _Folder:
     """The instances of ``paths``: whole-slide images, segmentations and parametric maps; other
     objects (structured reports, annotations, presentation states, ...) are not part of a slide
     and left out, as is a second copy of an instance. An instance that cannot be read (broken
     header or metadata, truncated pixel data) is skipped with a warning, or with ``strict`` (files
-    the caller named) raises its CorruptDataError."""
+    the caller named) raises its CorruptDataError. Files at URLs are read through a source each
+    (``remote``: the slide's own source, whose options they are read with), and objects that
+    are not DICOM files are left out as :func:`_dicom_files` leaves local ones."""
     slides: dict[tuple, list[Instance]] = {}
     derived: list[Instance] = []
     skipped: dict[str, tuple[str, object]] = {}
     seen: set[str] = set()
     for p in paths:
-        ds = None
+        ds = src = None
         try:
-            ds = read_dataset(p)
+            if "://" in p:
+                src = remote if getattr(remote, "path", None) == p else \
+                    open_file(p, getattr(remote, "options", None))
+                if src.head(132)[128:132] != b"DICM":
+                    if strict:
+                        raise InvalidRequestError(f"{p}: not a DICOM file")
+                    continue
+            ds = read_dataset(p, None if src is None else SourceFile(src))
             sop = str(ds.get("SOPClassUID", ""))
             if sop != WSI_SOP_CLASS and sop not in DERIVED:
                 if strict:
@@ -57,13 +66,15 @@ def _gather(paths: list[str], strict: bool) -> _Folder:
             if uid in seen:
                 continue
             inst = Instance(p, ds)
+            inst.source = src
             inst.ranges = frame_ranges(inst)
         except CorruptDataError as e:
             if strict:
                 raise
             reason = str(e).removeprefix(f"{p}: ")
             warnings.warn(f"{p}: skipped, it cannot be read: {reason}", stacklevel=4)
-            skipped[p] = (reason, ds if ds is not None and "SOPClassUID" in ds else read_header(p))
+            skipped[p] = (reason, ds if ds is not None and "SOPClassUID" in ds else
+                          read_header(p, None if src is None else SourceFile(src)))
             continue
         seen.add(uid)
         if sop == WSI_SOP_CLASS:
@@ -73,24 +84,48 @@ def _gather(paths: list[str], strict: bool) -> _Folder:
     return _Folder(slides, derived, skipped)
 
 
-def _dicom_files(folder: str) -> list[str]:
+def _dicom_files(folder: str, source: Any = None) -> list[str]:
+    """The DICOM files of a local folder; of a folder at a URL (an object store's prefix) every
+    object in it, checked as they are read (a web server lists none: the file alone)."""
+    if "://" in folder:
+        from ...remote import listing
+
+        return listing(folder, source)
     return [p for p in (os.path.join(folder, n) for n in sorted(os.listdir(folder)))
             if os.path.isfile(p) and is_dicom_file(p)]
+
+
+def _folder_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "://" in path else os.path.dirname(os.path.abspath(path))
+
+
+def _same(a: str, b: str) -> bool:
+    return a == b if "://" in a or "://" in b else os.path.samefile(a, b)
 
 
 def open(probe: Probe, options: Options, files: list[str] | None = None) -> Slide:
     """The slide of the DICOM file ``probe`` reads, with the instances of its folder (or of
     ``files``: then every one must belong to the slide). Where the folder itself was opened
     (``probe.folder``), its first slide, whatever file came first."""
-    path = probe.path
+    path, src = probe.path, probe.source
     if files is not None:
-        missing = [p for p in files if not os.path.isfile(p)]
+        missing = [p for p in files if "://" not in p and not os.path.isfile(p)]
         if missing:
             raise SourceNotFoundError(f"{missing[0]}: no such file")
-        found = _gather(files, strict=True)
+        found = _gather(files, strict=True, remote=src)
     else:
-        folder = os.path.dirname(os.path.abspath(path))
-        found = _gather(_dicom_files(folder), strict=False)
+        found = _gather(_dicom_files(_folder_of(path), src), strict=False, remote=src)
+    try:
+        return _open(probe, options, files, found)
+    finally:  # the slide reads frames through sources of its own (homes); these served the parse
+        for inst in (*(i for insts in found.slides.values() for i in insts), *found.derived):
+            if inst.source is not None and inst.source is not src:
+                inst.source.close()
+            inst.source = None
+
+
+def _open(probe: Probe, options: Options, files: list[str] | None, found: _Folder) -> Slide:
+    path = probe.path
     if files is None and probe.folder:
         if not found.slides:
             if found.skipped:
@@ -108,8 +143,9 @@ def open(probe: Probe, options: Options, files: list[str] | None = None) -> Slid
         if path in found.skipped:
             raise CorruptDataError(f"{path}: {found.skipped[path][0]}")
         gathered = (i.ds for insts in (*found.slides.values(), found.derived) for i in insts
-                    if os.path.samefile(i.path, path))
-        first = next(gathered, None) or read_dataset(path)  # not gathered: another kind of object
+                    if _same(i.path, path))
+        own = SourceFile(probe.source) if "://" in path else None
+        first = next(gathered, None) or read_dataset(path, own)  # not gathered: another kind of object
         sop = str(first.get("SOPClassUID", ""))
         if sop == WSI_SOP_CLASS:
             key = slide_key(first)
@@ -125,7 +161,7 @@ def open(probe: Probe, options: Options, files: list[str] | None = None) -> Slid
             raise InvalidRequestError(f"{other.path}: not an instance of the slide of {path} (another frame "
                                       f"of reference, container or series)")
     return _slide(probe.source, options, key, found, "the files given" if files is not None else
-                  os.path.dirname(os.path.abspath(path)))
+                  _folder_of(path))
 
 
 def _slide(source: ByteSource, options: Options, key: tuple, found: _Folder, where: str) -> Slide:

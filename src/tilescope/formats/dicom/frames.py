@@ -17,7 +17,7 @@ import numpy as np
 from ... import codecs
 from ...engine import GridPlane, Layout
 from ...errors import CorruptDataError, UnsupportedFormatError
-from ...source import ByteRanges
+from ...source import ByteRanges, SourceFile
 from .instance import (
     LABELMAP_SOP_CLASS,
     MALFORMED,
@@ -59,16 +59,18 @@ def frame_ranges(inst: Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
         if raw.length not in (None, 0xFFFFFFFF) and raw.length < need:
             raise CorruptDataError(f"{inst.path}: Pixel Data holds {raw.length} bytes, {n} frames of "
                                    f"{ds.Columns}x{ds.Rows} need {need}")
-        if start + need > os.path.getsize(inst.path):
+        if start + need > (os.path.getsize(inst.path) if inst.source is None else inst.source.size):
             raise CorruptDataError(f"{inst.path}: the file is truncated: its {n} frames end at byte "
                                    f"{start + need}, past its end")
         first_bit = np.arange(n, dtype=np.int64) * nbits
         shift = first_bit % 8
         return start + first_bit // 8, (shift + nbits + 7) // 8, np.zeros(n, bool), shift.astype(np.int8)
+    if inst.source is not None and (quick := _from_tables(inst, start)) is not None:
+        return quick
     from pydicom.encaps import parse_basic_offsets, parse_fragments
 
-    with builtins.open(inst.path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    with builtins.open(inst.path, "rb") if inst.source is None else SourceFile(inst.source) as f:
+        size = os.fstat(f.fileno()).st_size if inst.source is None else inst.source.size
         f.seek(start)
         try:
             table = np.asarray(parse_basic_offsets(f), np.int64)
@@ -117,6 +119,37 @@ def frame_ranges(inst: Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     split = last > first
     offsets = np.where(split, where[first], where[first] + 8)
     return offsets, ends[last] - offsets, split, np.zeros(n, np.int8)
+
+
+def _from_tables(inst: Instance, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`frame_ranges` of encapsulated pixel data from its offset tables alone, for a file at a
+    URL (walking the fragments' item headers would read all of its pixel data): an Extended Offset
+    Table with its lengths gives each frame's fragment; a full Basic Offset Table each frame's
+    first item, read up to the next frame's (items and all: ``split``; the last one up to the
+    sequence delimiter ending the file). None where the tables do not say that much."""
+    src, n = inst.source, inst.frames
+    assert src is not None
+    head = src.pread(start, 8)
+    if head[:4] != b"\xfe\xff\x00\xe0":
+        return None
+    bot = struct.unpack("<I", head[4:])[0]
+    first = start + 8 + bot  # the first fragment's item
+    eot, lengths = inst.ds.get("ExtendedOffsetTable"), inst.ds.get("ExtendedOffsetTableLengths")
+    none, zero = np.zeros(n, bool), np.zeros(n, np.int8)
+    if eot is not None and lengths is not None:
+        table = np.frombuffer(bytes(eot), "<u8").astype(np.int64)
+        counts = np.frombuffer(bytes(lengths), "<u8").astype(np.int64)
+        offsets = first + table + 8
+        if len(table) == len(counts) == n and (offsets + counts <= src.size).all() and (table >= 0).all():
+            return offsets, counts, none, zero
+        return None
+    if bot != 4 * n or first + 8 > src.size or src.pread(src.size - 8, 8) != b"\xfe\xff\xdd\xe0" + bytes(4):
+        return None
+    where = first + np.frombuffer(src.pread(start + 8, bot), "<u4").astype(np.int64)
+    ends = np.r_[where[1:], src.size - 8]
+    if where[0] != first or not (ends > where + 8).all():
+        return None
+    return where, ends - where, ~none, zero
 
 
 def realign(data: bytes, shift: int) -> bytes:
@@ -309,5 +342,7 @@ def file_level(insts: list[Instance], label: str, axes: Axes | None = None) -> L
         for i, inst, k in frames:
             offsets[i], counts[i], split[i], shift[i] = (r[k] for r in ranges[inst.path])
             files[i] = inst.path
-        return Frames(offsets, counts, split, shift, files, f"{label} z={z} layer={op}")
+        pieces = Frames(offsets, counts, split, shift, files, f"{label} z={z} layer={op}")
+        pieces.remote_options = getattr(owner.source, "options", None)  # files at URLs: read as the slide
+        return pieces
     return level_layout(insts, axes, make_pieces)

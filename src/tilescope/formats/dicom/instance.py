@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pydicom import Dataset
 
     from ...codecs import Codec
+    from ...source import ByteSource
 
 NAME = "DICOM"
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
@@ -60,6 +61,7 @@ def is_dicom_file(path: str) -> bool:
 class Instance:
     whole = False  # DICOMweb: the server serves no single frames of it (see dicomweb.WholeInstance)
     ranges: tuple  # files: where each frame's bytes are (:func:`frame_ranges`)
+    source: ByteSource | None = None  # a file at a URL: its source while the slide is parsed
 
     def __init__(self, path: str, ds: Dataset, syntax: str | None = None):
         self.path, self.ds = path, ds
@@ -100,9 +102,10 @@ class Instance:
         self.dtype = np.dtype(float_type or integer)
 
 
-def read_dataset(path: str) -> Dataset:
-    """The file's dataset (pixel data deferred); CorruptDataError when it does not parse or lacks
-    its SOP Class UID (pydicom returns what it parsed of a truncated file, possibly nothing)."""
+def read_dataset(path: str, fileobj: Any = None) -> Dataset:
+    """The file's dataset (pixel data deferred), from ``fileobj`` where given (a file at a URL:
+    open while the slide is parsed); CorruptDataError when it does not parse or lacks its SOP
+    Class UID (pydicom returns what it parsed of a truncated file, possibly nothing)."""
     try:
         import pydicom
     except ImportError:
@@ -110,7 +113,7 @@ def read_dataset(path: str) -> Dataset:
     try:
         with warnings.catch_warnings():  # pydicom warns of what it finds broken: the errors below say it
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, defer_size=1024)
+            ds = pydicom.dcmread(path if fileobj is None else fileobj, defer_size=1024)
     except Exception as e:
         raise CorruptDataError(f"{path}: not a readable DICOM file: {e}") from None
     if "SOPClassUID" not in ds:
@@ -119,7 +122,7 @@ def read_dataset(path: str) -> Dataset:
     return ds
 
 
-def read_header(path: str) -> Dataset | None:
+def read_header(path: str, fileobj: Any = None) -> Dataset | None:
     """What precedes the pixel data of a file that does not read whole (None if that fails too):
     enough to tell which instance a truncated file was."""
     import pydicom
@@ -127,7 +130,9 @@ def read_header(path: str) -> Dataset | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if fileobj is not None:
+                fileobj.seek(0)
+            ds = pydicom.dcmread(path if fileobj is None else fileobj, stop_before_pixels=True)
     except Exception:
         return None
     return ds if "SOPClassUID" in ds else None
