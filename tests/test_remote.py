@@ -19,6 +19,7 @@ from PIL import Image
 
 import tilescope
 import tilescope.openslide as dropin
+from fuzz import seeds
 from tilescope.errors import (
     RemoteError,
     SourceChangedError,
@@ -26,7 +27,6 @@ from tilescope.errors import (
     TilescopeError,
     UnsupportedFormatError,
 )
-from fuzz import seeds
 from tools import servers, synth
 
 
