@@ -150,13 +150,18 @@ def test_s3_open_requests(s3, files):
         assert r.source.identity[3]  # the ETag, checked by every later read
 
 
-def test_threads_bit_identical(http, files):
+@pytest.mark.parametrize("block_cache", [64 << 20, 0])
+def test_threads_bit_identical(http, files, block_cache):
+    """4 threads, small reads and no coalescing (and no block cache: every span dropped once its
+    waiters have it) read what one thread reads."""
     url = f"{http}/{_name(files, 'ome')}"
     with tilescope.open(url, threads=1, cache=tilescope.TileCache(0)) as one, \
-            tilescope.open(url, threads=4, cache=tilescope.TileCache(0), min_read=4096, gap=0) as many:
+            tilescope.open(url, threads=4, cache=tilescope.TileCache(0), min_read=4096, gap=0,
+                           cache_bytes=block_cache) as many:
         for sc1, sc4 in zip(one.scenes, many.scenes, strict=True):
             np.testing.assert_array_equal(sc1.read(size=(300, 0), z=(0, 3), t=(0, 2), channels=[0, 2]),
                                           sc4.read(size=(300, 0), z=(0, 3), t=(0, 2), channels=[0, 2]))
+        assert many.source._held <= block_cache  # the block cache keeps to its bound
 
 
 def test_server_without_ranges(http, files):
