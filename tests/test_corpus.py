@@ -100,3 +100,35 @@ def test_fuzzer_findings_stay_fixed(tmp_path, family, name):
     dst = str(tmp_path / (name + seeds.EXTENSIONS[family]))
     shutil.copy(src, dst)
     check.exercise(dst)  # typed errors only: anything else fails the test
+
+
+def _signatures(paths: list[str]) -> list[list[tuple[str, str]]]:
+    """What failed, and how, for each of ``paths``: (step, error class) pairs."""
+    return [[(s, cls) for s, cls, _ in _failures(p)] for p in paths]
+
+
+def test_the_corpus_in_a_forked_worker(seed_root, tmp_path):
+    """The corruption corpus and the fuzzers' findings fail the same way in a forked child of a
+    process that was reading slides when it forked (a DataLoader's worker, a pool's process)."""
+    import multiprocessing as mp
+
+    paths = []
+    for k, (family, seed, _name, damage, _step, _error) in enumerate(corpus.MUST_FAIL):
+        if family == "afi":  # its damaged copies sit beside the seeds' channel files
+            continue
+        (tmp_path / str(k)).mkdir()
+        paths.append(_damaged(seed_root, tmp_path / str(k), family, seed, damage))
+    for family, name in _regressions():
+        if family in ("dicomweb", "afi"):
+            continue
+        (tmp_path / f"r-{family}-{name}").mkdir()
+        paths.append(shutil.copy(os.path.join(REGRESSIONS, family, name),
+                                 tmp_path / f"r-{family}-{name}" / (name + seeds.EXTENSIONS[family])))
+    import tilescope
+
+    with tilescope.open(seeds.make("tiff", seed_root)[sorted(seeds.make("tiff", seed_root))[0]]) as busy:
+        busy.scenes[0].read(size=(256, 0))  # the parent's caches, pools and handles are in use
+        with mp.get_context("fork").Pool(1) as pool:
+            forked = pool.apply(_signatures, ([str(p) for p in paths],))
+    assert forked == _signatures([str(p) for p in paths])
+    assert sum(map(len, forked)) >= len(corpus.MUST_FAIL) // 2  # the damage did fail them
