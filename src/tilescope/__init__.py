@@ -214,8 +214,12 @@ def _open_remote(source: Any, driver: str | None, overrides: dict[str, Any]) -> 
     opts = _options(overrides)
     files = [os.fspath(u) for u in source] if isinstance(source, (list, tuple)) else None
     folder = source if files is None and source.endswith("/") else None
-    url = files[0] if files else source if folder is None else _first_dicom(folder, ropts)
-    src = remote.RemoteSource(url, ropts)
+    if folder is None:
+        url = files[0] if files else source
+        src = remote.RemoteSource(url, ropts)
+    else:
+        src = _first_dicom(folder, ropts)
+        url = src.path
     key = (src.identity, driver.upper() if driver else None, folder is not None)
     slide = _bind_or_parse(src, opts, driver, folder, files, key, url)
     one = files is None and folder is None
@@ -223,15 +227,13 @@ def _open_remote(source: Any, driver: str | None, overrides: dict[str, Any]) -> 
     return slide
 
 
-def _first_dicom(folder: str, options: remote.RemoteOptions) -> str:
-    """The first object under an object store's prefix that is a DICOM file."""
+def _first_dicom(folder: str, options: remote.RemoteOptions) -> remote.RemoteSource:
+    """The first object under an object store's prefix that is a DICOM file, opened."""
     for url in remote.listing(folder, options=options):
         src = remote.RemoteSource(url, options)
-        try:
-            if src.head(132)[128:132] == b"DICM":
-                return url
-        finally:
-            src.close()
+        if src.head(132)[128:132] == b"DICM":
+            return src
+        src.close()
     raise UnsupportedFormatError(f"{folder}: no DICOM file under this prefix")
 
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import CorruptDataError, SlideClosedError, SourceNotFoundError, UnsupportedFormatError
+from .remote import RemoteSource, is_remote
 
 
 class FileSource:
@@ -269,11 +270,7 @@ class PieceList:
 def open_file(path: str, remote_options: Any = None) -> ByteSource:
     """The file ``path``: a local one, or one on a server or in a bucket (a URL, read with
     ``remote_options``: the slide's own, its credentials and settings)."""
-    if "://" in path:
-        from .remote import RemoteSource
-
-        return RemoteSource(path, remote_options)
-    return FileSource(path)
+    return RemoteSource(path, remote_options) if is_remote(path) else FileSource(path)
 
 
 def file_home(path: str, remote_options: Any = None) -> Home:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ...errors import CorruptDataError, InvalidRequestError, SourceNotFoundError, UnsupportedFormatError
 from ...model import Slide
+from ...remote import is_remote, listing
 from ...source import FileSource, SourceFile, open_file
 from .assemble import assemble, attributes, header_text, icc_profile_of, volume_levels
 from .frames import file_level, frame_ranges, stack
@@ -48,7 +49,7 @@ def _gather(paths: list[str], strict: bool, remote: Any = None) -> _Folder:
     for p in paths:
         ds = src = None
         try:
-            if "://" in p:
+            if is_remote(p):
                 src = remote if getattr(remote, "path", None) == p else \
                     open_file(p, getattr(remote, "options", None))
                 if src.head(132)[128:132] != b"DICM":
@@ -87,20 +88,18 @@ def _gather(paths: list[str], strict: bool, remote: Any = None) -> _Folder:
 def _dicom_files(folder: str, source: Any = None) -> list[str]:
     """The DICOM files of a local folder; of a folder at a URL (an object store's prefix) every
     object in it, checked as they are read (a web server lists none: the file alone)."""
-    if "://" in folder:
-        from ...remote import listing
-
+    if is_remote(folder):
         return listing(folder, source)
     return [p for p in (os.path.join(folder, n) for n in sorted(os.listdir(folder)))
             if os.path.isfile(p) and is_dicom_file(p)]
 
 
 def _folder_of(path: str) -> str:
-    return path.rsplit("/", 1)[0] if "://" in path else os.path.dirname(os.path.abspath(path))
+    return path.rsplit("/", 1)[0] if is_remote(path) else os.path.dirname(os.path.abspath(path))
 
 
 def _same(a: str, b: str) -> bool:
-    return a == b if "://" in a or "://" in b else os.path.samefile(a, b)
+    return a == b if is_remote(a) or is_remote(b) else os.path.samefile(a, b)
 
 
 def open(probe: Probe, options: Options, files: list[str] | None = None) -> Slide:
@@ -109,7 +108,7 @@ def open(probe: Probe, options: Options, files: list[str] | None = None) -> Slid
     (``probe.folder``), its first slide, whatever file came first."""
     path, src = probe.path, probe.source
     if files is not None:
-        missing = [p for p in files if "://" not in p and not os.path.isfile(p)]
+        missing = [p for p in files if not is_remote(p) and not os.path.isfile(p)]
         if missing:
             raise SourceNotFoundError(f"{missing[0]}: no such file")
         found = _gather(files, strict=True, remote=src)
@@ -144,7 +143,7 @@ def _open(probe: Probe, options: Options, files: list[str] | None, found: _Folde
             raise CorruptDataError(f"{path}: {found.skipped[path][0]}")
         gathered = (i.ds for insts in (*found.slides.values(), found.derived) for i in insts
                     if _same(i.path, path))
-        own = SourceFile(probe.source) if "://" in path else None
+        own = SourceFile(probe.source) if is_remote(path) else None
         first = next(gathered, None) or read_dataset(path, own)  # not gathered: another kind of object
         sop = str(first.get("SOPClassUID", ""))
         if sop == WSI_SOP_CLASS:
