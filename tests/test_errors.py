@@ -228,3 +228,25 @@ def test_close_while_other_threads_read(small_svs):
     for t in threads:
         t.join()
     assert all(o in ("closed", "done") for o in outcomes), outcomes
+
+
+def test_piece_tables_read_at_the_first_fetch_are_checked_then(small_svs, tmp_path):
+    """A plain TIFF's piece tables stay in the file until a level is first read: a table that is
+    garbage by then (here overwritten after the open) fails that read with a typed error naming
+    the file, and the slide's other reads go on."""
+    from tilescope.source import TableRef
+
+    bad = _copy(small_svs, tmp_path)
+    with tifffile.TiffFile(bad) as tf:
+        tag = tf.pages.first.tags["TileOffsets"]
+        where, nbytes = tag.valueoffset, tag.count * 4
+    tilescope._PARSED.clear()
+    with tilescope.open(bad, cache=tilescope.TileCache(0)) as s:
+        pieces = s.scenes[0].levels[0].layout.planes[0, 0][0].pieces
+        assert isinstance(pieces.offsets, TableRef)
+        with open(bad, "r+b") as f:
+            f.seek(where)
+            f.write(b"\xff" * nbytes)
+        with pytest.raises(CorruptDataError, match=r"bad\.svs.*past the end of the file"):
+            s.scenes[0].read((0, 0, 256, 256))
+        assert s.scenes[0].read_level(1, (0, 0, 64, 64)).shape == (64, 64, 3)

@@ -70,7 +70,7 @@ _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
 # sample, and a re-open then costs an open() and an fstat(). Bounded in slides and in the memory
 # they hold (a 40000x30000 SVS holds ~330 KiB; a forged 10^6² px DICOM level 15 M tiles: ~380 MB
 # of piece tables; a fuzzing run kept such slides until glibc's heap grew past 2 GB).
-_PARSED: OrderedDict = OrderedDict()  # key -> (slide, folder mtime, bytes it holds)
+_PARSED: OrderedDict = OrderedDict()  # key -> (slide, folder mtime, bytes it holds or None: not yet measured)
 _PARSED_MAX = 128
 _PARSED_BYTES = 64 << 20
 _PARSED_ONE = 16 << 20  # a slide holding more is not kept: its reads cost far more than its parse
@@ -318,6 +318,7 @@ def _parse(src: ByteSource, opts: Options, driver: str | None, folder: str | Non
 
 
 _SHARED = (type, ModuleType, FunctionType, BuiltinFunctionType, MethodType, TileCache)
+_LEAVES = frozenset((int, float, str, bytes, bool, type(None)))  # no references to follow
 
 
 def _footprint(root: Any) -> int:
@@ -327,38 +328,56 @@ def _footprint(root: Any) -> int:
     millions would take a second to walk)."""
     seen: set[int] = set()
     todo, total = [root], 0
+    getsize, referents = sys.getsizeof, gc.get_referents
     while todo:
         o = todo.pop()
-        if id(o) in seen or isinstance(o, _SHARED):
+        if id(o) in seen:
             continue
         seen.add(id(o))
+        kind = type(o)
+        if kind in _LEAVES:  # most of what a parsed slide holds: sized without a referents call
+            total += getsize(o)
+            continue
+        if isinstance(o, _SHARED):
+            continue
         if isinstance(o, np.ndarray):  # its data, or the buffer it views
             if o.base is None:
                 total += o.nbytes
             else:
                 todo.append(o.base)
             continue
-        total += sys.getsizeof(o)
+        total += getsize(o)
         if isinstance(o, (list, tuple)) and len(o) > 4096:
             sample = o[::len(o) // 1024]
             distinct = list({id(x): x for x in sample}.values())  # [path] * n holds one path
             more = len(o) * len(distinct) // len(sample) - len(distinct)
-            total += sum(map(sys.getsizeof, distinct)) * more // len(distinct)
+            total += sum(map(getsize, distinct)) * more // len(distinct)
             todo.extend(distinct)
         else:
-            todo.extend(gc.get_referents(o))
+            todo.extend(referents(o))
     return total
 
 
 def _keep_parsed(key: Hashable, parsed: Slide, mtime: Any) -> None:
-    size = _footprint(parsed)
-    if size > _PARSED_ONE:
-        return
+    """Keep a parsed slide for re-opens. What it holds is measured (a walk: ~0.2 ms) when the next
+    slide is parsed, not now: until then the caller's open slide holds the same structure, so the
+    bound is the same, and a process's first open pays no walk. Then a slide holding more than
+    ``_PARSED_ONE`` is dropped, and the oldest go while all hold more than ``_PARSED_BYTES``."""
     with _parsed_lock:
-        _PARSED[key] = parsed, mtime, size
-        total = sum(e[2] for e in _PARSED.values())
+        pending = [(k, e[0]) for k, e in _PARSED.items() if e[2] is None]
+    sizes = [(k, p, _footprint(p)) for k, p in pending]  # outside the lock: opens go on meanwhile
+    with _parsed_lock:
+        for k, p, size in sizes:
+            entry = _PARSED.get(k)
+            if entry is not None and entry[0] is p:
+                if size > _PARSED_ONE:
+                    del _PARSED[k]
+                else:
+                    _PARSED[k] = p, entry[1], size
+        _PARSED[key] = parsed, mtime, None
+        total = sum(e[2] or 0 for e in _PARSED.values())
         while len(_PARSED) > _PARSED_MAX or total > _PARSED_BYTES:
-            total -= _PARSED.popitem(last=False)[1][2]
+            total -= _PARSED.popitem(last=False)[1][2] or 0
 
 
 def set_cache_size(nbytes: int) -> None:

@@ -16,7 +16,7 @@ from .. import codecs
 from ..engine import GridPlane, Layout, Plane, check_whole
 from ..errors import CorruptDataError, TilescopeError, TooLargeError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
-from ..source import ByteRanges
+from ..source import ByteRanges, TableRef, local
 from .ifd import MAX_PAGES  # pages a slide's TIFF may list (ScanImage walks longer stacks itself)
 
 if TYPE_CHECKING:
@@ -73,7 +73,9 @@ def page_planes(page: TiffPage, probe: Probe, label: str, missing_ok: bool = Fal
         bits=kf.bitspersample, byteorder=kf.parent.byteorder, jpegtables=kf.jpegtables,
         extrasamples=kf.extrasamples,
         jfif=kf.compression == 7 and _is_jfif(page, probe.source), where=where)
-    offsets, counts = piece_table(page, probe.source)
+    # tables read at the first fetch: from a local file (one read then), never sparse ones
+    later = not missing_ok and local(probe.source) is not None
+    offsets, counts = piece_table(page, probe.source, later)
     nplanes = spp if separate else 1
     n = len(offsets) // nplanes
     kind = "Tile" if kf.is_tiled else "Strip"
@@ -84,10 +86,11 @@ def page_planes(page: TiffPage, probe: Probe, label: str, missing_ok: bool = Fal
     if n < need:
         raise CorruptDataError(f"{where}: {kind}Offsets has {len(offsets)} values; a {w}x{h} image in "
                                f"{tile[0]}x{tile[1]} {kind.lower()}s needs {need * nplanes}")
-    return tuple(
-        GridPlane(ByteRanges(offsets[i * n:(i + 1) * n], counts[i * n:(i + 1) * n], label, missing_ok),
-              codec, (w, h), tile)
-        for i in range(nplanes))
+
+    def part(t: np.ndarray | TableRef, i: int) -> np.ndarray | TableRef:
+        return t.part(i * n, n) if isinstance(t, TableRef) else t[i * n:(i + 1) * n]
+    return tuple(GridPlane(ByteRanges(part(offsets, i), part(counts, i), label, missing_ok), codec, (w, h),
+                           tile) for i in range(nplanes))
 
 
 def is_tiled(page: TiffPage) -> bool:
@@ -97,13 +100,18 @@ def is_tiled(page: TiffPage) -> bool:
     return page.is_tiled or (tags is not None and (322 in tags or 323 in tags))
 
 
-def piece_table(page: TiffPage, source: ByteSource) -> tuple[np.ndarray, np.ndarray]:
-    """The page's piece offsets and byte counts as int64 arrays. Long tables are read again from
-    the file in one go: turning tifffile's tuples of Python ints into arrays costs ~0.4 ms per 20000
-    pieces, most of what a first open spends outside tifffile; a table that does not match the
-    tuple's ends (NDPI's 64-bit extensions of 32-bit tags, say) is converted from the tuple."""
-    if isinstance(page.dataoffsets, np.ndarray):  # a plain page (ifd.Page) read them as arrays
-        return page.dataoffsets, page.databytecounts
+def piece_table(page: TiffPage, source: ByteSource, later: bool = False
+                ) -> tuple[np.ndarray | TableRef, np.ndarray | TableRef]:
+    """The page's piece offsets and byte counts as integer arrays, or for a plain page (ifd.Page)
+    with ``later``, where they lie in the file (:class:`TableRef`: read at the first fetch).
+    A plain page's arrays are views of the file's tables, in their stored type. tifffile's pages'
+    long tables are read again from the file in one go: turning tifffile's tuples of Python ints
+    into arrays costs ~0.4 ms per 20000 pieces; a table that does not match the tuple's ends
+    (NDPI's 64-bit extensions of 32-bit tags, say) is converted from the tuple."""
+    plain = getattr(page, "tables", None)
+    if plain is not None:
+        return cast("tuple[TableRef, TableRef]", plain) if later else \
+            (cast(np.ndarray, page.dataoffsets), cast(np.ndarray, page.databytecounts))
     tags = getattr(page, "tags", None)  # a TiffFrame has none: its tuples are all there is
     out = []
     for codes, values in (((324, 273), page.dataoffsets), ((325, 279), page.databytecounts)):
@@ -130,7 +138,12 @@ def _table_from_file(tag: Any, n: int, byteorder: str, source: ByteSource) -> np
 def _is_jfif(page: TiffPage, source: ByteSource) -> bool:
     """Whether the first stored piece (sparse files may leave the first ones out) starts with a
     JFIF APP0 segment; a broken offset just means "not JFIF"."""
-    for off, n in zip(page.dataoffsets, page.databytecounts, strict=False):
+    plain = getattr(page, "tables", None)  # a plain page: its first entries, not the whole tables
+    offsets, counts = (plain[0].read(source, 64).tolist(), plain[1].read(source, 64).tolist()) \
+        if plain is not None else (page.dataoffsets, page.databytecounts)
+    if plain is not None and len(offsets) == 64 and not any(offsets):
+        offsets, counts = page.dataoffsets, page.databytecounts  # sparse: look further
+    for off, n in zip(offsets, counts, strict=False):
         if off > 0 and n > 0:
             try:
                 head = source.pread(int(off), min(int(n), 32))

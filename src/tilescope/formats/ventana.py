@@ -124,8 +124,8 @@ def _placed_level(page: TiffPage, probe: Probe, areas, adv, ds: int, label: str)
                 px, py = (x + c * adv[0]) / ds, (y + r * adv[1]) / ds
                 rects.append((math.floor(px + 0.5), math.floor(py + 0.5), sw, sh))
     placed = np.asarray(rects, np.int64).reshape(-1, 4)
-    offsets = base.pieces.offsets[pieces_idx]
-    counts = base.pieces.counts[pieces_idx]
+    offsets, counts = base.pieces.tables(probe.source)
+    offsets, counts = offsets[pieces_idx], counts[pieces_idx]
     pieces = ByteRanges(offsets, counts, label, missing_ok=True)
     size = (int(placed[:, 0].max() + sw), int(placed[:, 1].max() + sh)) if len(placed) else (1, 1)
     full = np.tile(np.array([[tw, th]], np.int64), (len(placed), 1))
