@@ -12,7 +12,8 @@ in shared/bench so numbers compare):
   c  4096x4096 regions (3, mean per call)   the reader has one)
                                          f  open + metadata (size, levels, mpp) + close, x200
                                          g  the same once, the first thing a fresh process does
-Every (reader, workload) runs in a fresh process after the file was read once (page cache warm),
+Every (reader, workload) runs in a fresh process after the file was read once (page cache warm)
+and a garbage collection (the imports' debt is settled outside the timing, as the imports are),
 --repeats times (default 3), interleaved: every reader once, then every reader again (starting one
 further along each round), so a burst of another process's load hits all readers alike. Each cell
 reports its median and its minimum, and the run records the load average before and after each
@@ -32,6 +33,7 @@ import argparse
 import concurrent.futures as cf
 import contextlib
 import datetime
+import gc
 import json
 import os
 import platform
@@ -338,6 +340,10 @@ def run_cell(name: str, wl: str, path: str, quick: bool) -> dict:
     """One (reader, workload) measurement; meant to run in a fresh process."""
     rd = READERS[name]()
     W, H = slide_dims(path)
+    # the imports' garbage-collector debt (a first full collection, ~0.5 ms here, due after heavy
+    # imports) is settled before the timing, as the imports are: else it lands in whichever
+    # reader's timed code allocates Python objects first
+    gc.collect()
     mpix = calls = 0
     if wl in "fg":
         n = 1 if wl == "g" else 40 if quick else 200
