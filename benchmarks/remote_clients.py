@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The HTTP clients a remote source could stand on, fetching the same byte ranges of the bench SVS
-from nginx on 127.0.0.1: urllib3 (what tilescope.remote uses), obstore (Rust object_store) and
+from nginx on 127.0.0.1: the standard library's http.client (what tilescope.remote uses: a
+keep-alive connection per thread), urllib3 (what it used before), obstore (Rust object_store) and
 fsspec's HTTP filesystem (aiohttp), one range at a time and 8 in flight, and whether each still
 works in a forked child that inherits a used client.
 
@@ -32,6 +33,19 @@ def clients(url: str) -> dict:
     store = HTTPStore.from_url(base, client_options={"allow_http": True})
     fs = fsspec.filesystem("http")
 
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    parts, local = urlsplit(url), threading.local()
+
+    def by_http_client(s: int, e: int) -> bytes:
+        conn = local.__dict__.get("conn")
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(parts.hostname, parts.port)
+        conn.request("GET", parts.path, headers={"Range": f"bytes={s}-{e - 1}"})
+        return conn.getresponse().read()
+
     def by_urllib3(s: int, e: int) -> bytes:
         return pool.request("GET", url, headers={"Range": f"bytes={s}-{e - 1}"}).data
 
@@ -41,7 +55,8 @@ def clients(url: str) -> dict:
     def by_fsspec(s: int, e: int) -> bytes:
         return fs.cat_file(url, start=s, end=e)
 
-    return {"urllib3": by_urllib3, "obstore": by_obstore, "fsspec-http": by_fsspec}
+    return {"http.client": by_http_client, "urllib3": by_urllib3, "obstore": by_obstore,
+            "fsspec-http": by_fsspec}
 
 
 def _forked_child_reads(get) -> str:
