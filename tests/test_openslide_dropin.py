@@ -138,12 +138,122 @@ def test_cache_context_and_closed(svs_exact):
         first = np.asarray(b.read_region((0, 0), 0, (512, 512)))
         np.testing.assert_array_equal(first, np.asarray(b.read_region((0, 0), 0, (512, 512))))
         assert cache._cache.hits >= 4
-    with pytest.raises(ValueError):
-        b.read_region((0, 0), 0, (10, 10))
-    with pytest.raises(ValueError):
-        b.properties  # noqa: B018
     with pytest.raises(TypeError):
         ours.OpenSlide(svs_exact).set_cache(object())
+
+
+def _outcome(fn):
+    """What a call does, comparable across the two modules: ("ok", value) or (error type, text)."""
+    try:
+        return "ok", fn()
+    except Exception as e:
+        return type(e).__name__, str(e)
+
+
+def test_a_closed_slide_fails_as_openslide(svs_exact):
+    """Every operation on a closed slide, close() again included, fails as openslide-python's
+    does: ctypes.ArgumentError with its message (the maps fail when used, not when taken)."""
+    import ctypes
+
+    calls = {
+        "close": lambda s: s.close(),
+        "read_region": lambda s: s.read_region((0, 0), 0, (10, 10)),
+        "level_count": lambda s: s.level_count,
+        "dimensions": lambda s: s.dimensions,
+        "level_downsamples": lambda s: s.level_downsamples,
+        "best level": lambda s: s.get_best_level_for_downsample(4),
+        "thumbnail": lambda s: s.get_thumbnail((10, 10)),
+        "set_cache": lambda s, m=None: s.set_cache(type(s).__module__ == real.__name__ and real.OpenSlideCache(9)
+                                                   or ours.OpenSlideCache(9)),
+        "properties taken": lambda s: type(s.properties).__name__,
+        "properties used": lambda s: list(s.properties),
+        "associated taken": lambda s: type(s.associated_images).__name__,
+        "associated used": lambda s: len(s.associated_images),
+    }
+    a, b = _pair(svs_exact)
+    a.close()
+    b.close()
+    for name, call in calls.items():
+        assert _outcome(lambda c=call: c(a)) == _outcome(lambda c=call: c(b)), name
+    with pytest.raises(ctypes.ArgumentError):
+        b.close()
+
+
+def test_wrong_arguments_fail_as_openslide():
+    for arg in (None, 3, 1.5, object):
+        assert _outcome(lambda v=arg: real.OpenSlide(v)) == _outcome(lambda v=arg: ours.OpenSlide(v)), arg
+    for arg in (-1, 1.5, "3", None):
+        assert _outcome(lambda v=arg: real.OpenSlideCache(v)) == \
+            _outcome(lambda v=arg: ours.OpenSlideCache(v)), arg
+    for arg in (0, 1 << 20, True):
+        assert repr(real.OpenSlideCache(arg)) == repr(ours.OpenSlideCache(arg))
+
+
+def test_maps_print_and_order_as_openslide(svs):
+    a, b = _pair(svs)
+    with a, b:
+        pa, pb = repr(a.properties), repr(b.properties)
+        assert pb.startswith("<_PropertyMap {'aperio.AppMag': ") and pa.startswith(pb[:30])
+        assert list(b.properties) == [k for k in a.properties if k in b.properties]  # openslide's order
+        assert "tiff.ResolutionUnit" in b.properties
+        ra, rb = repr(a.associated_images), repr(b.associated_images)
+        assert rb.startswith("<_AssociatedImageMap {'label': <PIL.Image.Image image mode=RGBA size=")
+        assert [k for k in a.associated_images] == [k for k in b.associated_images]
+        assert ra.split(" at 0x")[0] == rb.split(" at 0x")[0]
+
+
+def test_paths_as_bytes_pathlike_and_non_ascii(svs_exact, tmp_path):
+    import pathlib
+
+    odd = tmp_path / "schnitt ü é 切片.svs"
+    shutil.copy(svs_exact, odd)
+    for path in (str(odd), os.fsencode(str(odd)), pathlib.Path(odd)):
+        assert ours.OpenSlide.detect_format(path) == real.OpenSlide.detect_format(path) == "aperio"
+        with real.OpenSlide(path) as a, ours.OpenSlide(path) as b:
+            assert a.dimensions == b.dimensions and repr(a) == repr(b)
+        with real.open_slide(path) as a, ours.open_slide(path) as b:
+            assert type(a).__name__ == type(b).__name__ == "OpenSlide"
+
+
+def test_files_it_cannot_open_fail_as_openslide(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for path in (str(text), str(tmp_path / "missing.svs")):
+        for fn in ("OpenSlide", "ImageSlide", "open_slide"):
+            ra = _outcome(lambda f=fn, p=path: getattr(real, f)(p))
+            rb = _outcome(lambda f=fn, p=path: getattr(ours, f)(p))
+            assert ra[0] == rb[0], (fn, path, ra, rb)  # the same types (messages say more in ours)
+            if fn != "OpenSlide":
+                assert ra == rb
+
+
+def test_lowlevel_is_there_for_feature_tests_and_calls(svs_exact):
+    from tilescope.openslide import lowlevel as ours_ll
+
+    real_ll = real.lowlevel
+    names = [n for n, f in vars(real_ll).items()
+             if not n.startswith("_") and "available" in getattr(f, "__dict__", {})]
+    assert len(names) > 15
+    for n in names:
+        assert getattr(ours_ll, n).available, n
+    assert ours_ll.OpenSlideError is ours.OpenSlideError
+    assert ours_ll.OpenSlideUnsupportedFormatError is ours.OpenSlideUnsupportedFormatError
+    a, b = _pair(svs_exact)
+    with a, b:
+        for n, args in [("get_level_count", ()), ("get_level_dimensions", (1,)), ("get_level_downsample", (2,)),
+                        ("get_property_names", ()), ("get_associated_image_names", ()),
+                        ("get_associated_image_dimensions", ("label",)), ("read_icc_profile", ()),
+                        ("get_best_level_for_downsample", (5.0,)), ("get_property_value", ("openslide.mpp-x",))]:
+            want = getattr(real_ll, n)(a._osr, *args)
+            got = getattr(ours_ll, n)(b._osr, *args)
+            if n == "get_property_names":
+                want = [k for k in want if k != "openslide.quickhash-1"]
+            assert got == want, n
+    assert ours_ll.detect_vendor(svs_exact) == real_ll.detect_vendor(svs_exact)
+
+
+def test_detect_format_of_urls():
+    assert ours.OpenSlide.detect_format("dicomweb+http://127.0.0.1:9/dicom-web") == "dicom"
 
 
 def test_errors_are_sticky_like_openslide(svs_exact, tmp_path):
@@ -187,7 +297,7 @@ def test_unsupported_and_open_slide(tmp_path):
                                   np.asarray(zb.get_tile(zb.level_count - 1, (1, 1))))
     a.close()
     b.close()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # as openslide's ImageSlide
         b.read_region((0, 0), 0, (1, 1))
 
 

@@ -152,9 +152,13 @@ def _detect_source(src: ByteSource) -> ModuleType | None:
         src.close()
 
 
-def detect(source: str | os.PathLike) -> str | None:
-    """The name of the driver that would open ``source`` (a file, a folder: see :func:`open`, or
-    the URL of a file on a server or in a bucket), or None if no driver recognizes it."""
+def detect(source: str | bytes | os.PathLike) -> str | None:
+    """The name of the driver that would open ``source`` (a file, a folder: see :func:`open`, the
+    URL of a file on a server or in a bucket, or a URL a driver opens by its scheme, such as
+    ``dicomweb+https://``), or None if no driver recognizes it."""
+    source = os.fsdecode(source)
+    if (web := formats.for_url(source)) is not None:  # named by its scheme: nothing is fetched
+        return web.NAME
     if remote.is_remote(source):
         mod = _detect_source(remote.RemoteSource(cast(str, source)))
         return mod.NAME if mod else None
@@ -169,7 +173,7 @@ def detect(source: str | os.PathLike) -> str | None:
     return mod.NAME if mod else None
 
 
-def open(source: str | os.PathLike | Sequence[str | os.PathLike], driver: str | None = None,
+def open(source: str | bytes | os.PathLike | Sequence[str | os.PathLike], driver: str | None = None,
          **overrides: Any) -> Slide:
     """Open an image and return a :class:`Slide`.
 
@@ -255,15 +259,15 @@ def _absolute(path: str) -> str:
     return path if path.startswith(os.sep) else os.path.abspath(path)
 
 
-def _resolve(source: str | os.PathLike | Sequence[str | os.PathLike]
+def _resolve(source: str | bytes | os.PathLike | Sequence[str | os.PathLike]
              ) -> tuple[str, str | None, list[str] | None]:
     """(the file to open, the folder it stands for or None, the list of files or None)."""
     if isinstance(source, (list, tuple)):
         if not source:
             raise InvalidRequestError("open: an empty list of files")
-        files = [os.fspath(p) for p in source]
+        files = [os.fsdecode(p) for p in source]
         return files[0], None, files
-    given = os.fspath(source)  # type: ignore[arg-type]  # a str or os.PathLike (lists handled above)
+    given = os.fsdecode(source)  # type: ignore[arg-type]  # str, bytes or os.PathLike (lists handled above)
     if not os.path.isdir(given):
         return given, None, None
     return _in_folder(given), given, None

@@ -132,7 +132,8 @@ def by_name(name: str) -> ModuleType:
 
 def openslide_vendor(driver: str) -> str | None:
     """openslide's vendor name for the format a driver reads (None: a plain image)."""
-    return by_name(driver).OPENSLIDE_VENDOR
+    web = next((m for m in _URL_MODULES if m.NAME.lower() == driver.lower()), None)
+    return (web or by_name(driver)).OPENSLIDE_VENDOR
 
 
 def detect(probe: Probe) -> ModuleType | None:

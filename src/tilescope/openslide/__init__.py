@@ -8,6 +8,10 @@ The API mirrors openslide-python 1.4: ``OpenSlide``, ``ImageSlide``, ``open_slid
 Differences, by design:
 - every format tilescope reads opens (OME-TIFF too; its vendor is "ome-tiff"); scenes other than
   8-bit RGB are shown as RGB (one channel repeated; first three channels; 16-bit shifted to 8);
+- a wrong argument (``OpenSlide(None)``, ``OpenSlideCache(-1)``) or any use of a closed slide
+  (``close()`` again included) raises ``ctypes.ArgumentError`` with openslide-python's message, as
+  its ctypes layer does, so ``except ctypes.ArgumentError`` clauses written for it still catch it;
+  ``lowlevel`` has openslide's functions (each ``available``) over the drop-in's own objects;
 - ``openslide.quickhash-1`` is not provided;
 - a ``location`` that falls between pixels of a level (x not a multiple of the level's downsample)
   reads the nearest level pixel; openslide interpolates there.
@@ -15,11 +19,10 @@ Differences, by design:
 
 from __future__ import annotations
 
-import os
 from abc import ABCMeta, abstractmethod
 from collections.abc import Iterator, Mapping
 from io import BytesIO
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 from PIL import Image, ImageCms
@@ -28,13 +31,16 @@ import tilescope
 from tilescope import TileCache, TilescopeError
 from tilescope.formats import openslide_vendor
 
+from . import lowlevel
+from .lowlevel import OpenSlideError, OpenSlideUnsupportedFormatError, OpenSlideVersionError
+
 __all__ = [
     "PROPERTY_NAME_BACKGROUND_COLOR", "PROPERTY_NAME_BARCODE", "PROPERTY_NAME_BOUNDS_HEIGHT",
     "PROPERTY_NAME_BOUNDS_WIDTH", "PROPERTY_NAME_BOUNDS_X", "PROPERTY_NAME_BOUNDS_Y",
     "PROPERTY_NAME_COMMENT", "PROPERTY_NAME_MPP_X", "PROPERTY_NAME_MPP_Y",
     "PROPERTY_NAME_OBJECTIVE_POWER", "PROPERTY_NAME_QUICKHASH1", "PROPERTY_NAME_VENDOR",
     "AbstractSlide", "ImageSlide", "OpenSlide", "OpenSlideCache", "OpenSlideError",
-    "OpenSlideUnsupportedFormatError", "OpenSlideVersionError", "open_slide",
+    "OpenSlideUnsupportedFormatError", "OpenSlideVersionError", "lowlevel", "open_slide",
 ]
 
 __version__ = tilescope.__version__
@@ -55,18 +61,6 @@ PROPERTY_NAME_BARCODE = "openslide.barcode"
 
 
 
-class OpenSlideError(Exception):
-    """An error reading a slide (openslide-python's class of the same name)."""
-
-
-class OpenSlideUnsupportedFormatError(OpenSlideError):
-    """The file is not a format that can be opened."""
-
-
-class OpenSlideVersionError(OpenSlideError):
-    """Kept for API compatibility; tilescope provides every call."""
-
-
 def _fmt(v: float) -> str:
     # openslide prints doubles with 17 significant digits, trailing zeros dropped
     return f"{v:.17g}"
@@ -76,12 +70,11 @@ class OpenSlideCache:
     """A decoded-tile cache that several slides can share (``slide.set_cache(cache)``)."""
 
     def __init__(self, capacity: int):
-        if capacity < 0:
-            raise OpenSlideError(f"cache capacity {capacity} must be non-negative")
-        self._cache = TileCache(capacity)
+        self._capacity = capacity
+        self._cache = TileCache(lowlevel.size_t(capacity))
 
     def __repr__(self) -> str:
-        return f"OpenSlideCache({self._cache.capacity})"
+        return f"OpenSlideCache({self._capacity!r})"
 
 
 class AbstractSlide(metaclass=ABCMeta):
@@ -95,7 +88,7 @@ class AbstractSlide(metaclass=ABCMeta):
 
     @classmethod
     @abstractmethod
-    def detect_format(cls, filename: str | os.PathLike) -> str | None:
+    def detect_format(cls, filename: lowlevel.Filename) -> str | None:
         """The format of ``filename`` as a string, or None if it cannot be opened."""
 
     @abstractmethod
@@ -183,10 +176,11 @@ def _rgb8(a: np.ndarray) -> np.ndarray:
 class OpenSlide(AbstractSlide):
     """An open whole-slide image, read by tilescope (any format it reads)."""
 
-    def __init__(self, filename: str | os.PathLike):
+    def __init__(self, filename: lowlevel.Filename):
         self._filename = filename
+        self._osr = self  # the handle openslide's lowlevel functions take
         try:
-            self._slide = tilescope.open(filename)
+            self._slide = tilescope.open(lowlevel.filename(filename))
         except (tilescope.UnsupportedFormatError, tilescope.SourceNotFoundError) as e:
             raise OpenSlideUnsupportedFormatError(f"Unsupported or missing image file: {e}") from e
         except TilescopeError as e:
@@ -194,7 +188,7 @@ class OpenSlide(AbstractSlide):
         self._vendor = openslide_vendor(self._slide.driver)
         if self._vendor is None:  # as openslide: plain images are ImageSlides
             self._slide.close()
-            raise OpenSlideUnsupportedFormatError(f"Unsupported or missing image file: {filename}")
+            raise OpenSlideUnsupportedFormatError(f"Unsupported or missing image file: {self._slide.path}")
         self._scene = self._slide.scenes[0]
         # scenes on a canvas (a Leica collection): openslide shows the canvas, every scene at its
         # place, the rest transparent
@@ -210,16 +204,16 @@ class OpenSlide(AbstractSlide):
         return f"OpenSlide({self._filename!r})"
 
     @classmethod
-    def detect_format(cls, filename: str | os.PathLike) -> str | None:
+    def detect_format(cls, filename: lowlevel.Filename) -> str | None:
         try:
-            name = tilescope.detect(filename)
+            name = tilescope.detect(lowlevel.filename(filename))
         except TilescopeError:
             return None
         return openslide_vendor(name) if name else None
 
     def _check(self) -> None:
         if self._slide.closed:
-            raise ValueError("Passing closed slide object")
+            raise lowlevel.argument_error(ValueError, "Passing closed slide object")
         if self._error is not None:
             raise OpenSlideError(self._error)
 
@@ -229,6 +223,8 @@ class OpenSlide(AbstractSlide):
         return OpenSlideError(self._error)
 
     def close(self) -> None:
+        if self._slide.closed:
+            raise lowlevel.argument_error(ValueError, "Passing closed slide object")
         self._slide.close()
 
     def _icc(self) -> bytes | None:
@@ -251,8 +247,8 @@ class OpenSlide(AbstractSlide):
 
     @property
     def properties(self) -> Mapping[str, str]:
-        self._check()
-        return self._properties
+        """Name -> value, in openslide's order (by name); checked when used, as openslide's map."""
+        return _PropertyMap(self)
 
     def _build_properties(self) -> dict[str, str]:
         s, sc = self._slide, self._scene
@@ -294,12 +290,12 @@ class OpenSlide(AbstractSlide):
                 if value is None or isinstance(value, (list, tuple, dict)):
                     continue  # tilescope's own structure (a DICOM slide's instances), not properties
                 p[f"{group}.{key}"] = _fmt(value) if isinstance(value, float) else str(value)
-        return p
+        return dict(sorted(p.items()))  # openslide lists its properties by name
 
     @property
     def associated_images(self) -> Mapping[str, Image.Image]:
-        self._check()
-        return _AssociatedImages(self)
+        """Name -> RGBA image, decoded when asked; checked when used, as openslide's map."""
+        return _AssociatedImageMap(self)
 
     def get_best_level_for_downsample(self, downsample: float) -> int:
         # openslide's rule: the last level whose downsample does not exceed the request
@@ -361,13 +357,45 @@ class OpenSlide(AbstractSlide):
         self._slide.set_cache(cache._cache)
 
 
-class _AssociatedImages(Mapping):
+class _OpenSlideMap(Mapping):
+    """openslide-python's maps: a view of the slide, checked on each use, ``<Name {...}>``."""
+
     def __init__(self, osr: OpenSlide):
         self._osr = osr
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {dict(self)!r}>"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def _keys(self) -> list[str]:
+        raise NotImplementedError
+
+
+class _PropertyMap(_OpenSlideMap):
+    def _keys(self) -> list[str]:
+        self._osr._check()
+        return list(self._osr._properties)
+
+    def __getitem__(self, name: str) -> str:
+        self._osr._check()
+        return self._osr._properties[name]
+
+
+class _AssociatedImageMap(_OpenSlideMap):
+    def _keys(self) -> list[str]:
+        self._osr._check()
+        return sorted(self._osr._slide.associated)  # openslide lists them by name
 
     def __getitem__(self, name: str) -> Image.Image:
         osr = self._osr
         osr._check()
+        if name not in osr._slide.associated:
+            raise KeyError(name)
         try:
             a = osr._slide.associated[name]
         except TilescopeError as e:
@@ -379,34 +407,25 @@ class _AssociatedImages(Mapping):
             im.info["icc_profile"] = icc
         return im
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._osr._slide.associated)
-
-    def __len__(self) -> int:
-        return len(self._osr._slide.associated)
-
 
 class ImageSlide(AbstractSlide):
     """A plain image (anything Pillow opens) behind the slide interface: one level."""
 
-    def __init__(self, file: Any):
+    def __init__(self, file: lowlevel.Filename | Image.Image):
         self._file_arg = file
         if isinstance(file, Image.Image):
             self._close_image = False
             self._img: Image.Image | None = file
-        else:
+        else:  # Pillow's errors as they are: FileNotFoundError, PIL.UnidentifiedImageError (OSErrors)
             self._close_image = True
-            try:
-                self._img = Image.open(file)
-            except OSError as e:
-                raise OpenSlideUnsupportedFormatError(f"Unsupported or missing image file: {e}") from e
+            self._img = Image.open(file)
         self._profile = self._img.info.get("icc_profile")
 
     def __repr__(self) -> str:
         return f"ImageSlide({self._file_arg!r})"
 
     @classmethod
-    def detect_format(cls, filename: str | os.PathLike) -> str | None:
+    def detect_format(cls, filename: lowlevel.Filename) -> str | None:
         try:
             with Image.open(filename) as im:
                 return im.format
@@ -467,8 +486,9 @@ class ImageSlide(AbstractSlide):
         return out
 
 
-def open_slide(filename: str | os.PathLike) -> OpenSlide | ImageSlide:
-    """Open a whole-slide image, or else a plain image through Pillow."""
+def open_slide(filename: lowlevel.Filename) -> OpenSlide | ImageSlide:
+    """Open a whole-slide image, or else a plain image through Pillow (whose errors a file it
+    cannot open raises: FileNotFoundError, PIL.UnidentifiedImageError)."""
     try:
         return OpenSlide(filename)
     except OpenSlideUnsupportedFormatError:
