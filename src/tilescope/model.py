@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .geometry import (
     plane_indices,
     resolve_size,
 )
-from .source import Detached, Source
+from .source import ByteSource, Detached, Source
 from .tiles import LevelView, Tiles
 from .tissue import TissueMask, tissue_mask
 from .units import Scale, ScaleLike, Units
@@ -504,7 +504,8 @@ class Slide:
 
     def __init__(self, source: Source, driver: str, options: Options, *, raw_metadata: str = "",
                  vendor: str | None = None, properties: dict[str, Any] | None = None,
-                 icc_profile: bytes | None = None, comment: str | None = None, barcode: str | None = None):
+                 icc_profile: bytes | None = None, comment: str | None = None, barcode: str | None = None,
+                 quickhash: Callable[[ByteSource], str | None] | None = None):
         self._source = source
         self._reader = Reader(source, options)
         self.path = source.path
@@ -515,6 +516,7 @@ class Slide:
         self.icc_profile = icc_profile  # the ICC colour profile the file embeds, if any
         self.comment = comment  # the format's free-text description of the slide, if it has one
         self.barcode = barcode  # the slide label's barcode as the file records it
+        self._quickhash = quickhash  # the driver's openslide quickhash-1, computed when asked
         # (w, h) level-0 pixels of the canvas the scenes sit on at their rects (a Leica collection),
         # or None: each scene stands alone
         self.canvas: tuple[int, int] | None = None
@@ -547,6 +549,14 @@ class Slide:
     def source(self) -> Source:
         """Where the slide's own bytes are read from (a local file, a server, ...)."""
         return self._source
+
+    def quickhash1(self) -> str | None:
+        """openslide's ``openslide.quickhash-1`` of the file (a SHA-256 hex digest over bytes that
+        identify the slide), for the formats where tilescope computes it as openslide does (SVS,
+        generic TIFF); None for the others, and where openslide gives none (a smallest level of
+        more than 5 MiB). Reads the smallest level's pieces: computed when asked, not at open."""
+        self._check_open()
+        return self._quickhash(cast(ByteSource, self._source)) if self._quickhash is not None else None
 
     @property
     def options(self) -> Options:

@@ -71,10 +71,11 @@ def open(probe: Probe, options: Options) -> Slide:
     desc = p0.description or ""
     props = parse_description(desc)
     props.pop("Header")  # the description's first part: in comment and raw_metadata, not a key/value
+    level_pages = [p for p in pages if tiff.is_tiled(p)]
     slide = Slide(probe.source, NAME, options, raw_metadata=desc, vendor="aperio",
                   properties={"aperio": props, "tiff": tiff.tag_properties(p0)},
-                  icc_profile=tiff.icc_profile(p0), comment=desc or None)
-    level_pages = [p for p in pages if tiff.is_tiled(p)]
+                  icc_profile=tiff.icc_profile(p0), comment=desc or None,
+                  quickhash=tiff.quickhash1(p0, level_pages[-1], probe) if level_pages else None)
     levels = make_levels([tiff.level_spec(p, probe, f"level {i}") for i, p in enumerate(level_pages)])
     associated = {}
     for i, page in enumerate(pages):

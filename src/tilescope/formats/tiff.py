@@ -8,6 +8,7 @@ imagecodecs decodes is read.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
@@ -230,10 +231,45 @@ def tag_properties(page: TiffPage) -> dict[str, Any]:
         if tag is not None:
             num, den = tag.value
             props[name] = num / den if den else None
-    tag = kf.tags.get(296)  # ResolutionUnit
-    if tag is not None:
-        props["ResolutionUnit"] = {1: "none", 2: "inch", 3: "centimeter"}.get(int(tag.value), str(tag.value))
+    tag = kf.tags.get(296)  # ResolutionUnit: as openslide, "inch" (TIFF's default) when absent
+    unit = 2 if tag is None else int(tag.value)
+    props["ResolutionUnit"] = {1: "none", 2: "inch", 3: "centimeter"}.get(unit, "unknown")
     return props
+
+
+# the text tags openslide hashes into quickhash-1, in its order, with its property names
+_HASHED = ((270, "ImageDescription"), (271, "Make"), (272, "Model"), (305, "Software"), (306, "DateTime"),
+           (315, "Artist"), (316, "HostComputer"), (33432, "Copyright"), (269, "DocumentName"))
+_HASH_MAX = 5 << 20  # openslide hashes no level whose pieces hold more (a non-pyramidal file)
+
+
+def quickhash1(first: TiffPage, smallest: TiffPage, probe: Probe) -> Callable[[ByteSource], str | None]:
+    """openslide's ``quickhash-1`` of a TIFF-like slide, computed when asked (from the slide's
+    source then): SHA-256 over the raw pieces of the smallest level, in order, then each hashed
+    text tag of the first page as its property name and value (as a C string, up to the first
+    NUL), each NUL-ended; None where the smallest level's pieces hold more than 5 MiB."""
+    texts = []
+    for code, name in _HASHED:
+        tag = first.tags.get(code)
+        where = (int(tag.valueoffset), int(tag.count)) if tag is not None and int(tag.dtype) == 2 else None
+        texts.append((f"tiff.{name}".encode(), where))
+    offsets, counts = piece_table(smallest, probe.source, later=True)
+
+    def compute(source: ByteSource) -> str | None:
+        import hashlib
+
+        offs = offsets.read(source) if isinstance(offsets, TableRef) else offsets
+        lens = counts.read(source) if isinstance(counts, TableRef) else counts
+        if not len(offs) or len(offs) != len(lens) or int(np.sum(lens, dtype=np.int64)) > _HASH_MAX:
+            return None
+        h = hashlib.sha256()
+        for off, n in zip(offs.tolist(), lens.tolist(), strict=True):
+            h.update(source.pread(off, n))
+        for name, where in texts:
+            value = source.pread(*where).split(b"\0", 1)[0] if where is not None else b""
+            h.update(name + b"\0" + value + b"\0")
+        return h.hexdigest()
+    return compute
 
 
 def icc_profile(page: TiffPage) -> bytes | None:
@@ -295,7 +331,9 @@ def open(probe: Probe, options: Options) -> Slide:
     p0 = pages[0]
     slide = Slide(probe.source, NAME, options, raw_metadata=p0.description or "", vendor=None,
                   properties={"tiff": tag_properties(p0)}, icc_profile=icc_profile(p0),
-                  comment=p0.description or None)
+                  comment=p0.description or None,
+                  # openslide's levels are the main IFD chain's: SubIFD levels are not hashed
+                  quickhash=quickhash1(p0, p0 if p0.subifds else pages[-1], probe))
     levels = make_levels([level_spec(p, probe, f"level {i}") for i, p in enumerate(pages)])
     scene = Scene(slide, name="main", levels=levels, channel_names=channel_names(p0),
                   dtype=dtype_of(p0, probe.path),

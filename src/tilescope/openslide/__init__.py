@@ -12,7 +12,8 @@ Differences, by design:
   (``close()`` again included) raises ``ctypes.ArgumentError`` with openslide-python's message, as
   its ctypes layer does, so ``except ctypes.ArgumentError`` clauses written for it still catch it;
   ``lowlevel`` has openslide's functions (each ``available``) over the drop-in's own objects;
-- ``openslide.quickhash-1`` is not provided;
+- ``openslide.quickhash-1`` is given for SVS and generic TIFF slides (as openslide computes it),
+  not for the other formats;
 - a ``location`` that falls between pixels of a level (x not a multiple of the level's downsample)
   reads the nearest level pixel; openslide interpolates there.
 """
@@ -285,6 +286,12 @@ class OpenSlide(AbstractSlide):
                 p[f"openslide.associated.{name}.icc-size"] = str(len(icc))
         if s.icc_profile:
             p["openslide.icc-size"] = str(len(s.icc_profile))
+        try:  # read at open, as openslide computes it
+            quickhash = s.quickhash1()
+        except TilescopeError:
+            quickhash = None
+        if quickhash:
+            p[PROPERTY_NAME_QUICKHASH1] = quickhash
         for group, values in s.properties.items():
             for key, value in values.items():
                 if value is None or isinstance(value, (list, tuple, dict)):
