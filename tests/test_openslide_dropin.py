@@ -348,15 +348,20 @@ def test_existing_openslide_program_runs_after_changing_its_import(svs_exact, tm
 
 def test_quickhash1_equals_openslides(svs, svs_variants, tiffs, tmp_path):
     """openslide.quickhash-1 as openslide computes it, on every SVS and generic TIFF layout the
-    fixtures have (JPEG, JPEG 2000, LZW, raw, BigTIFF, SubIFD pyramids, planar, strips) and on a
-    TIFF whose smallest level is over 5 MiB (none from either); tilescope.Slide.quickhash1()
-    gives the same digest without the drop-in."""
+    fixtures have (JPEG, JPEG 2000, LZW, raw, BigTIFF, SubIFD pyramids, planar, strips), on NDPI
+    (focal planes, no McuStarts, offsets past 4 GiB) and on a TIFF whose smallest level is over
+    5 MiB (none from either); tilescope.Slide.quickhash1() gives the same digest without the
+    drop-in."""
     import tilescope
+    from tools import synth
 
     big = str(tmp_path / "flat.tif")
     rng = np.random.default_rng(4)
     tifffile.imwrite(big, rng.integers(0, 255, (1400, 1400, 3), dtype=np.uint8), tile=(256, 256))
-    files = [svs, *svs_variants.values(), *tiffs.values(), big]
+    ndpis = [synth.write_ndpi(tmp_path / "z.ndpi", 1024, 768, downsamples=(1, 4), focal_planes=(0, 1)),
+             synth.write_ndpi(tmp_path / "scan.ndpi", 1024, 768, downsamples=(1,), mcu_starts=False),
+             synth.write_ndpi(tmp_path / "far.ndpi", 1024, 768, downsamples=(1, 4), gap=5 << 30)]
+    files = [svs, *svs_variants.values(), *tiffs.values(), *map(str, ndpis), big]
     checked = 0
     for path in files:
         if real.OpenSlide.detect_format(path) is None:

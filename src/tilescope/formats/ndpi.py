@@ -158,7 +158,8 @@ def open(probe: Probe, options: Options) -> Slide:
         mpp = _mpp(first)
         tags = tiff.tag_properties(first)
         slide = Slide(source, NAME, options, vendor="hamamatsu",
-                      properties={"hamamatsu": props, "tiff": tags}, comment=tags.get("ImageDescription"))
+                      properties={"hamamatsu": props, "tiff": tags}, comment=tags.get("ImageDescription"),
+                      quickhash=tiff.quickhash1(pages[0], by_z[zs[0]][-1], probe))
         scene = Scene(slide, name="main", levels=make_levels(specs), channel_names=["R", "G", "B"],
                       dtype=np.uint8, mpp=mpp, magnification=props["SourceLens"], compression="jpeg",
                       num_z_slices=len(zs), brightfield=True)

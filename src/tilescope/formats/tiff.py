@@ -245,7 +245,8 @@ _HASH_MAX = 5 << 20  # openslide hashes no level whose pieces hold more (a non-p
 
 def quickhash1(first: TiffPage, smallest: TiffPage, probe: Probe) -> Callable[[ByteSource], str | None]:
     """openslide's ``quickhash-1`` of a TIFF-like slide, computed when asked (from the slide's
-    source then): SHA-256 over the raw pieces of the smallest level, in order, then each hashed
+    source then): SHA-256 over the raw pieces of the smallest level, in order (as its offset and
+    byte-count tags list them), then each hashed
     text tag of the first page as its property name and value (as a C string, up to the first
     NUL), each NUL-ended; None where the smallest level's pieces hold more than 5 MiB."""
     texts = []
@@ -253,7 +254,16 @@ def quickhash1(first: TiffPage, smallest: TiffPage, probe: Probe) -> Callable[[B
         tag = first.tags.get(code)
         where = (int(tag.valueoffset), int(tag.count)) if tag is not None and int(tag.dtype) == 2 else None
         texts.append((f"tiff.{name}".encode(), where))
-    offsets, counts = piece_table(smallest, probe.source, later=True)
+    offsets: np.ndarray | TableRef
+    counts: np.ndarray | TableRef
+    plain = getattr(smallest, "tables", None)
+    if plain is not None:
+        offsets, counts = plain
+    else:  # the tags' own values: tifffile reports an NDPI strip as the MCU runs it is cut into
+        tags = smallest.tags
+        codes = (324, 325) if 324 in tags else (273, 279)
+        offsets, counts = (np.asarray(tags[c].value if c in tags else (), np.int64).reshape(-1)
+                           for c in codes)
 
     def compute(source: ByteSource) -> str | None:
         import hashlib
