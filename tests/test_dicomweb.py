@@ -109,6 +109,19 @@ def test_dicomweb_equals_the_files(orthanc, converted, monkeypatch):
         assert sorted(n for c in calls for n in c) == list(range(1, 21)) and len(calls) == 3
 
 
+def test_a_dicomweb_url_without_its_prefix(orthanc):
+    """An http(s) URL given study= or series= is a DICOMweb server's, prefix or not."""
+    url, _ = orthanc
+    with tilescope.open(url) as s:
+        study, series = s.properties["dicom"]["StudyInstanceUID"], s.properties["dicom"]["SeriesInstanceUID"]
+        want = s.scenes[0].read(size=(64, 0))
+    plain = url.removeprefix("dicomweb+")
+    assert plain.startswith("http://") and tilescope.detect(url) == "DICOMweb"
+    with tilescope.open(plain, study=study, series=series) as s:
+        assert s.driver == "DICOMweb"
+        np.testing.assert_array_equal(s.scenes[0].read(size=(64, 0)), want)
+
+
 def test_dicomweb_errors(orthanc):
     url, _ = orthanc
     with pytest.raises(tilescope.SourceNotFoundError, match=r"127\.0\.0\.1.*series 9\.9"):

@@ -88,6 +88,7 @@ def test_labelled_planes(stacks, name):
         assert (sc.num_channels, sc.num_z_slices, sc.num_t_frames) == (nc, ns, nv * fps)
         data = r.data()
         np.testing.assert_array_equal(sc.raw_frames(), data)
+        assert sc.shape == tuple(r.shape()) == data.shape  # (frames, h, w), as ScanImageTiffReader says
         stack = sc.read(z=(0, ns), t=(0, nv * fps))  # (t, z, h, w, c)
         for t in range(nv * fps):
             v, f = divmod(t, fps)

@@ -27,6 +27,7 @@ from .engine import DEFAULT_CACHE, Options
 from .errors import (
     CorruptDataError,
     InvalidRequestError,
+    NotFoundError,
     RemoteError,
     SlideClosedError,
     SourceChangedError,
@@ -44,6 +45,7 @@ __all__ = [
     "CorruptDataError",
     "InvalidRequestError",
     "Level",
+    "NotFoundError",
     "Options",
     "RemoteError",
     "Scene",
@@ -177,16 +179,29 @@ def open(source: str | bytes | os.PathLike | Sequence[str | os.PathLike], driver
          **overrides: Any) -> Slide:
     """Open an image and return a :class:`Slide`.
 
-    ``source`` is a file (the format is detected from the content: magic bytes, TIFF tags,
-    ImageDescription; ``driver`` forces one, see :func:`drivers`), a folder (its DICOM slide, or its
-    first file a driver recognizes), a list of files (the instances of one DICOM slide), or a URL a
-    driver opens (``dicomweb+http(s)://host/path``: keywords ``study``, ``series``, ``headers``,
-    ``verify``, ``timeout``, ``retries``, ``max_response_bytes``, ``batch``, ``connections``,
-    ``whole_study``; see the
-    README). ``overrides`` are :class:`Options` fields for this slide: ``max_read_bytes``,
-    ``band_bytes``, ``threads``, ``cache`` (a :class:`TileCache`; by default one process-wide
-    cache of 64 MiB is shared), ...
+    ``source`` is one of:
+
+    - a file (str, bytes or os.PathLike; the format is detected from the content: magic bytes, TIFF
+      tags, ImageDescription; ``driver`` forces one, by our name, slideio's (``OMETIFF``, ``DCM``)
+      or openslide's vendor (``aperio``): see :func:`drivers`);
+    - a folder (its DICOM slide, or its first file a driver recognizes), or a list of files (the
+      instances of one DICOM slide);
+    - the URL of a file on a web server or in an object store (``https://``, ``s3://``, ``gs://``,
+      ``az://``; a prefix ending in ``/`` for a DICOM folder): keywords ``storage_options``
+      (``headers``, ``verify`` for HTTP; fsspec's for object stores), ``connections``,
+      ``cache_bytes``, ``min_read``, ``gap``, ``max_span``, ``timeout``, ``retries``,
+      ``max_download`` (:class:`tilescope.remote.RemoteOptions`);
+    - a DICOMweb server: ``dicomweb+http(s)://host/path`` (an ``http(s)://`` URL given ``study=``
+      or ``series=`` is taken as one too), keywords ``study``, ``series``, ``headers``, ``verify``,
+      ``timeout``, ``retries``, ``max_response_bytes``, ``batch``, ``connections``, ``whole_study``.
+
+    ``overrides`` are :class:`Options` fields for this slide: ``max_read_bytes``, ``band_bytes``,
+    ``threads``, ``cache`` (a :class:`TileCache`; by default one process-wide cache of 64 MiB is
+    shared), ``srgb``, ``dct_scaling``, ... See the README for each.
     """
+    if isinstance(source, str) and source.startswith(remote.HTTP_SCHEMES) and \
+            {"study", "series"} & overrides.keys():  # a DICOMweb server named without its prefix
+        source = "dicomweb+" + source
     if isinstance(source, str) and (web := formats.for_url(source)) is not None:
         ticket = Ticket(source, driver, dict(overrides))
         names = {f.name for f in dataclasses.fields(web.URL_OPTIONS)}

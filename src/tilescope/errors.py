@@ -19,6 +19,14 @@ class InvalidRequestError(TilescopeError, ValueError):
     """A read or lookup asked for something that cannot exist (negative size, bad channel...)."""
 
 
+class NotFoundError(TilescopeError, KeyError):
+    """A name that is not there (an associated image): also a ``KeyError``, as a mapping raises;
+    the message lists the names there are."""
+
+    def __str__(self) -> str:  # the message as it is, not KeyError's repr of it
+        return str(self.args[0]) if self.args else ""
+
+
 class TooLargeError(InvalidRequestError):
     """A request would allocate more than the configured memory budget."""
 

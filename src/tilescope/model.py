@@ -14,7 +14,7 @@ from . import units as _units
 from .cache import TileCache
 from .color import ToSrgb
 from .engine import Layout, Options, Reader, check_size
-from .errors import CorruptDataError, InvalidRequestError, SlideClosedError, TooLargeError
+from .errors import CorruptDataError, InvalidRequestError, NotFoundError, SlideClosedError, TooLargeError
 from .geometry import (
     LEVEL_TOLERANCE,
     Channels,
@@ -48,6 +48,20 @@ class Level:
     mpp: tuple[float, float] | None = None
     magnification: float | None = None
     native_magnification: float | None = None
+
+    def __repr__(self) -> str:
+        return (f"<Level {self.index}: {self.size[0]}x{self.size[1]}, downsample {self.downsample:g}, "
+                f"tiles {self.tile_size[0]}x{self.tile_size[1]}{_optics(self.mpp, self.magnification)}>")
+
+
+def _optics(mpp: tuple[float, float] | None, magnification: float | None) -> str:
+    """", mpp 0.25, 40x" (what of it is known), for one-line reprs."""
+    out = ""
+    if mpp:
+        out += f", mpp {mpp[0]:.4g}" if mpp[0] == mpp[1] else f", mpp {mpp[0]:.4g}x{mpp[1]:.4g}"
+    if magnification:
+        out += f", {magnification:g}x"
+    return out
 
 
 # what a driver says of a level: (size, tile size, layout)
@@ -87,7 +101,26 @@ def background_for(dtype: np.typing.DTypeLike, brightfield: bool) -> int | float
 
 
 class Scene:
-    """A continuous raster: one or more channels, z-slices and time frames, with a pyramid."""
+    """A continuous raster: one or more channels, z-slices and time frames, with a pyramid.
+
+    Attributes:
+        slide: the Slide it belongs to; index: its place in ``slide.scenes``; name: its name.
+        size: (w, h) of level 0; rect: (x, y, w, h) on the slide's canvas (its own size at (0, 0)
+            unless the scenes sit on a canvas, as Leica's collections).
+        levels: the pyramid, finest first (:class:`Level`: size, downsample, tile_size, mpp, ...).
+        channel_names, channel_colors (``"#RRGGBB"`` or None each), channel_info (per channel, what
+            the format records: dye, wavelengths, DICOM path or segment), num_channels,
+            image_channels (the first ones: the image; the rest are derived layers a format adds).
+        dtype: the image channels' sample type; channel_dtypes: each channel's.
+        mpp: (x, y) micrometres per pixel at level 0, or None; magnification: the objective power
+            the file states, or None; native_magnification (stated, else derived from mpp) and
+            magnification_source say where it came from.
+        num_z_slices, num_t_frames, z_resolution (µm between slices), t_resolution (s between time
+            points), t_offsets (s from the first time point, where the file lists them).
+        compression: one vocabulary for every format ("jpeg", "jpeg2000", "lzw", ...);
+            compression_raw: the format's own value.
+        background: what reads give outside the scene (white for brightfield, else 0).
+    """
 
     def __init__(self, slide: Slide, *, name: str, levels: list[Level], channel_names: Sequence[str],
                  dtype: np.typing.DTypeLike, mpp: tuple[float, float] | None = None,
@@ -156,8 +189,10 @@ class Scene:
         return len(self.channel_names)
 
     def __repr__(self) -> str:
-        return (f"<Scene {self.name!r} {self.size[0]}x{self.size[1]} {self.num_channels}ch {self.dtype} "
-                f"z={self.num_z_slices} t={self.num_t_frames} levels={len(self.levels)}>")
+        names = ", ".join(self.channel_names)
+        return (f"<Scene {self.name!r}: {self.size[0]}x{self.size[1]}, {len(self.levels)} level(s), "
+                f"{self.num_channels} ch ({names}) {self.dtype}, z {self.num_z_slices}, t {self.num_t_frames}"
+                f"{_optics(self.mpp, self.magnification)}>")
 
     @property
     def slide(self) -> Slide:
@@ -467,7 +502,10 @@ class AssociatedImages(Mapping):
         self._images = images
 
     def __getitem__(self, name: str) -> np.ndarray:
-        im = self._images[name]
+        im = self._images.get(name)
+        if im is None:
+            raise NotFoundError(f"{self._slide.path}: no associated image named {name!r} "
+                                f"(associated images: {', '.join(self._images) or 'none'})")
         self._slide._check_open()
         broken = self._slide._broken.get(name)
         if broken is not None:
@@ -482,6 +520,10 @@ class AssociatedImages(Mapping):
         if reader.options.srgb and im.channels == 3:
             self._slide._to_srgb(out, im.icc_profile)
         return out
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{n} {w}x{h}" for n, (w, h) in ((n, im.size) for n, im in self._images.items()))
+        return f"<AssociatedImages {items or 'none'}>"
 
     def icc_profile(self, name: str) -> bytes | None:
         """The ICC profile of an associated image that has its own (DICOM), else None."""
@@ -500,7 +542,19 @@ class AssociatedImages(Mapping):
 
 class Slide:
     """An opened image file: its scenes, associated images and metadata. Close it (or use
-    ``with``) to release the file; reads after ``close()`` raise SlideClosedError."""
+    ``with``) to release the file; reads after ``close()`` raise SlideClosedError.
+
+    Attributes:
+        path: what was opened (a file, a folder's file, a URL); driver: the driver that reads it
+            (:func:`tilescope.drivers`); vendor: the scanner maker, where known.
+        scenes: its :class:`Scene` s; scene(i or name) picks one.
+        associated: label, macro, thumbnail (name -> array, decoded when asked).
+        raw_metadata: the format's own text, verbatim (the SVS ImageDescription, the OME-XML);
+            properties: the format's key/values by group; metadata: normalized, JSON-ready.
+        icc_profile, comment, barcode: as the file records them, or None.
+        canvas: (w, h) the scenes sit on at their ``rect`` s (a Leica collection), else None.
+        source: where its bytes are read from; closed: whether close() was called.
+    """
 
     def __init__(self, source: Source, driver: str, options: Options, *, raw_metadata: str = "",
                  vendor: str | None = None, properties: dict[str, Any] | None = None,
@@ -626,7 +680,8 @@ class Slide:
             for s in self.scenes:
                 if s.name == key:
                     return s
-            raise InvalidRequestError(f"{self.path}: no scene named {key!r}")
+            raise InvalidRequestError(f"{self.path}: no scene named {key!r} (scenes: "
+                                      f"{', '.join(repr(s.name) for s in self.scenes)})")
         n = len(self.scenes)
         if isinstance(key, bool) or not isinstance(key, int) or not -n <= key < n:
             raise InvalidRequestError(f"{self.path}: scene {key!r} is outside 0..{len(self.scenes) - 1}")
@@ -646,5 +701,22 @@ class Slide:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"{len(self.scenes)} scene(s)"
-        return f"<Slide {self.driver} {self.path!r} {state}>"
+        if self.closed:
+            return f"<Slide {self.driver} {self.path!r} closed>"
+        sc = self.scenes[0] if self.scenes else None
+        what = f", {len(self.scenes)} scenes" if len(self.scenes) != 1 else ""
+        if sc is not None:
+            what += (f", {sc.size[0]}x{sc.size[1]}, {len(sc.levels)} level(s), "
+                     f"{sc.num_channels} ch {sc.dtype}"
+                     + (f", z {sc.num_z_slices}" if sc.num_z_slices > 1 else "")
+                     + (f", t {sc.num_t_frames}" if sc.num_t_frames > 1 else "")
+                     + _optics(sc.mpp, sc.magnification))
+        if self._associated:
+            what += f", associated: {', '.join(self._associated)}"
+        return f"<Slide {self.driver} {self.path!r}{what}>"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the thumbnail, the label and a table of the metadata."""
+        from .notebook import slide_html
+
+        return slide_html(self)

@@ -123,11 +123,21 @@ _MODULES = [importlib.import_module(f"{__name__}.{m}") for m in DRIVERS]
 _URL_MODULES = [importlib.import_module(f"{__name__}.{m}") for m in URL_DRIVERS]
 
 
+# other readers' names for our drivers: slideio's driver ids and openslide's vendors
+ALIASES = {"ometiff": "OME", "dcm": "DICOM", "aperio": "SVS", "hamamatsu": "NDPI", "leica": "SCN",
+           "generic-tiff": "TIFF", "ome-tiff": "OME", "dicom": "DICOM", "zeiss": "CZI", "ventana": "Ventana",
+           "philips": "Philips"}
+
+
 def by_name(name: str) -> ModuleType:
+    """The driver named ``name`` (any case), or named so by slideio (``OMETIFF``, ``DCM``) or by
+    openslide's vendors (``aperio``, ``hamamatsu``, ``leica``, ``generic-tiff``)."""
+    want = ALIASES.get(name.lower(), name).lower()
     for m in modules():
-        if m.NAME.lower() == name.lower():
+        if m.NAME.lower() == want:
             return m
-    raise InvalidRequestError(f"no driver named {name!r} (drivers: {', '.join(m.NAME for m in modules())})")
+    raise InvalidRequestError(f"no driver named {name!r} (drivers: {', '.join(m.NAME for m in modules())}; "
+                              f"also slideio's and openslide's names: {', '.join(sorted(ALIASES))})")
 
 
 def openslide_vendor(driver: str) -> str | None:

@@ -268,7 +268,15 @@ class FrameDescriptions(Sequence):
 
 class ScanImageScene(Scene):
     """A ScanImage stack: a Scene (channels, z = slices, t = volumes x frames per slice) plus the
-    raw frame sequence, per-frame descriptions and the acquisition settings."""
+    raw frame sequence, per-frame descriptions and the acquisition settings.
+
+    Beyond Scene's attributes: ``scanimage`` (the settings the file records, ``{"SI.hChannels.
+    channelSave": ..., ...}`` by their dotted names), ``roi_groups`` (the ROI groups' JSON, parsed),
+    ``frame_descriptions`` (each frame's text fields as a dict, parsed when indexed),
+    ``frame_order`` (how frames interleave in the file), ``acquisition`` (channels, slices,
+    frames per slice and volumes the settings say), ``num_frames``, ``shape`` (frames, h, w) and
+    ``raw_frames(start, stop)``.
+    """
 
     def __init__(self, slide: Slide, *, frames: _Frames, settings: dict, roi_groups: dict,
                  acquisition: Acquisition, **scene):
@@ -300,7 +308,15 @@ class ScanImageScene(Scene):
 
     @property
     def num_frames(self) -> int:
+        """Frames in the file (every channel of every slice, frame and volume)."""
         return len(self._frames_info.strips)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(frames, height, width) of the raw frame sequence, as ScanImageTiffReader's ``shape()``
+        gives it (:meth:`raw_frames` reads them)."""
+        w, h = self.size
+        return self.num_frames, h, w
 
     def raw_frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames ``start:stop`` as the microscope wrote them: in file order (channels, slices,

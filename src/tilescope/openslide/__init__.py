@@ -7,7 +7,9 @@ The API mirrors openslide-python 1.4: ``OpenSlide``, ``ImageSlide``, ``open_slid
 
 Differences, by design:
 - every format tilescope reads opens (OME-TIFF too; its vendor is "ome-tiff"); scenes other than
-  8-bit RGB are shown as RGB (one channel repeated; first three channels; 16-bit shifted to 8);
+  8-bit RGB (fluorescence, 16-bit, grey) are composited to RGB with their channel colours, each
+  channel through a display window (its 0.1th-99.9th percentiles at low resolution: see
+  ``tilescope.display``);
 - a wrong argument (``OpenSlide(None)``, ``OpenSlideCache(-1)``) or any use of a closed slide
   (``close()`` again included) raises ``ctypes.ArgumentError`` with openslide-python's message, as
   its ctypes layer does, so ``except ctypes.ArgumentError`` clauses written for it still catch it;
@@ -30,6 +32,7 @@ from PIL import Image, ImageCms
 
 import tilescope
 from tilescope import TileCache, TilescopeError
+from tilescope.display import Display
 from tilescope.formats import openslide_vendor
 
 from . import lowlevel
@@ -200,6 +203,7 @@ class OpenSlide(AbstractSlide):
                            if canvas else lv.size for lv in self._scene.levels)
         self._error: str | None = None
         self._properties = self._build_properties()
+        self._displays: dict[int, Display] = {}  # per scene: its colours and windows, when first read
 
     def __repr__(self) -> str:
         return f"OpenSlide({self._filename!r})"
@@ -347,8 +351,19 @@ class OpenSlide(AbstractSlide):
             a = scene.read_level(level, (lx + c0, ly + r0, c1 - c0, r1 - r0))
         except TilescopeError as e:
             raise self._failed(e) from e
-        out[r0:r1, c0:c1, :3] = _rgb8(a)
+        out[r0:r1, c0:c1, :3] = self._display(scene)(a)
         out[r0:r1, c0:c1, 3] = 255
+
+    def _display(self, scene: tilescope.Scene) -> Display:
+        """How ``scene`` is shown: RGB as it is; other scenes composited with their channel
+        colours through display windows estimated once (tilescope.display)."""
+        d = self._displays.get(scene.index)
+        if d is None:
+            try:
+                d = self._displays[scene.index] = Display(scene)
+            except TilescopeError as e:
+                raise self._failed(e) from e
+        return d
 
     def _image(self, a: np.ndarray) -> Image.Image:
         im = Image.fromarray(a, "RGBA")

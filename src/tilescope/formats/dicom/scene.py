@@ -24,8 +24,10 @@ class DicomScene(Scene):
     Parametric Map instances of the same frame of reference follow as derived channels (read when
     asked for by name or index, at the levels of their size). ``channel_info`` describes each
     channel: type OPTICAL_PATH (identifier, description, wavelength), SEGMENT (number, label,
-    property_type, segmentation_type, max_fractional_value) or PARAMETER (label, unit)."""
+    property_type, segmentation_type, max_fractional_value) or PARAMETER (label, unit).
+    ``focal_planes`` lists each z index's focal plane offset in micrometres."""
 
+    focal_planes: tuple[float, ...]  # z index -> focal plane offset (µm)
     slide_origin: tuple[float, float] | None  # mm on the glass of level 0's top-left pixel
     image_orientation: tuple[float, ...] | None  # Image Orientation (Slide): row, column direction
     pixel_spacing_mm: tuple[float, float] | None  # (x, y): mm between columns, between rows
