@@ -374,3 +374,28 @@ def test_quickhash1_equals_openslides(svs, svs_variants, tiffs, tmp_path):
     assert checked >= len(files) - 2
     with real.OpenSlide(big) as a:
         assert real.PROPERTY_NAME_QUICKHASH1 not in a.properties
+
+
+def test_fluorescence_is_composited_with_colours_and_windows(ome):
+    """A 16-bit, 3-channel OME-TIFF through the drop-in and Deep Zoom: each channel through its
+    display window (0.1th-99.9th percentile of a low-resolution read) times its colour (none in
+    the file: blue, green, red), summed; computed here independently. Each colour reaches full
+    scale (the old cast to 8 bits peaked at 54/255 on a real CZI)."""
+    import tilescope
+
+    with tilescope.open(ome) as s:
+        sc = s.scenes[0]
+        w, h = sc.size
+        low = sc.read(size=(512, 0) if w >= h else (0, 512)).astype(np.float64)
+        lo, hi = np.percentile(low, 0.1, axis=(0, 1)), np.percentile(low, 99.9, axis=(0, 1))
+        raw = sc.read_level(0, (0, 0, w, h)).astype(np.float64)
+    frac = np.clip((raw - lo) / (hi - lo), 0, 1)
+    want = np.clip(np.rint(frac[..., [2, 1, 0]] * 255), 0, 255)  # ch0 blue, ch1 green, ch2 red
+    with ours.OpenSlide(ome) as b:
+        got = np.asarray(b.read_region((0, 0), 0, (w, h)))
+        assert (got[..., 3] == 255).all()
+        assert np.abs(got[..., :3].astype(int) - want).max() <= 1
+        assert (got[..., :3].reshape(-1, 3).max(axis=0) == 255).all()
+        dz = our_dz.DeepZoomGenerator(b, 256, 0)
+        tile = np.asarray(dz.get_tile(dz.level_count - 1, (0, 0)))
+        np.testing.assert_array_equal(tile, got[:256, :256, :3])
