@@ -1,26 +1,48 @@
 """The ``tilescope`` command: ``info``, ``thumbnail``, ``region`` and ``tiles``.
 
-    tilescope info slide.svs [--json]
-    tilescope thumbnail slide.svs thumb.png [--max-size 1024]
-    tilescope region slide.svs out.png --rect 1000,2000,512,512 [--size 256,0] [--scene 0]
-                     [--channels 0,2] [--z 0] [--t 0]
+    tilescope info slide.svs [--json] [--raw]
+    tilescope thumbnail slide.svs thumb.png [--max-size 1024 | --size 2048]
+    tilescope region slide.svs out.png [--rect 1000,2000,512,512 [--units px|um|mm]] [--size 256,0 |
+                     --level 2 | --mpp 2.0 | --magnification 5] [--scene 0] [--channels DAPI,FITC]
+                     [--z 0] [--t 0] [--study UID --series UID]
     tilescope tiles a.svs b.svs --out patches --size 256 [--mpp 0.5 | --magnification 20]
                     [--overlap N] [--tissue 0.5] [--format png|jpeg|npy|zarr] [--scheduler ADDR]
 
-Region and thumbnail files are written by extension: .png/.jpg through Pillow (uint8, or uint16
-grey), .tif/.tiff through tifffile (any type and channel count), .npy as the raw array.
+Region and thumbnail files are written by extension: .png/.jpg as 8-bit RGB or grey (scenes that
+are not 8-bit RGB composited with their channel colours and display windows: tilescope.display),
+.tif/.tiff through tifffile (the samples as stored: any type and channel count), .npy as the raw
+array. Errors print one line naming the file and the problem: exit status 1 for a failed read, 2
+for a wrong command line. Output into a closed pipe (``| head``) ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from . import Slide, TilescopeError
+import numpy as np
+
+from . import Scene, Slide, TilescopeError
 from . import open as open_slide
+from .display import Display
 from .export import FORMATS, save
+from .units import Scale
+
+_RAW = (".tif", ".tiff", ".npy")  # outputs that take the samples as stored
+
+
+def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
+    try:
+        v = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if len(v) != n:
+        raise argparse.ArgumentTypeError(f"{what} needs {n} values, got {text!r}")
+    return v
 
 
 def _ints(text: str, n: int | None, what: str) -> tuple[int, ...]:
@@ -36,6 +58,19 @@ def _ints(text: str, n: int | None, what: str) -> tuple[int, ...]:
 def _plane(text: str) -> int | tuple[int, ...]:
     v = _ints(text, None, "plane")
     return v[0] if len(v) == 1 else v
+
+
+def _channels(text: str) -> list[int | str]:
+    """--channels: indices or names, comma-separated."""
+    return [int(p) if p.strip().lstrip("-").isdigit() else p.strip() for p in text.split(",")]
+
+
+def _shown(arr: np.ndarray, scene: Scene, out: str, channels: list[int] | None, z: Any, t: Any) -> np.ndarray:
+    """What an image file (.png, .jpg) gets: 8-bit RGB as read, anything else composited."""
+    if out.lower().endswith(_RAW) or arr.ndim != 3:
+        return arr
+    display = Display(scene, channels, z if isinstance(z, int) else 0, t if isinstance(t, int) else 0)
+    return arr if display.plain and arr.shape[-1] == 3 else display(arr)
 
 
 def _info(slide: Slide) -> str:
@@ -68,18 +103,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="normalized metadata as JSON")
     p.add_argument("--raw", action="store_true", help="the format's own metadata text")
-    p = sub.add_parser("thumbnail", help="write a thumbnail of a scene")
+    p = sub.add_parser("thumbnail", help="write a thumbnail of a scene (never larger than the scene)")
     p.add_argument("path")
     p.add_argument("out")
-    p.add_argument("--max-size", type=int, default=1024)
+    p.add_argument("--max-size", type=int, default=1024, help="longest side, at most (default 1024)")
+    p.add_argument("--size", type=int, default=None, help="longest side exactly (may enlarge)")
     p.add_argument("--scene", default="0")
     p = sub.add_parser("region", help="write a region of a scene at any output size")
     p.add_argument("path")
     p.add_argument("out")
-    p.add_argument("--rect", type=lambda t: _ints(t, 4, "--rect"), default=None, help="x,y,w,h (level 0)")
-    p.add_argument("--size", type=lambda t: _ints(t, 2, "--size"), default=None, help="w,h (0 keeps aspect)")
+    p.add_argument("--rect", type=lambda t: _floats(t, 4, "--rect"), default=None,
+                   help="x,y,w,h in --units (default: level-0 pixels)")
+    p.add_argument("--units", choices=("px", "um", "mm"), default="px", help="what --rect is given in")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--size", type=lambda t: _ints(t, 2, "--size"), default=None,
+                     help="w,h (0 keeps aspect)")
+    out.add_argument("--level", type=int, default=None, help="a level's own pixels")
+    out.add_argument("--mpp", type=float, default=None, help="µm per output pixel")
+    out.add_argument("--magnification", type=float, default=None, help="output at this objective power")
     p.add_argument("--scene", default="0")
-    p.add_argument("--channels", type=lambda t: _ints(t, None, "--channels"), default=None)
+    p.add_argument("--channels", type=_channels, default=None, help="indices or names: 0,2 or DAPI,FITC")
+    p.add_argument("--study", default=None, help="DICOMweb: the study's UID")
+    p.add_argument("--series", default=None, help="DICOMweb: the series' UID")
     p.add_argument("--z", type=_plane, default=0, help="index or start,stop")
     p.add_argument("--t", type=_plane, default=0, help="index or start,stop")
     p.add_argument("--frames", type=lambda t: _ints(t, 2, "--frames"), default=None,
@@ -97,14 +142,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scheduler", default=None, help="a dask.distributed scheduler address "
                    "(default: a local cluster, one process per core); OUT must be shared with its workers")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no notes, no summary")
     a = ap.parse_args(argv)
+    try:
+        return _run(a)
+    except BrokenPipeError:  # the reader went away (| head): end quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool that SIGPIPE ended
+
+
+def _run(a: argparse.Namespace) -> int:
     if a.cmd == "tiles":
         return _tiles(a)
     try:
-        with open_slide(a.path) as slide:
+        kw = {k: v for k in ("study", "series") if (v := getattr(a, k, None)) is not None}
+        with open_slide(a.path, **kw) as slide:
             if a.cmd == "info":
-                if a.json:
-                    print(json.dumps(slide.metadata, indent=1))
+                if a.json:  # the normalized metadata (Slide.metadata), with the raw text if asked
+                    doc = {"path": slide.path, **slide.metadata}
+                    if a.raw:
+                        doc["raw_metadata"] = slide.raw_metadata
+                    print(json.dumps(doc, indent=1))
                 elif a.raw:
                     print(slide.raw_metadata)
                 else:
@@ -113,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             scene = slide.scene(int(a.scene) if a.scene.lstrip("-").isdigit() else a.scene)
             if a.cmd == "thumbnail":
                 w, h = scene.size
-                size = (a.max_size, 0) if w >= h else (0, a.max_size)
-                arr = scene.read(size=size)
+                side = a.size if a.size is not None else min(a.max_size, max(w, h))  # never enlarged
+                arr = _shown(scene.read(size=(side, 0) if w >= h else (0, side)), scene, a.out, None, 0, 0)
             elif a.frames is not None:
                 if not hasattr(scene, "raw_frames"):
                     raise TilescopeError(f"{a.path}: {slide.driver} has no raw frame sequence (--frames)")
@@ -122,14 +181,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not a.out.lower().endswith((".tif", ".tiff", ".npy")):
                     raise TilescopeError(f"{a.out}: frames are 3-D data: write .tiff or .npy")
             else:
-                arr = scene.read(a.rect, a.size, channels=a.channels, z=a.z, t=a.t)
-                if arr.ndim > 3 and not a.out.lower().endswith((".tif", ".tiff", ".npy")):
+                channels = scene.channel_indices(a.channels) if a.channels is not None else None
+                if a.level is not None:
+                    rect = a.rect if a.rect is not None else (0, 0, *scene.size)
+                    box = scene.convert(rect, "px" if a.rect is None else a.units, Scale(level=a.level))
+                    arr = scene.read_level(a.level, tuple(round(v) for v in box), channels=channels,
+                                           z=a.z, t=a.t)
+                else:
+                    arr = scene.read(a.rect, a.size, channels=channels, z=a.z, t=a.t, units=a.units,
+                                     mpp=a.mpp, magnification=a.magnification)
+                if arr.ndim > 3 and not a.out.lower().endswith(_RAW):
                     raise TilescopeError(f"{a.out}: a z or t range gives {arr.ndim}-D data: "
                                          f"write .tiff or .npy")
+                arr = _shown(arr, scene, a.out, channels, a.z, a.t)
             save(a.out, arr)
             print(f"wrote {a.out}: {arr.shape} {arr.dtype}")
             return 0
-    except TilescopeError as e:
+    except (TilescopeError, OSError) as e:  # OSError: the output could not be written
+        if isinstance(e, BrokenPipeError):
+            raise
         print(f"tilescope: error: {e}", file=sys.stderr)
         return 1
 
@@ -148,7 +218,8 @@ def _tiles(a: argparse.Namespace) -> int:
                 client = stack.enter_context(Client(a.scheduler))
             n = export_tiles(a.slides, a.out, tile_size=a.size, overlap=a.overlap, mpp=a.mpp,
                              magnification=a.magnification, tissue=a.tissue, format=a.format, client=client,
-                             workers=a.workers)
+                             workers=a.workers, progress=False if a.quiet else None,
+                             log=(lambda msg: None) if a.quiet else None)
     except ImportError as e:
         print(f"tilescope: error: tiles needs the [dask] extra (pip install 'tilescope[dask]'): {e}",
               file=sys.stderr)
@@ -156,7 +227,8 @@ def _tiles(a: argparse.Namespace) -> int:
     except TilescopeError as e:
         print(f"tilescope: error: {e}", file=sys.stderr)
         return 1
-    print(f"{a.out}: {n['done']} slide(s) exported ({n['tiles']} tiles), {n['skipped']} already complete")
+    if not a.quiet:
+        print(f"{a.out}: {n['done']} slide(s) exported ({n['tiles']} tiles), {n['skipped']} already complete")
     return 0
 
 

@@ -110,6 +110,7 @@ def export_tiles(slides: Sequence[str], out: str, *, tile_size: int = 256, overl
 
     from . import jobs
     from . import open as open_slide
+    from .progress import bar as progress_bar
     from .units import Scale
 
     if format not in FORMATS:
@@ -164,19 +165,14 @@ def export_tiles(slides: Sequence[str], out: str, *, tile_size: int = 256, overl
             parts[i] = futures
             pending.update((f, i) for f in futures)
             total += len(tiles)
-        bar = None
-        if pending and (progress if progress is not None else sys.stderr.isatty()):
-            from tqdm import tqdm
-
-            bar = stack.enter_context(tqdm(total=total, unit="tile", file=sys.stderr))
+        bar = stack.enter_context(progress_bar(total, "tile", progress if pending else False))
         left = {i: len(fs) for i, fs in parts.items()}
         from dask.distributed import as_completed
 
         try:
             for f in as_completed(list(pending)):
                 rows = f.result()
-                if bar is not None:
-                    bar.update(len(rows))
+                bar.update(len(rows))
                 i = pending[f]
                 left[i] -= 1
                 if left[i] == 0:  # the slide's every tile is written: its manifest marks it complete
