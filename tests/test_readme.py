@@ -17,7 +17,9 @@ from PIL import Image
 from tools import servers, synth
 
 README = Path(__file__).parent.parent / "README.md"
+MIGRATING = Path(__file__).parent.parent / "docs" / "MIGRATING.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+GUIDE = re.findall(r"```python\n(.*?)```", MIGRATING.read_text(encoding="utf-8"), re.S)
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
@@ -42,3 +44,22 @@ def test_readme_example_runs(code, svs, ome, tmp_path):
 
 def test_readme_has_examples():
     assert len(BLOCKS) >= 5
+
+
+@pytest.mark.parametrize("code", GUIDE, ids=[f"guide{i}" for i in range(len(GUIDE))])
+def test_migration_guide_example_runs(code, svs, ome, converted, tmp_path):
+    """docs/MIGRATING.md's examples, on the slides it names: slide.svs, cells.ome.tiff, dicom/."""
+    shutil.copy(svs, tmp_path / "slide.svs")
+    shutil.copy(ome, tmp_path / "cells.ome.tiff")
+    shutil.copytree(converted[1], tmp_path / "dicom")
+    (tmp_path / "example.py").write_text(code, encoding="utf-8")
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_migration_guide_covers_each_reader():
+    text = MIGRATING.read_text(encoding="utf-8")
+    for reader in ("## openslide-python", "## slideio", "## large_image", "## dicomslide"):
+        assert reader in text
+    assert len(GUIDE) == 4
