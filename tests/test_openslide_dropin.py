@@ -108,6 +108,31 @@ def test_color_profile(svs_exact, svs):
         assert b.color_profile is None
 
 
+def test_dicom_color_profile_equals_openslides(svs_exact, tmp_path):
+    """wsidicomizer's DICOM of an SVS with an ICC profile: every instance's optical path carries a
+    profile (the label's and overview's their own): the slide's, the associated images' and the
+    regions' profiles are byte for byte openslide's."""
+    pydicom = pytest.importorskip("pydicom")
+    WsiDicomizer = pytest.importorskip("wsidicomizer").WsiDicomizer
+    from tests.conftest import turbojpeg
+
+    turbojpeg()
+    out = tmp_path / "dcm"
+    WsiDicomizer.convert(svs_exact, str(out), include_label=True, include_overview=True)
+    level0 = next(str(p) for p in sorted(out.iterdir())
+                  if pydicom.dcmread(p, stop_before_pixels=True).ImageType[2] == "VOLUME"
+                  and pydicom.dcmread(p, stop_before_pixels=True).TotalPixelMatrixColumns == 2048)
+    a, b = _pair(level0)
+    with a, b:
+        assert b.color_profile.tobytes() == a.color_profile.tobytes()
+        assert b.properties["openslide.icc-size"] == a.properties["openslide.icc-size"]
+        assert b.read_region((0, 0), 0, (4, 4)).info["icc_profile"] == a.read_region((0, 0), 0, (4, 4)).info[
+            "icc_profile"]
+        for name in a.associated_images:
+            assert b.associated_images[name].info.get("icc_profile") == \
+                a.associated_images[name].info.get("icc_profile"), name
+
+
 @pytest.mark.parametrize("tile_size,overlap,limit_bounds,name", [
     (254, 1, False, "svs"), (256, 0, False, "svs"), (510, 1, True, "svs"), (126, 4, False, "svs"),
     (254, 1, True, "scn"), (254, 1, False, "scn")])
