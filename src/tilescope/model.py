@@ -607,7 +607,7 @@ class Slide:
     def quickhash1(self) -> str | None:
         """openslide's ``openslide.quickhash-1`` of the file (a SHA-256 hex digest over bytes that
         identify the slide), for the formats where tilescope computes it as openslide does (SVS,
-        generic TIFF, NDPI); None for the others, and where openslide gives none (a smallest level of
+        generic TIFF, NDPI, DICOM); None for the others, and where openslide gives none (a smallest level of
         more than 5 MiB). Reads the smallest level's pieces: computed when asked, not at open."""
         self._check_open()
         return self._quickhash(cast(ByteSource, self._source)) if self._quickhash is not None else None

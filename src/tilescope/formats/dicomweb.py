@@ -367,7 +367,8 @@ def _open_url(url: str, options: Options, web: WebOptions) -> Slide:
     props = {**dicom.attributes(first), "url": base, "StudyInstanceUID": study, "SeriesInstanceUID": series,
              "instances": [i.ds.SOPInstanceUID for i in instances + derived],
              "series": sorted({str(i.ds.SeriesInstanceUID) for i in instances})}
-    slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props}, icc_profile=icc)
+    slide = Slide(source, NAME, options, vendor="dicom", properties={"dicom": props}, icc_profile=icc,
+                  quickhash=dicom.quickhash1(series))
 
     def make_level(insts: list[Instance], label: str, axes: Any = None) -> LevelSpec:
         return _level(insts, base, study, fetching, label, axes)

@@ -14,8 +14,8 @@ Differences, by design:
   (``close()`` again included) raises ``ctypes.ArgumentError`` with openslide-python's message, as
   its ctypes layer does, so ``except ctypes.ArgumentError`` clauses written for it still catch it;
   ``lowlevel`` has openslide's functions (each ``available``) over the drop-in's own objects;
-- ``openslide.quickhash-1`` is given for SVS, generic TIFF and NDPI slides (as openslide computes
-  it), not for the other formats;
+- ``openslide.quickhash-1`` is given for SVS, generic TIFF, NDPI and DICOM slides (as openslide
+  computes it), not for the other formats;
 - a ``location`` that falls between pixels of a level (x not a multiple of the level's downsample)
   reads the nearest level pixel; openslide interpolates there.
 """

@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING
 from .assemble import assemble, attributes, volume_levels
 from .folder import find_slides, open, slide_key
 from .frames import level_layout, realign
-from .instance import DERIVED, NAME, PIXELS, RLE, WSI_SOP_CLASS, Instance, compression, is_dicom_file
+from .instance import (
+    DERIVED,
+    NAME,
+    PIXELS,
+    RLE,
+    WSI_SOP_CLASS,
+    Instance,
+    compression,
+    is_dicom_file,
+    quickhash1,
+)
 
 if TYPE_CHECKING:
     from ...formats import Probe
@@ -32,8 +42,8 @@ OPENSLIDE_VENDOR = "dicom"  # openslide's name for the format (detect_format, op
 MULTI_FILE = True  # a slide is several files: gathered from the folder, or given as a list (``files=``)
 
 __all__ = ["DERIVED", "NAME", "PIXELS", "RLE", "WSI_SOP_CLASS", "Instance", "assemble", "attributes",
-           "compression", "detect", "find_slides", "is_dicom_file", "level_layout", "open", "realign",
-           "slide_key", "volume_levels"]
+           "compression", "detect", "find_slides", "is_dicom_file", "level_layout", "open", "quickhash1",
+           "realign", "slide_key", "volume_levels"]
 
 
 def detect(probe: Probe) -> bool:

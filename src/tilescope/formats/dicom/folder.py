@@ -14,7 +14,16 @@ from ...remote import is_remote, listing
 from ...source import FileSource, SourceFile, open_file
 from .assemble import assemble, attributes, header_text, icc_profile_of, volume_levels
 from .frames import file_level, frame_ranges, stack
-from .instance import DERIVED, NAME, WSI_SOP_CLASS, Instance, is_dicom_file, read_dataset, read_header
+from .instance import (
+    DERIVED,
+    NAME,
+    WSI_SOP_CLASS,
+    Instance,
+    is_dicom_file,
+    quickhash1,
+    read_dataset,
+    read_header,
+)
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -174,7 +183,8 @@ def _slide(source: ByteSource, options: Options, key: tuple, found: _Folder, whe
     if found.skipped:
         props["skipped"] = {os.path.basename(p): reason for p, (reason, _) in found.skipped.items()}
     slide = Slide(source, NAME, options, raw_metadata=header_text(base), vendor="dicom",
-                  properties={"dicom": props}, icc_profile=icc_profile_of(base))
+                  properties={"dicom": props}, icc_profile=icc_profile_of(base),
+                  quickhash=quickhash1(base.SeriesInstanceUID))
     return assemble(slide, levels, instances, derived, file_level)
 
 

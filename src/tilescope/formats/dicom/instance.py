@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +39,14 @@ _J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4
 _JPEGLS = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
 NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 RLE = "1.2.840.10008.1.2.5"
+
+
+def quickhash1(series_uid: Any) -> Callable[[Any], str]:
+    """openslide's ``quickhash-1`` of a DICOM slide: SHA-256 of its Series Instance UID, NUL-ended."""
+    import hashlib
+
+    digest = hashlib.sha256(str(series_uid).encode() + b"\0").hexdigest()
+    return lambda source: digest
 
 
 def compression(syntax: str) -> str:
