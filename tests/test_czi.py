@@ -385,3 +385,34 @@ def test_fluorescence_names_dyes_and_interval(named_czis):
                 got = sc.read(channels="LED385" if c else "LED555", t=t)
                 np.testing.assert_array_equal(got, _ref(p, plane={"C": c, "T": t}))
                 assert (got == 10 * c + t).all()
+
+
+def test_display_settings_are_the_display_windows(tmp_path):
+    """pylibCZIrw's display settings (black and white points, fractions of the sample range) are
+    the channels' display windows: in channel_info, and what the drop-in composites with."""
+    from tilescope import openslide as ours
+    from tilescope.display import Display
+
+    p = str(tmp_path / "shown.czi")
+    rng = np.random.default_rng(3)
+    with pyczi.create_czi(p, exist_ok=True) as w:
+        for c in range(2):
+            w.write(data=_fluo(rng, 300, 200)[..., None], plane={"C": c, "Z": 0, "T": 0}, location=(0, 0))
+        red, green = (pyczi.Rgb8Color(np.uint8(r), np.uint8(g), np.uint8(0)) for r, g in ((255, 0), (0, 255)))
+        w.write_metadata(document_name="shown", channel_names={0: "A", 1: "B"}, display_settings={
+            0: pyczi.ChannelDisplaySettingsDataClass(True, pyczi.TintingMode.Color, red, 0.01, 0.05),
+            1: pyczi.ChannelDisplaySettingsDataClass(True, pyczi.TintingMode.Color, green, 0.0, 0.02)})
+    with tilescope.open(p) as s:
+        sc = s.scenes[0]
+        windows = [info["window"] for info in sc.channel_info]
+        np.testing.assert_allclose(windows, [(0.01 * 65535, 0.05 * 65535), (0.0, 0.02 * 65535)], rtol=1e-5)
+        assert sc.channel_colors == ("#FF0000", "#00FF00")
+        raw = sc.read_level(0, (0, 0, 300, 200)).astype(np.float64)
+        np.testing.assert_allclose(Display(sc).window, windows)
+    red_want = np.clip((raw[..., 0] - windows[0][0]) / (windows[0][1] - windows[0][0]), 0, 1) * 255
+    green_want = np.clip(raw[..., 1] / windows[1][1], 0, 1) * 255
+    with ours.OpenSlide(p) as b:
+        got = np.asarray(b.read_region((0, 0), 0, (300, 200))).astype(int)
+    assert np.abs(got[..., 0] - np.rint(red_want)).max() <= 1
+    assert np.abs(got[..., 1] - np.rint(green_want)).max() <= 1
+    assert (got[..., 2] == 0).all()

@@ -1,12 +1,13 @@
 """Any scene as 8-bit RGB for a person to look at: brightfield RGB as it is; other scenes (16-bit,
 fluorescence channels, a grey channel) composited, each channel through its display window
-(low, high: linear to 0..1) and coloured with its channel colour, the colours added. What the
+(low, high: linear to 0..1; the file's display settings where stored, else percentiles) and
+coloured with its channel colour, the colours added. What the
 openslide drop-in, Deep Zoom, the CLI's thumbnails and a notebook show."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 # TRITC order), then magenta, cyan, yellow, white
 PALETTE = ("#0000FF", "#00FF00", "#FF0000", "#FF00FF", "#00FFFF", "#FFFF00", "#FFFFFF")
 PREVIEW = 512  # longest side of the low-resolution read display windows are estimated from
-PERCENTILES = (0.1, 99.9)  # of that read, per channel: the window where the file states none
+PERCENTILES = (0.1, 99.9)  # of that read, per channel: the window where the file stores none
 
 
 def is_plain_rgb(scene: Scene, channels: Sequence[int] | None = None) -> bool:
@@ -39,12 +40,22 @@ def colors(scene: Scene, channels: Sequence[int]) -> np.ndarray:
 
 
 def windows(scene: Scene, channels: Sequence[int], z: int = 0, t: int = 0) -> np.ndarray:
-    """(n, 2) display windows (low, high) of ``channels``: the 0.1th and 99.9th percentiles of a
-    low-resolution read of plane (z, t) (8-bit channels: 0..255)."""
-    w, h = scene.size
-    a = scene.read(size=(PREVIEW, 0) if w >= h else (0, PREVIEW), channels=list(channels), z=z, t=t)
+    """(n, 2) display windows (low, high) of ``channels``: the file's own (``channel_info``'s
+    ``window``, where the format stores display settings: CZI), else the 0.1th and 99.9th
+    percentiles of a low-resolution read of plane (z, t) (8-bit channels: 0..255)."""
+    stored = [scene.channel_info[c].get("window") for c in channels]
+    a = None
+    if not all(stored):
+        w, h = scene.size
+        a = scene.read(size=(PREVIEW, 0) if w >= h else (0, PREVIEW), channels=list(channels), z=z, t=t)
     out = []
     for i, c in enumerate(channels):
+        window = stored[i]
+        if window:
+            lo, hi = cast(tuple, window)
+            out.append((float(lo), float(hi)))
+            continue
+        assert a is not None
         if scene.channel_dtypes[c] == np.uint8:
             out.append((0.0, 255.0))
             continue

@@ -374,7 +374,7 @@ def _scene(slide, source: ByteSource, root, s: int, entries: list[_Entry], name:
                  compression=_VOCABULARY.get(stored, stored), compression_raw=stored, rect=(x0, y0, w0, h0),
                  num_z_slices=len(zs), num_t_frames=len(ts), z_resolution=um.get("Z"),
                  t_resolution=step, t_offsets=offsets, brightfield=spp >= 3, channel_colors=colors,
-                 channel_info=_channel_info(root, cs, names, colors))
+                 channel_info=_channel_info(root, cs, names, colors, np.result_type(*dtypes)))
 
 
 _CHANNELS = "Metadata/Information/Image/Dimensions/Channels/Channel"
@@ -391,12 +391,22 @@ def _channel_names(root, cs: list[int], spp: int) -> list[str]:
     return names
 
 
-def _channel_info(root, cs: list[int], names: list[str], colors) -> list[dict]:
+def _channel_info(root, cs: list[int], names: list[str], colors, dtype: np.dtype) -> list[dict]:
     """Per channel: XML id, fluorophore (Fluor, else the display settings' DyeName), excitation and
-    emission wavelengths (nm), colour."""
+    emission wavelengths (nm), colour, and the display window the file stores (``window``: Low and
+    High of its display settings, fractions of the declared bit range (ComponentBitCount, else the
+    sample type's), as sample values)."""
     els = list(root.iterfind(_CHANNELS)) if root is not None else []
-    dyes = {el.get("Id"): (el.findtext("DyeName") or "").strip()
-            for el in (root.iterfind("Metadata/DisplaySetting/Channels/Channel") if root is not None else [])}
+    shown = list(root.iterfind("Metadata/DisplaySetting/Channels/Channel")) if root is not None else []
+    dyes = {el.get("Id"): (el.findtext("DyeName") or "").strip() for el in shown}
+    bits = _float(root, "Metadata/Information/Image/ComponentBitCount") if root is not None else None
+    full = 2 ** int(bits) - 1 if bits and dtype.kind in "ui" else (
+        np.iinfo(dtype).max if dtype.kind in "ui" else 1.0)
+    windows = {}
+    for i, el in enumerate(shown):
+        high = _float(el, "High")
+        if high is not None and high > (low := _float(el, "Low") or 0.0):
+            windows[el.get("Id") or f"#{i}"] = (low * full, high * full)
     per = max(1, len(names) // max(1, len(cs)))
     out = []
     for k, name in enumerate(names):
@@ -404,10 +414,11 @@ def _channel_info(root, cs: list[int], names: list[str], colors) -> list[dict]:
         el = els[c] if c < len(els) else None
         ident = el.get("Id") if el is not None else None
         fluor = ((el.findtext("Fluor") or "").strip() if el is not None else "") or dyes.get(ident) or None
+        window = windows.get(ident) if ident in windows else windows.get(f"#{c}")
         out.append({"name": name, "id": ident, "fluor": fluor,
                     "excitation_wavelength": _float(el, "ExcitationWavelength"),
                     "emission_wavelength": _float(el, "EmissionWavelength"),
-                    "color": colors[k] if colors else None})
+                    "color": colors[k] if colors else None, "window": window})
     return out
 
 

@@ -8,8 +8,8 @@ The API mirrors openslide-python 1.4: ``OpenSlide``, ``ImageSlide``, ``open_slid
 Differences, by design:
 - every format tilescope reads opens (OME-TIFF too; its vendor is "ome-tiff"); scenes other than
   8-bit RGB (fluorescence, 16-bit, grey) are composited to RGB with their channel colours, each
-  channel through a display window (its 0.1th-99.9th percentiles at low resolution: see
-  ``tilescope.display``);
+  channel through a display window (the file's display settings where it stores them, else its
+  0.1th-99.9th percentiles at low resolution: see ``tilescope.display``);
 - a wrong argument (``OpenSlide(None)``, ``OpenSlideCache(-1)``) or any use of a closed slide
   (``close()`` again included) raises ``ctypes.ArgumentError`` with openslide-python's message, as
   its ctypes layer does, so ``except ctypes.ArgumentError`` clauses written for it still catch it;
