@@ -59,7 +59,10 @@ def windows(scene: Scene, channels: Sequence[int], z: int = 0, t: int = 0) -> np
         if scene.channel_dtypes[c] == np.uint8:
             out.append((0.0, 255.0))
             continue
-        lo, hi = np.percentile(a[..., i], PERCENTILES)
+        with np.errstate(invalid="ignore"):  # 1-bit, float with NaN or infinities: still a window
+            lo, hi = np.nanpercentile(a[..., i].astype(np.float64), PERCENTILES)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            lo, hi = 0.0, 1.0
         out.append((float(lo), float(hi) if hi > lo else float(lo) + 1))
     return np.asarray(out)
 
@@ -68,7 +71,7 @@ def composite(a: np.ndarray, rgb: np.ndarray, window: np.ndarray) -> np.ndarray:
     """(h, w, n) samples -> (h, w, 3) uint8: each channel windowed to 0..1, times its colour,
     summed and clipped."""
     lo, hi = window[:, 0], window[:, 1]
-    scaled = np.clip((a.astype(np.float32) - lo) / (hi - lo), 0, 1)
+    scaled = np.nan_to_num(np.clip((a.astype(np.float32) - lo) / (hi - lo), 0, 1), nan=0.0)
     return np.clip(np.rint(scaled @ rgb.astype(np.float32) * 255), 0, 255).astype(np.uint8)
 
 
