@@ -122,6 +122,18 @@ def test_a_dicomweb_url_without_its_prefix(orthanc):
         np.testing.assert_array_equal(s.scenes[0].read(size=(64, 0)), want)
 
 
+def test_the_command_line_reads_a_dicomweb_series(orthanc, tmp_path):
+    from tilescope.cli import main
+
+    url, _ = orthanc
+    with tilescope.open(url) as s:
+        study, series = s.properties["dicom"]["StudyInstanceUID"], s.properties["dicom"]["SeriesInstanceUID"]
+        want = s.scenes[0].read(size=(64, 0))
+    out = str(tmp_path / "r.npy")
+    assert main(["region", url, out, "--study", study, "--series", series, "--size", "64,0"]) == 0
+    np.testing.assert_array_equal(np.load(out), want)
+
+
 def test_dicomweb_errors(orthanc):
     url, _ = orthanc
     with pytest.raises(tilescope.SourceNotFoundError, match=r"127\.0\.0\.1.*series 9\.9"):
