@@ -129,6 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--t", type=_plane, default=0, help="index or start,stop")
     p.add_argument("--frames", type=lambda t: _ints(t, 2, "--frames"), default=None,
                    help="start,stop: raw frames in file order (stacks such as ScanImage), as (n, h, w)")
+    p = sub.add_parser("serve", help="serve the slides under a folder over HTTP: Deep Zoom, IIIF, JSON")
+    p.add_argument("root")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--public", action="store_true", help="allow binding an address other than loopback")
+    p.add_argument("--token", default=None, help="require ?token=TOKEN or 'Authorization: Bearer TOKEN'")
+    p.add_argument("--allow-host", action="append", default=None,
+                   help="a Host header to accept besides the bound address (repeat for more)")
+    p.add_argument("--cors", action="store_true", help="let pages of other origins fetch (default: off)")
     p = sub.add_parser("tiles", help="export the tiles of many slides (patches), with a manifest")
     p.add_argument("slides", nargs="+")
     p.add_argument("--out", required=True, help="folder: OUT/<slide>/ per slide, OUT/manifest.csv")
@@ -155,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(a: argparse.Namespace) -> int:
     if a.cmd == "tiles":
         return _tiles(a)
+    if a.cmd == "serve":
+        return _serve(a)
     try:
         kw = {k: v for k in ("study", "series") if (v := getattr(a, k, None)) is not None}
         with open_slide(a.path, **kw) as slide:
@@ -202,6 +213,38 @@ def _run(a: argparse.Namespace) -> int:
             raise
         print(f"tilescope: error: {e}", file=sys.stderr)
         return 1
+
+
+def _serve(a: argparse.Namespace) -> int:
+    import ipaddress
+
+    try:
+        loopback = a.host == "localhost" or ipaddress.ip_address(a.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not a.public:
+        print(f"tilescope: error: {a.host} is not a loopback address: add --public to serve other machines "
+              f"(and --token to require a token)", file=sys.stderr)
+        return 2
+    if not os.path.isdir(a.root):
+        print(f"tilescope: error: {a.root}: not a folder", file=sys.stderr)
+        return 1
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError as e:
+        print(f"tilescope: error: serve needs the [server] extra (pip install 'tilescope[server]'): {e}",
+              file=sys.stderr)
+        return 1
+    if not loopback:
+        print(f"tilescope: warning: serving {a.root} to every machine that reaches {a.host}:{a.port}"
+              + ("" if a.token else " without a token"), file=sys.stderr)
+    hosts = [a.host, f"{a.host}:{a.port}", "localhost", "127.0.0.1", *(a.allow_host or [])]
+    app = create_app(a.root, allowed_hosts=hosts, token=a.token, cors=a.cors)
+    print(f"serving {a.root} on http://{a.host}:{a.port}/api/slides", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    return 0
 
 
 def _tiles(a: argparse.Namespace) -> int:
