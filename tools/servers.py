@@ -163,3 +163,21 @@ def delay_proxy(target: str, delay: float) -> Iterator[str]:
         loop.call_soon_threadsafe(server.close)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+@contextlib.contextmanager
+def tilescope_server(root: str, *args: str) -> Iterator[str]:
+    """``tilescope serve root`` on a free port of 127.0.0.1 (uvicorn), as its base URL; stopped on exit."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tilescope", "serve", root, "--port", str(port), *args],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(port, proc, "tilescope serve")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

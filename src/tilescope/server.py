@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import html
 import io
 import json
 import os
@@ -223,7 +224,7 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
     from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+    from starlette.routing import Mount, Route
 
     from tilescope.openslide import open_slide
     from tilescope.openslide.deepzoom import DeepZoomGenerator
@@ -391,8 +392,28 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
         from starlette.middleware.cors import CORSMiddleware
 
         middleware.append(Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"]))
-    routes = [Route("/api/slides", listing), Route("/api/slides/{rest:path}", slides),
-              Route("/dz/{rest:path}", deepzoom), Route("/iiif/{rest:path}", iiif)]
+    static = os.path.join(os.path.dirname(__file__), "static")
+
+    @handler
+    async def view(request: Request) -> Response:
+        await run_in_threadpool(lib.resolve, request.path_params["rest"])  # 404 unless a slide
+        with open(os.path.join(static, "viewer.html"), "rb") as f:
+            return Response(f.read(), media_type="text/html")
+
+    @handler
+    async def index(request: Request) -> Response:
+        rows = "".join(f'<li><a href="/view/{quote(e["path"])}">{html.escape(e["path"])}</a> '
+                       f'{e["driver"]}, {e["size"][0]} x {e["size"][1]}</li>'
+                       for e in await run_in_threadpool(lib.listing))
+        return Response(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>tilescope</title></head>"
+                        f"<body><h1>Slides</h1><ul>{rows}</ul></body></html>", media_type="text/html")
+
+    from starlette.staticfiles import StaticFiles
+
+    routes = [Route("/", index), Route("/view/{rest:path}", view),
+              Route("/api/slides", listing), Route("/api/slides/{rest:path}", slides),
+              Route("/dz/{rest:path}", deepzoom), Route("/iiif/{rest:path}", iiif),
+              Mount("/static", StaticFiles(directory=static), name="static")]
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
         yield
