@@ -190,3 +190,22 @@ def test_tilescope_serve_on_uvicorn(tmp_path, svs):
     r = subprocess.run([sys.executable, "-m", "tilescope", "serve", str(tmp_path), "--host", "0.0.0.0"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "--public" in r.stderr
+
+
+def test_deepzoom_of_a_plane_and_channels(served, ome):
+    client, _ = served
+    from tilescope.display import Display
+
+    dz = DeepZoomGenerator(OpenSlide(ome).plane(0, ["TRITC", "DAPI"], 1, 1), 254, 1, True)
+    q = "?channels=TRITC,DAPI&z=1&t=1"
+    assert client.get(f"/dz/cells.ome.tiff.dzi{q}").text == dz.get_dzi("jpeg")
+    level = dz.level_count - 1
+    got = _png(client.get(f"/dz/cells.ome.tiff_files/{level}/1_1.png{q}"))
+    np.testing.assert_array_equal(got, np.asarray(dz.get_tile(level, (1, 1)).convert("RGB")))
+    with tilescope.open(ome) as s:  # the drop-in's plane: that plane's channels, composited
+        sc = s.scenes[0]
+        (x, y), _, (w, h) = dz.get_tile_coordinates(level, (1, 1))
+        want = Display(sc, [2, 0], 1, 1)(sc.read_level(0, (x, y, w, h), channels=[2, 0], z=1, t=1))
+        np.testing.assert_array_equal(got, want)
+    assert client.get("/dz/cells.ome.tiff.dzi?z=7").status_code == 400
+    assert client.get("/dz/cells.ome.tiff.dzi?channels=nope").status_code == 400

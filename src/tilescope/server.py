@@ -9,7 +9,8 @@ is that path with ``/`` encoded as ``%2F``, as IIIF requires):
 - ``GET /api/slides``: the slides under the root, ``[{"path", "driver", "size", "levels", "mpp"}]``
 - ``GET /api/slides/{path}``: normalized metadata; ``.../thumbnail.png``, ``.../associated/{name}.png``
 - ``GET /dz/{path}.dzi`` and ``/dz/{path}_files/{level}/{col}_{row}.{jpeg|png}``: Deep Zoom, pixels of
-  ``tilescope.openslide.deepzoom.DeepZoomGenerator`` (``tile_size``, ``overlap``, ``limit_bounds``)
+  ``tilescope.openslide.deepzoom.DeepZoomGenerator`` (``tile_size``, ``overlap``, ``limit_bounds``;
+  ``scene``, ``channels``, ``z``, ``t``: a plane, through ``tilescope.openslide.OpenSlide.plane``)
 - ``GET /iiif/{id}/info.json`` and ``/iiif/{id}/{region}/{size}/{rotation}/{quality}.{format}``:
   IIIF Image API 3.0 (level 1 and more: regions by px, pct and square, sizes w, ,h w,h !w,h pct:
   max ^, rotations by 90 and mirroring, qualities default/color/gray, jpg/png); query ``scene``,
@@ -226,11 +227,12 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Mount, Route
 
-    from tilescope.openslide import open_slide
+    from tilescope.openslide import OpenSlide, open_slide
     from tilescope.openslide.deepzoom import DeepZoomGenerator
 
     lib = Library(root)
-    generators: dict[tuple, Any] = {}
+    generators: dict[tuple, Any] = {}  # Deep Zoom generators by slide and parameters, the oldest dropped
+    lock = threading.Lock()
 
     def guard(request: Request) -> None:
         if token is None:
@@ -304,13 +306,25 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
         if not 1 <= args[0] <= 4096 or not 0 <= args[1] <= 64:
             raise _Refused(400, "tile_size is 1..4096, overlap 0..64")
         path = lib.resolve(rel)
-        key = (path, *args)
-        with lib._lock:
+        plane = tuple(query.get(k) for k in ("scene", "channels", "z", "t"))
+        key = (path, *args, *plane)
+        with lock:
             dz = generators.get(key)
         if dz is None:
-            dz = DeepZoomGenerator(open_slide(path), *args)
-            with lib._lock:
+            osr = open_slide(path)
+            if any(v is not None for v in plane):  # a plane of a multi-dimensional slide
+                if not isinstance(osr, OpenSlide):
+                    raise _Refused(400, "a plain image has no scenes, channels, z or t")
+                scene = lib.slide(rel).scene(int(plane[0] or 0)) if (plane[0] or "0").isdigit() else None
+                if scene is None:
+                    raise _Refused(400, "scene is an index")
+                channels, z, t = _plane(scene, query)
+                osr = osr.plane(scene.index, channels, z, t)
+            dz = DeepZoomGenerator(osr, *args)
+            with lock:
                 generators[key] = dz
+                while len(generators) > 4 * _OPEN:
+                    generators.pop(next(iter(generators)))
         return dz
 
     @handler

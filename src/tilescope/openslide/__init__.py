@@ -22,6 +22,7 @@ Differences, by design:
 
 from __future__ import annotations
 
+import copy
 from abc import ABCMeta, abstractmethod
 from collections.abc import Iterator, Mapping
 from io import BytesIO
@@ -204,9 +205,27 @@ class OpenSlide(AbstractSlide):
         self._error: str | None = None
         self._properties = self._build_properties()
         self._displays: dict[int, Display] = {}  # per scene: its colours and windows, when first read
+        self._sel: tuple[list[int] | None, int, int] = (None, 0, 0)  # channels, z, t shown (see plane())
 
     def __repr__(self) -> str:
         return f"OpenSlide({self._filename!r})"
+
+    def plane(self, scene: int | str = 0, channels: tilescope.geometry.Channels = None, z: int = 0,
+              t: int = 0) -> OpenSlide:
+        """tilescope's extension (openslide has none): this slide showing one scene's plane (z, t)
+        and ``channels`` (names or indices), composited as the drop-in shows non-RGB scenes; what
+        Deep Zoom of a multi-dimensional slide is made from. Shares the file: closing either closes
+        both. TilescopeError (an InvalidRequestError) for a scene, channel or plane not there."""
+        self._check()
+        view = copy.copy(self)
+        sc = self._slide.scene(scene)
+        sc.planes(z, t)  # checked now, not at the first read
+        view._scene, view._regions = sc, [(sc, None)]
+        view._sel = (sc.channel_indices(channels) if channels is not None else None, z, t)
+        view._dims = tuple(lv.size for lv in sc.levels)
+        view._displays = {}
+        view._properties = view._build_properties()
+        return view
 
     @classmethod
     def detect_format(cls, filename: lowlevel.Filename) -> str | None:
@@ -347,8 +366,9 @@ class OpenSlide(AbstractSlide):
         r0, r1 = (int(np.clip(np.ceil(v - ly - 0.5), 0, h)) for v in (0, lh))
         if c1 <= c0 or r1 <= r0:
             return
+        channels, z, t = self._sel
         try:
-            a = scene.read_level(level, (lx + c0, ly + r0, c1 - c0, r1 - r0))
+            a = scene.read_level(level, (lx + c0, ly + r0, c1 - c0, r1 - r0), channels=channels, z=z, t=t)
         except TilescopeError as e:
             raise self._failed(e) from e
         out[r0:r1, c0:c1, :3] = self._display(scene)(a)
@@ -359,8 +379,9 @@ class OpenSlide(AbstractSlide):
         colours through display windows estimated once (tilescope.display)."""
         d = self._displays.get(scene.index)
         if d is None:
+            channels, z, t = self._sel
             try:
-                d = self._displays[scene.index] = Display(scene)
+                d = self._displays[scene.index] = Display(scene, channels, z, t)
             except TilescopeError as e:
                 raise self._failed(e) from e
         return d
