@@ -209,3 +209,24 @@ def test_deepzoom_of_a_plane_and_channels(served, ome):
         np.testing.assert_array_equal(got, want)
     assert client.get("/dz/cells.ome.tiff.dzi?z=7").status_code == 400
     assert client.get("/dz/cells.ome.tiff.dzi?channels=nope").status_code == 400
+
+
+def test_a_bounded_load_on_loopback(tmp_path, svs):
+    """8 clients fetching random Deep Zoom tiles from `tilescope serve` on uvicorn for 3 s (the
+    benchmark runs 16 for 30 s): every answer a 200, the figures reported."""
+    import random
+
+    from tools import servers
+
+    shutil.copy(svs, tmp_path / "s.svs")
+    dz = DeepZoomGenerator(OpenSlide(svs), 254, 1, True)
+    rng = random.Random(0)
+    paths = []
+    for _ in range(300):
+        level = dz.level_count - 1 - rng.randrange(3)
+        cols, rows = dz.level_tiles[level]
+        paths.append(f"/dz/s.svs_files/{level}/{rng.randrange(cols)}_{rng.randrange(rows)}.jpeg")
+    with servers.tilescope_server(str(tmp_path)) as url:
+        r = servers.load(url, paths, clients=8, seconds=3)
+    print(f"load: {r['per_s']:.0f} tiles/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
+    assert r["errors"] == 0 and r["tiles"] > 50

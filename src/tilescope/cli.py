@@ -138,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--allow-host", action="append", default=None,
                    help="a Host header to accept besides the bound address (repeat for more)")
     p.add_argument("--cors", action="store_true", help="let pages of other origins fetch (default: off)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of tiles (default 90)")
+    p.add_argument("--cache", type=int, default=None, help="decoded-tile cache in MiB (default 64; 0: off)")
     p = sub.add_parser("tiles", help="export the tiles of many slides (patches), with a manifest")
     p.add_argument("slides", nargs="+")
     p.add_argument("--out", required=True, help="folder: OUT/<slide>/ per slide, OUT/manifest.csv")
@@ -241,7 +243,16 @@ def _serve(a: argparse.Namespace) -> int:
         print(f"tilescope: warning: serving {a.root} to every machine that reaches {a.host}:{a.port}"
               + ("" if a.token else " without a token"), file=sys.stderr)
     hosts = [a.host, f"{a.host}:{a.port}", "localhost", "127.0.0.1", *(a.allow_host or [])]
-    app = create_app(a.root, allowed_hosts=hosts, token=a.token, cors=a.cors)
+    from . import options
+
+    # concurrent requests keep the cores busy: each read decodes on its request's thread (helper
+    # threads per read would only contend with the other requests)
+    options.threads = 1
+    if a.cache is not None:
+        from . import set_cache_size
+
+        set_cache_size(a.cache << 20)
+    app = create_app(a.root, allowed_hosts=hosts, token=a.token, cors=a.cors, quality=a.quality)
     print(f"serving {a.root} on http://{a.host}:{a.port}/api/slides", file=sys.stderr, flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
     return 0

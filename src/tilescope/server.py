@@ -58,20 +58,34 @@ class Library:
     def __init__(self, root: str):
         self.root = os.path.realpath(root)
         self._open: OrderedDict[str, Any] = OrderedDict()
+        self._known: dict[str, tuple[int, int]] = {}  # detected slides: path -> (size, mtime)
         self._lock = threading.Lock()
 
     def resolve(self, rel: str) -> str:
-        """The file (or DICOM folder) ``rel`` names under the root; 404 for anything else."""
+        """The file (or DICOM folder) ``rel`` names under the root; 404 for anything else. What
+        was detected is remembered while the file's size and mtime stay (a tile request would
+        otherwise detect the format again: ~1 ms)."""
         if "\0" in rel or rel.startswith(("/", "\\")) or not rel:
             raise _Refused(404, "not found")
         path = os.path.realpath(os.path.join(self.root, rel))
-        if os.path.commonpath([path, self.root]) != self.root or not os.path.exists(path):
+        if os.path.commonpath([path, self.root]) != self.root:
             raise _Refused(404, "not found")
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise _Refused(404, "not found") from None
+        stamp = (st.st_size, st.st_mtime_ns)
+        if self._known.get(path) == stamp:
+            return path
         try:
             if tilescope.detect(path) is None:
                 raise _Refused(404, "not found")
         except TilescopeError:
             raise _Refused(404, "not found") from None
+        with self._lock:
+            if len(self._known) > 4 * _LISTED:
+                self._known.clear()
+            self._known[path] = stamp
         return path
 
     def slide(self, rel: str) -> Any:
@@ -123,10 +137,11 @@ class Library:
             self._open.clear()
 
 
-def _encode(a: np.ndarray, fmt: str, quality: int = 90) -> bytes:
+def _encode(a: Any, fmt: str, quality: int = 90) -> bytes:
+    """An array (h, w, c) or a PIL image as JPEG or PNG bytes."""
     from PIL import Image
 
-    im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+    im = a if isinstance(a, Image.Image) else Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
     buf = io.BytesIO()
     if fmt in ("jpg", "jpeg"):
         im.save(buf, "JPEG", quality=quality)
@@ -217,7 +232,7 @@ def _plane(scene: Any, query: Any) -> tuple[list[int] | None, int, int]:
 
 
 def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str | None = None,
-               cors: bool = False, max_area: int = 4096 * 4096) -> Any:
+               cors: bool = False, max_area: int = 4096 * 4096, quality: int = 90) -> Any:
     """The ASGI app serving the slides under ``root`` (see the module docstring)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -232,7 +247,20 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
 
     lib = Library(root)
     generators: dict[tuple, Any] = {}  # Deep Zoom generators by slide and parameters, the oldest dropped
+    displays: dict[tuple, Display] = {}  # a plane's colours and windows: estimated once, not per tile
     lock = threading.Lock()
+
+    def display(s: Any, sc: Any, channels: list[int] | None, z: int, t: int) -> Display:
+        key = (s.path, sc.index, tuple(channels or ()), z, t)
+        with lock:
+            d = displays.get(key)
+        if d is None:
+            d = Display(sc, channels, z, t)
+            with lock:
+                if len(displays) > 4 * _OPEN:
+                    displays.clear()
+                displays[key] = d
+        return d
 
     def guard(request: Request) -> None:
         if token is None:
@@ -293,7 +321,7 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
             side = min(int(request.query_params.get("size", 256)), 2048, max(sc.size))
             w, h = sc.size
             return await cached(request, f"{identity(s)}/t/{side}", "image/png", lambda: _encode(
-                Display(sc)(sc.read(size=(side, 0) if w >= h else (0, side))), "png"))
+                display(s, sc, None, 0, 0)(sc.read(size=(side, 0) if w >= h else (0, side))), "png"))
         s = await run_in_threadpool(lib.slide, rest)
         return JSONResponse({"path": rest, **s.metadata})
 
@@ -346,8 +374,7 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
         key = f"{path}:{st.st_mtime_ns}:{request.url.query}/{level}/{col}/{row}/{fmt}"
 
         def make() -> bytes:
-            tile = dz.get_tile(level, (col, row))
-            return _encode(np.asarray(tile.convert("RGB")), fmt)
+            return _encode(dz.get_tile(level, (col, row)), fmt, quality)  # an RGB image
         return await cached(request, key, _MEDIA[fmt], make)
 
     @handler
@@ -379,8 +406,8 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
         if len(parts) != 5:
             raise _Refused(404, "not found")
         region_t, size_t, rot_t, last = (unquote(p) for p in parts[1:])
-        quality, _, fmt = last.rpartition(".")
-        if fmt not in ("jpg", "png") or quality not in ("default", "color", "gray"):
+        iq, _, fmt = last.rpartition(".")
+        if fmt not in ("jpg", "png") or iq not in ("default", "color", "gray"):
             raise _Refused(400, f"quality.format {last!r}: default|color|gray . jpg|png")
         mirror = rot_t.startswith("!")
         if rot_t.lstrip("!") not in ("0", "90", "180", "270"):
@@ -391,13 +418,13 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
         key = f"{identity(s)}/{request.url.path}?{request.url.query}"
 
         def make() -> bytes:
-            a = Display(sc, channels, z, t)(sc.read(rect, out, channels=channels, z=z, t=t))
+            a = display(s, sc, channels, z, t)(sc.read(rect, out, channels=channels, z=z, t=t))
             if mirror:
                 a = a[:, ::-1]
             a = np.rot90(a, -int(rot_t.lstrip("!")) // 90)
-            if quality == "gray" and a.shape[-1] == 3:
+            if iq == "gray" and a.shape[-1] == 3:
                 a = np.rint(a @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None]
-            return _encode(np.ascontiguousarray(a), fmt)
+            return _encode(np.ascontiguousarray(a), fmt, quality)
         return await cached(request, key, _MEDIA[fmt], make)
 
     hosts = allowed_hosts or ["127.0.0.1", "localhost", "[::1]", "testserver"]
