@@ -142,6 +142,22 @@ def test_requests_open_and_region(http, files):
         assert r.source.requests == before
 
 
+def test_a_read_takes_its_spans_whatever_the_block_cache(http, files):
+    """With no block cache (or one smaller than a read), the spans fetched for a read stay until
+    the read has taken its pieces from them: one request per span, not one per piece, and the
+    cache back within its bound afterwards."""
+    url = f"{http}/{_name(files, 'svs')}"
+    rect = (1282, 1026, 600, 500)  # 3x2 tiles of 256, past the bytes the open read: two spans (rows)
+    with tilescope.open(files["svs"]) as loc:
+        want = loc.scenes[0].read(rect)
+    for cache_bytes in (0, 4096):
+        with tilescope.open(url, cache=tilescope.TileCache(0), cache_bytes=cache_bytes) as r:
+            before = r.source.requests
+            np.testing.assert_array_equal(r.scenes[0].read(rect), want)
+            assert r.source.requests - before <= 2, cache_bytes
+            assert r.source._held <= cache_bytes
+
+
 def test_s3_open_requests(s3, files):
     """On S3 the first ranged GET also gives the size and the ETag: no HEAD before it."""
     url = f"s3://slides/cohort/{_name(files, 'svs')}"

@@ -30,6 +30,7 @@ from .errors import CorruptDataError, RemoteError, SlideClosedError, SourceChang
 
 HTTP_SCHEMES = ("http://", "https://")
 READAHEAD = 4 << 20  # the most a cache miss reads beyond what it asked for (see RemoteSource._view)
+_PINNED = 64 << 20  # bytes of spans kept past cache_bytes for the reads that asked for them
 STORE_SCHEMES = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://")
 SCHEMES = HTTP_SCHEMES + STORE_SCHEMES
 
@@ -380,6 +381,9 @@ class RemoteSource:
         self._spans: OrderedDict[int, tuple[int, bytes | Future]] = OrderedDict()  # start -> (end, data)
         self._starts: list[int] = []
         self._held = 0  # bytes of the completed spans
+        # spans fetched for a read: start -> its pieces not taken yet. They stay, past cache_bytes,
+        # until the read has them (else a decode thread that comes after the span would ask again)
+        self._pins: dict[int, int] = {}
         self._window = self.options.min_read  # the next cache miss reads this much (it grows)
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
@@ -427,6 +431,7 @@ class RemoteSource:
     def _drop(self, start: int) -> None:
         end, data = self._spans.pop(start)
         self._starts.remove(start)
+        self._pins.pop(start, None)
         if not isinstance(data, Future):
             self._held -= end - start
 
@@ -457,10 +462,13 @@ class RemoteSource:
         fut.set_result(data)
 
     def _evict(self) -> None:
+        bound = self.options.cache_bytes
         for start in list(self._spans):
-            if self._held <= self.options.cache_bytes:
+            if self._held <= bound:
                 break
-            if not isinstance(self._spans[start][1], Future):
+            # spans a read still needs stay, unless reads left them past _PINNED more bytes
+            if not isinstance(self._spans[start][1], Future) and \
+                    (start not in self._pins or self._held > bound + _PINNED):
                 self._drop(start)
 
     # -- ByteSource --------------------------------------------------------------------------
@@ -477,6 +485,11 @@ class RemoteSource:
         mine = None
         with self._lock:
             hit = self._find(offset, end)
+            if hit is not None and hit[0] in self._pins:  # a read takes one of its pieces
+                self._pins[hit[0]] -= 1
+                if self._pins[hit[0]] <= 0:
+                    del self._pins[hit[0]]
+                    self._evict()
             if hit is None:
                 # a parse walking the file (an IFD chain spread over it) misses again and again:
                 # each miss reads 4x more than the last, up to READAHEAD, so it ends in few requests
@@ -507,6 +520,7 @@ class RemoteSource:
             return
         opts = self.options
         todo: list[tuple[int, int]] = []
+        pieces: list[int] = []  # how many of the read's ranges each span holds
         with self._lock:
             for offset, count in sorted(ranges):
                 end = offset + count
@@ -514,9 +528,12 @@ class RemoteSource:
                     continue
                 if todo and offset - todo[-1][1] <= opts.gap and end - todo[-1][0] <= opts.max_span:
                     todo[-1] = (todo[-1][0], max(end, todo[-1][1]))
+                    pieces[-1] += 1
                 else:
                     todo.append((offset, end))
+                    pieces.append(1)
             claimed = [(s, e, self._claim(s, e)) for s, e in todo]
+            self._pins.update((s, n) for (s, _), n in zip(todo, pieces, strict=True))
             if claimed and self._pool is None:
                 self._pool = ThreadPoolExecutor(opts.connections, thread_name_prefix="tilescope-remote")
             pool = self._pool
@@ -531,6 +548,7 @@ class RemoteSource:
             self._spans.clear()
             self._starts.clear()
             self._held = 0
+            self._pins.clear()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
