@@ -22,7 +22,6 @@ import http.client
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -76,14 +75,9 @@ app.run(host="127.0.0.1", port=port, threaded=True)
 @contextlib.contextmanager
 def openslide_server(root: str) -> Iterator[str]:
     port = servers.free_port()
-    proc = subprocess.Popen([sys.executable, "-c", OPENSLIDE_SERVER, root, str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        servers._wait(port, proc, "the openslide example server")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with servers.running([sys.executable, "-c", OPENSLIDE_SERVER, root, str(port)], port,
+                         "the openslide example server") as url:
+        yield url
 
 
 def tile_paths(prefix: str, slide: str, n: int, seed: int = 0) -> list[str]:

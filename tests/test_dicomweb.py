@@ -109,12 +109,17 @@ def test_dicomweb_equals_the_files(orthanc, converted, monkeypatch):
         assert sorted(n for c in calls for n in c) == list(range(1, 21)) and len(calls) == 3
 
 
+def _first_series(url: str) -> tuple[str, str, np.ndarray]:
+    """(study, series, a 64 px wide overview) of the first slide the server lists."""
+    with tilescope.open(url) as s:
+        dicom = s.properties["dicom"]
+        return dicom["StudyInstanceUID"], dicom["SeriesInstanceUID"], s.scenes[0].read(size=(64, 0))
+
+
 def test_a_dicomweb_url_without_its_prefix(orthanc):
     """An http(s) URL given study= or series= is a DICOMweb server's, prefix or not."""
     url, _ = orthanc
-    with tilescope.open(url) as s:
-        study, series = s.properties["dicom"]["StudyInstanceUID"], s.properties["dicom"]["SeriesInstanceUID"]
-        want = s.scenes[0].read(size=(64, 0))
+    study, series, want = _first_series(url)
     plain = url.removeprefix("dicomweb+")
     assert plain.startswith("http://") and tilescope.detect(url) == "DICOMweb"
     with tilescope.open(plain, study=study, series=series) as s:
@@ -126,9 +131,7 @@ def test_the_command_line_reads_a_dicomweb_series(orthanc, tmp_path):
     from tilescope.cli import main
 
     url, _ = orthanc
-    with tilescope.open(url) as s:
-        study, series = s.properties["dicom"]["StudyInstanceUID"], s.properties["dicom"]["SeriesInstanceUID"]
-        want = s.scenes[0].read(size=(64, 0))
+    study, series, want = _first_series(url)
     out = str(tmp_path / "r.npy")
     assert main(["region", url, out, "--study", study, "--series", series, "--size", "64,0"]) == 0
     np.testing.assert_array_equal(np.load(out), want)

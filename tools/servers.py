@@ -60,6 +60,23 @@ def _wait(port: int, proc: subprocess.Popen, what: str, seconds: float = 30) -> 
     raise RuntimeError(f"{what} did not listen on port {port} within {seconds} s")
 
 
+@contextlib.contextmanager
+def running(argv: list[str], port: int, what: str, seconds: float = 30) -> Iterator[str]:
+    """A server process started from ``argv`` that listens on 127.0.0.1:``port``: its base URL once
+    it listens; stopped (killed if it lingers) on exit."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(port, proc, what, seconds)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
 
@@ -77,13 +94,8 @@ def nginx(root: str) -> Iterator[str]:
             # workers as this user (started as root, nginx would run them as nobody: no access to root)
             user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
             f.write(NGINX_CONF.format(user=user, tmp=tmp, port=port, root=os.path.abspath(root)))
-        proc = subprocess.Popen([binary, "-c", conf, "-p", tmp], stderr=subprocess.DEVNULL)
-        try:
-            _wait(port, proc, "nginx")
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+        with running([binary, "-c", conf, "-p", tmp], port, "nginx") as url:
+            yield url
 
 
 @contextlib.contextmanager
@@ -91,14 +103,9 @@ def s3_server() -> Iterator[str]:
     """moto's standalone S3 server; yields its endpoint URL. Any access key and secret sign
     requests; unsigned (anonymous) requests are refused unless the object's ACL is public-read."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait(port, proc, "moto_server", 60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with running([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port,
+                 "moto_server", 60) as url:
+        yield url
 
 
 S3_KEYS = {"key": "tilescope", "secret": "tilescope-secret"}
@@ -171,18 +178,9 @@ def delay_proxy(target: str, delay: float) -> Iterator[str]:
 def tilescope_server(root: str, *args: str) -> Iterator[str]:
     """``tilescope serve root`` on a free port of 127.0.0.1 (uvicorn), as its base URL; stopped on exit."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tilescope", "serve", root, "--port", str(port), *args],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        _wait(port, proc, "tilescope serve")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running([sys.executable, "-m", "tilescope", "serve", root, "--port", str(port), *args], port,
+                 "tilescope serve") as url:
+        yield url
 
 
 def load(base: str, paths: list[str], clients: int, seconds: float) -> dict:

@@ -35,28 +35,20 @@ from .units import Scale
 _RAW = (".tif", ".tiff", ".npy")  # outputs that take the samples as stored
 
 
-def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
+def _numbers(text: str, n: int | None, what: str, kind: type = int) -> tuple:
+    """Comma-separated numbers of ``kind`` (int, or float for --rect), ``n`` of them if given."""
     try:
-        v = tuple(float(p) for p in text.split(","))
+        v = tuple(kind(p) for p in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if len(v) != n:
-        raise argparse.ArgumentTypeError(f"{what} needs {n} values, got {text!r}")
-    return v
-
-
-def _ints(text: str, n: int | None, what: str) -> tuple[int, ...]:
-    try:
-        v = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers, got {text!r}") from None
+        noun = "integers" if kind is int else "numbers"
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated {noun}, got {text!r}") from None
     if n is not None and len(v) != n:
         raise argparse.ArgumentTypeError(f"{what} needs {n} values, got {text!r}")
     return v
 
 
 def _plane(text: str) -> int | tuple[int, ...]:
-    v = _ints(text, None, "plane")
+    v = _numbers(text, None, "plane")
     return v[0] if len(v) == 1 else v
 
 
@@ -112,11 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("region", help="write a region of a scene at any output size")
     p.add_argument("path")
     p.add_argument("out")
-    p.add_argument("--rect", type=lambda t: _floats(t, 4, "--rect"), default=None,
+    p.add_argument("--rect", type=lambda t: _numbers(t, 4, "--rect", float), default=None,
                    help="x,y,w,h in --units (default: level-0 pixels)")
     p.add_argument("--units", choices=("px", "um", "mm"), default="px", help="what --rect is given in")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--size", type=lambda t: _ints(t, 2, "--size"), default=None,
+    out.add_argument("--size", type=lambda t: _numbers(t, 2, "--size"), default=None,
                      help="w,h (0 keeps aspect)")
     out.add_argument("--level", type=int, default=None, help="a level's own pixels")
     out.add_argument("--mpp", type=float, default=None, help="µm per output pixel")
@@ -127,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--series", default=None, help="DICOMweb: the series' UID")
     p.add_argument("--z", type=_plane, default=0, help="index or start,stop")
     p.add_argument("--t", type=_plane, default=0, help="index or start,stop")
-    p.add_argument("--frames", type=lambda t: _ints(t, 2, "--frames"), default=None,
+    p.add_argument("--frames", type=lambda t: _numbers(t, 2, "--frames"), default=None,
                    help="start,stop: raw frames in file order (stacks such as ScanImage), as (n, h, w)")
     p = sub.add_parser("serve", help="serve the slides under a folder over HTTP: Deep Zoom, IIIF, JSON")
     p.add_argument("root")

@@ -88,6 +88,14 @@ class Library:
             self._known[path] = stamp
         return path
 
+    def identity(self, path: str) -> str:
+        """What a response's ETag stands for: the file and its size and mtime (as resolved)."""
+        stamp = self._known.get(path)
+        if stamp is None:
+            st = os.stat(path)
+            stamp = st.st_size, st.st_mtime_ns
+        return f"{path}:{stamp[0]}:{stamp[1]}"
+
     def slide(self, rel: str) -> Any:
         path = self.resolve(rel)
         with self._lock:
@@ -221,6 +229,15 @@ def iiif_size(text: str, region: tuple[int, int], max_area: int) -> tuple[int, i
     return w, h
 
 
+def _scene(slide: Any, query: Any) -> Any:
+    """The scene ``?scene=`` names (an index; default 0)."""
+    try:
+        index = int(query.get("scene", 0))
+    except ValueError:
+        raise _Refused(400, "scene is an index") from None
+    return slide.scene(index)  # InvalidRequestError (400) for one not there
+
+
 def _plane(scene: Any, query: Any) -> tuple[list[int] | None, int, int]:
     channels = query.get("channels")
     try:
@@ -281,8 +298,7 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
         return respond()
 
     def identity(s: Any) -> str:
-        st = os.stat(s.path)
-        return f"{s.path}:{st.st_size}:{st.st_mtime_ns}"
+        return lib.identity(s.path)
 
     def handler(fn: Any) -> Any:
         @functools.wraps(fn)
@@ -325,7 +341,8 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
         s = await run_in_threadpool(lib.slide, rest)
         return JSONResponse({"path": rest, **s.metadata})
 
-    def generator(rel: str, query: Any) -> Any:
+    def generator(rel: str, query: Any) -> tuple[Any, str]:
+        """The Deep Zoom generator of ``rel`` with the query's parameters, and the file's identity."""
         try:
             args = (int(query.get("tile_size", 254)), int(query.get("overlap", 1)),
                     query.get("limit_bounds", "1").lower() in ("1", "true", "yes"))
@@ -343,9 +360,7 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
             if any(v is not None for v in plane):  # a plane of a multi-dimensional slide
                 if not isinstance(osr, OpenSlide):
                     raise _Refused(400, "a plain image has no scenes, channels, z or t")
-                scene = lib.slide(rel).scene(int(plane[0] or 0)) if (plane[0] or "0").isdigit() else None
-                if scene is None:
-                    raise _Refused(400, "scene is an index")
+                scene = _scene(lib.slide(rel), query)
                 channels, z, t = _plane(scene, query)
                 osr = osr.plane(scene.index, channels, z, t)
             dz = DeepZoomGenerator(osr, *args)
@@ -353,25 +368,23 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
                 generators[key] = dz
                 while len(generators) > 4 * _OPEN:
                     generators.pop(next(iter(generators)))
-        return dz
+        return dz, lib.identity(path)
 
     @handler
     async def deepzoom(request: Request) -> Response:
         rest = request.path_params["rest"]
         if rest.endswith(".dzi"):
-            dz = await run_in_threadpool(generator, rest[:-4], request.query_params)
+            dz, _ = await run_in_threadpool(generator, rest[:-4], request.query_params)
             return Response(dz.get_dzi("jpeg"), media_type="application/xml")
         m = re.fullmatch(r"(.+)_files/(\d+)/(\d+)_(\d+)\.(jpeg|jpg|png)", rest)
         if not m:
             raise _Refused(404, "not found")
-        dz = await run_in_threadpool(generator, m.group(1), request.query_params)
+        dz, ident = await run_in_threadpool(generator, m.group(1), request.query_params)
         level, col, row, fmt = int(m.group(2)), int(m.group(3)), int(m.group(4)), m.group(5)
         if not 0 <= level < dz.level_count or not (0 <= col < dz.level_tiles[level][0]) or \
                 not (0 <= row < dz.level_tiles[level][1]):
             raise _Refused(404, f"no tile {level}/{col}_{row}")
-        path = lib.resolve(m.group(1))
-        st = os.stat(path)
-        key = f"{path}:{st.st_mtime_ns}:{request.url.query}/{level}/{col}/{row}/{fmt}"
+        key = f"{ident}:{request.url.query}/{level}/{col}/{row}/{fmt}"
 
         def make() -> bytes:
             return _encode(dz.get_tile(level, (col, row)), fmt, quality)  # an RGB image
@@ -385,10 +398,7 @@ def create_app(root: str, *, allowed_hosts: list[str] | None = None, token: str 
             raise _Refused(404, "not found")
         rel = unquote(parts[0])
         s = await run_in_threadpool(lib.slide, rel)
-        try:
-            sc = s.scene(int(request.query_params.get("scene", 0)))
-        except ValueError:
-            raise _Refused(400, "scene is an index") from None
+        sc = _scene(s, request.query_params)
         base = str(request.base_url).rstrip("/") + "/iiif/" + quote(rel, safe="")
         if parts[1:] == ["info.json"] or parts[1:] == []:
             w, h = sc.size

@@ -310,6 +310,11 @@ class TableRef:
 Table = Sequence[int] | np.ndarray | TableRef  # what ByteRanges takes as a piece table
 
 
+def table_values(table: np.ndarray | TableRef, source: ByteSource) -> np.ndarray:
+    """A piece table's values: as they are, or read from ``source`` when still in the file."""
+    return table.read(source) if isinstance(table, TableRef) else table
+
+
 def _table(values: Table) -> np.ndarray | TableRef:
     """A piece table as an integer array: kept in the type it came in (a view of a file's table
     bytes), else int64; or a :class:`TableRef` read later. Readers take ``int()`` of its items
@@ -341,11 +346,7 @@ class ByteRanges(PieceList):
     def tables(self, source: ByteSource) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, counts) as arrays, reading them from ``source`` (the slide's own) the first
         time. Threads that race here read the same bytes; either result is kept."""
-        offsets, counts = self.offsets, self.counts
-        if isinstance(offsets, TableRef):
-            offsets = offsets.read(source)
-        if isinstance(counts, TableRef):
-            counts = counts.read(source)
+        offsets, counts = table_values(self.offsets, source), table_values(self.counts, source)
         self.offsets, self.counts = offsets, counts
         return offsets, counts
 

@@ -17,7 +17,7 @@ from .. import codecs
 from ..engine import GridPlane, Layout, Plane, check_whole
 from ..errors import CorruptDataError, TilescopeError, TooLargeError, UnsupportedFormatError
 from ..model import AssociatedImage, Scene, Slide, make_levels
-from ..source import ByteRanges, TableRef, local
+from ..source import ByteRanges, TableRef, local, table_values
 from .ifd import MAX_PAGES  # pages a slide's TIFF may list (ScanImage walks longer stacks itself)
 
 if TYPE_CHECKING:
@@ -268,8 +268,7 @@ def quickhash1(first: TiffPage, smallest: TiffPage, probe: Probe) -> Callable[[B
     def compute(source: ByteSource) -> str | None:
         import hashlib
 
-        offs = offsets.read(source) if isinstance(offsets, TableRef) else offsets
-        lens = counts.read(source) if isinstance(counts, TableRef) else counts
+        offs, lens = table_values(offsets, source), table_values(counts, source)
         if not len(offs) or len(offs) != len(lens) or int(np.sum(lens, dtype=np.int64)) > _HASH_MAX:
             return None
         h = hashlib.sha256()

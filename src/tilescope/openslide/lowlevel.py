@@ -60,6 +60,11 @@ def size_t(obj: Any) -> int:
     return obj
 
 
+def _text(name: str | bytes) -> str:
+    """A property's or associated image's name as openslide takes it: str, or UTF-8 bytes."""
+    return name.decode() if isinstance(name, bytes) else name
+
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -144,8 +149,7 @@ def get_property_names(slide: OpenSlide) -> list[str]:
 
 @_available
 def get_property_value(slide: OpenSlide, name: str | bytes) -> str | None:
-    key = name.decode() if isinstance(name, bytes) else name
-    return slide.properties.get(key)
+    return slide.properties.get(_text(name))
 
 
 @_available
@@ -155,22 +159,19 @@ def get_associated_image_names(slide: OpenSlide) -> list[str]:
 
 @_available
 def get_associated_image_dimensions(slide: OpenSlide, name: str | bytes) -> tuple[int, int]:
-    key = name.decode() if isinstance(name, bytes) else name
     slide._check()
-    return slide._slide.associated.size(key)
+    return slide._slide.associated.size(_text(name))
 
 
 @_available
 def read_associated_image(slide: OpenSlide, name: str | bytes) -> Image.Image:
-    key = name.decode() if isinstance(name, bytes) else name
-    return slide.associated_images[key]
+    return slide.associated_images[_text(name)]
 
 
 @_available
 def read_associated_image_icc_profile(slide: OpenSlide, name: str | bytes) -> bytes | None:
-    key = name.decode() if isinstance(name, bytes) else name
     slide._check()
-    return slide._slide.associated.icc_profile(key)
+    return slide._slide.associated.icc_profile(_text(name))
 
 
 @_available
