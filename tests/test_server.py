@@ -127,7 +127,7 @@ def test_nothing_outside_the_root_or_not_a_slide(served, url):
     "/iiif/cells.ome.tiff/full/max/45/default.png", "/iiif/cells.ome.tiff/full/max/0/bitonal.png",
     "/iiif/cells.ome.tiff/full/max/0/default.gif", "/iiif/cells.ome.tiff/99999,0,10,10/max/0/default.png",
     "/iiif/cells.ome.tiff/full/64,/0/default.png?channels=DAPI,nope", "/iiif/cells.ome.tiff/full/64,/0/default.png?z=9",
-    "/dz/cells.ome.tiff.dzi?tile_size=0"])
+    "/dz/cells.ome.tiff.dzi?tile_size=0", "/api/slides/cells.ome.tiff/thumbnail.png?size=big"])
 def test_bad_requests_are_400_never_500(served, url):
     client, _ = served
     assert client.get(url).status_code == 400, url

@@ -354,6 +354,31 @@ class OpenSlide(AbstractSlide):
             self._draw(out, scene, level, x / lv.downsample - ox, y / lv.downsample - oy)
         return self._image(out)
 
+    def _read_opaque(self, location: tuple[int, int], level: int,
+                     size: tuple[int, int]) -> Image.Image | None:
+        """``read_region`` as an RGB image where every pixel of it is opaque (one scene, the region
+        inside its level), else None: what Deep Zoom tiles composite onto their background is then
+        the image itself, without the RGBA copy and the composite."""
+        self._check()
+        if len(self._regions) != 1 or not 0 <= level < len(self._scene.levels) or min(size) <= 0:
+            return None
+        lv = self._scene.levels[level]
+        lx, ly = location[0] / lv.downsample, location[1] / lv.downsample
+        # the columns and rows _draw paints: all of them when these hold
+        if np.ceil(-lx - 0.5) > 0 or np.ceil(-ly - 0.5) > 0 or \
+                np.ceil(lv.size[0] - lx - 0.5) < size[0] or np.ceil(lv.size[1] - ly - 0.5) < size[1]:
+            return None
+        channels, z, t = self._sel
+        try:
+            a = self._scene.read_level(level, (lx, ly, size[0], size[1]), channels=channels, z=z, t=t)
+        except TilescopeError as e:
+            raise self._failed(e) from e
+        im = Image.fromarray(np.ascontiguousarray(self._display(self._scene)(a)), "RGB")
+        profile = self._icc()
+        if profile:
+            im.info["icc_profile"] = profile
+        return im
+
     def _draw(self, out: np.ndarray, scene: tilescope.Scene, level: int, lx: float, ly: float) -> None:
         """Paint ``scene``'s level pixels from (lx, ly) of that level into ``out`` (RGBA), opaque
         where they exist; the rest of ``out`` is left as it is."""

@@ -87,9 +87,13 @@ class DeepZoomGenerator:
     def get_tile(self, level: int, address: tuple[int, int]) -> Image.Image:
         """The RGB tile at ``address`` (col, row) of Deep Zoom ``level``."""
         (location, slide_level, size), dz_size = self._geometry(level, address)
-        region = self._osr.read_region(location, slide_level, size)
-        profile = region.info.get("icc_profile")
-        tile = Image.composite(region, Image.new("RGB", region.size, self._background), region)
+        opaque = getattr(self._osr, "_read_opaque", None)  # this package's OpenSlide: no RGBA round trip
+        tile = opaque(location, slide_level, size) if opaque else None
+        if tile is None:
+            region = self._osr.read_region(location, slide_level, size)
+            tile = Image.composite(region, Image.new("RGB", region.size, self._background), region)
+            tile.info.update(region.info)
+        profile = tile.info.get("icc_profile")
         if tile.size != dz_size:
             tile.thumbnail(dz_size, Image.Resampling.LANCZOS)
         if profile is not None:
