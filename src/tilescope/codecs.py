@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import imagecodecs
@@ -67,6 +67,9 @@ class Codec:
     _decode: Callable[[Any, int, int, np.ndarray | None], np.ndarray]  # bytes (or a library's array)
     writes_out: bool = False
     _scaled: Callable[[int], Codec | None] | None = None
+    # what a writer needs to copy the pieces as they are (passthrough): for JPEG its ``tables``, the
+    # TIFF ``photometric`` the pieces were stored under and the ``colorspace`` they decode from
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def decode(self, data: bytes | np.ndarray, h: int, w: int, out: np.ndarray | None = None) -> np.ndarray:
         a = self._decode(data, h, w, out)
@@ -154,7 +157,8 @@ def jpeg(tables: bytes | None = None, *, colorspace: int | str | None = None,
     if colorspace is None and (samples, outcolorspace) in ((3, "RGB"), (1, None), (1, "GRAY")):
         scaled = functools.partial(_jpeg_scaled, tables[:-2] if tables else b"",
                                    "RGB" if samples == 3 else "GRAY", samples)
-    return Codec("jpeg", np.dtype(np.uint8), samples, dec, True, scaled)
+    return Codec("jpeg", np.dtype(np.uint8), samples, dec, True, scaled,
+                 {"tables": tables, "colorspace": colorspace, "outcolorspace": outcolorspace})
 
 
 def _jpeg_scaled(head: bytes, colorspace: str, samples: int, k: int) -> Codec | None:
@@ -302,7 +306,9 @@ def from_tiff(compression: int, *, dtype: np.typing.DTypeLike, samples: int, pho
         elif not extrasamples and photometric == 2:
             # without a JFIF marker, an RGB-photometric JPEG holds R, G, B components (Aperio)
             cs, ocs = (None if jfif else "RGB"), "RGB"
-        return jpeg(jpegtables, colorspace=cs, outcolorspace=ocs, samples=samples, bits=bits)
+        codec = jpeg(jpegtables, colorspace=cs, outcolorspace=ocs, samples=samples, bits=bits)
+        return replace(codec, params={**codec.params, "photometric": photometric,
+                                      "planarconfig": planarconfig})
     if name == "jpeg2000":
         return jpeg2000(ycbcr=compression == 33003, samples=samples, dtype=dtype)
     return image(name, _decompressor(TIFF, compression, where), dtype=dtype, samples=samples)

@@ -309,6 +309,13 @@ class Reader:
             f.close()
 
     # -- pieces --------------------------------------------------------------------------------
+    def encoded(self, plane: Plane, index: int) -> bytes | None:
+        """Piece ``index`` as stored (not decoded), None where a sparse plane has none."""
+        pieces = plane.pieces
+        if pieces.missing_ok and pieces.is_missing(index):
+            return None
+        return bytes(pieces.fetch(self._source_of(pieces, index), index))
+
     def _piece(self, plane: Plane, index: int) -> tuple[np.ndarray | None, bool]:
         """Piece ``index`` decoded, and whether it is the caller's alone (not in the cache)."""
         key = (plane.uid, index)

@@ -13,7 +13,7 @@ from . import procs
 from . import units as _units
 from .cache import TileCache
 from .color import ToSrgb
-from .engine import Layout, Options, Reader, check_size
+from .engine import GridPlane, Layout, Options, Reader, check_size
 from .errors import CorruptDataError, InvalidRequestError, NotFoundError, SlideClosedError, TooLargeError
 from .geometry import (
     LEVEL_TOLERANCE,
@@ -371,6 +371,21 @@ class Scene:
                           threads)
         return out.reshape(*lead, *out.shape[1:])
 
+    def encoded_tiles(self, level: int, *, z: int = 0, t: int = 0) -> EncodedTiles | None:
+        """Level ``level``'s tiles as stored, still encoded, where they are one regular grid of one
+        codec holding the image channels as samples in order (what a writer copies instead of
+        decoding and encoding again: passthrough); None where they are not."""
+        lv = self.levels[self.level_index(level)]
+        (zt,), _ = self.planes(z, t)
+        planes = lv.layout.planes[zt]
+        n = self.image_channels
+        if len(planes) != 1 or not isinstance(planes[0], GridPlane) or planes[0].codec.samples != n or \
+                lv.layout.channel_map[:n] != tuple((0, c) for c in range(n)):
+            return None
+        plane, reader = planes[0], self._reader()
+        return EncodedTiles(plane.codec.name, plane.tile, plane.grid, plane.codec.samples, plane.codec.dtype,
+                            plane.codec.params, lambda i: reader.encoded(plane, i))
+
     def _mixed(self, chans: list[int]) -> tuple[np.dtype, np.ndarray]:
         """Output dtype and per-channel background of a read including derived layers."""
         dtype = np.result_type(*(self.channel_dtypes[c] for c in chans))
@@ -481,6 +496,26 @@ def _checked(levels: list[Level], channels: int, where: str) -> list[Level]:
                                    f"the scene {channels}")
         out.append(replace(lv, size=size, tile_size=tile) if (size, tile) != (lv.size, lv.tile_size) else lv)
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedTiles:
+    """One level's stored tiles (:meth:`Scene.encoded_tiles`): a ``grid`` of (columns, rows) tiles
+    of ``tile`` (w, h) pixels, each ``samples`` x ``dtype``, encoded with ``codec`` (the
+    ``Scene.compression`` vocabulary; ``params``: what copying them needs, as JPEG ``tables``).
+    Edge tiles are stored whole, as TIFF does."""
+
+    codec: str
+    tile: tuple[int, int]
+    grid: tuple[int, int]
+    samples: int
+    dtype: np.dtype
+    params: Mapping[str, Any] = field(repr=False)
+    _fetch: Callable[[int], bytes | None] = field(repr=False)
+
+    def get(self, col: int, row: int) -> bytes | None:
+        """Tile (col, row)'s bytes as stored; None where a sparse level has none."""
+        return self._fetch(row * self.grid[0] + col)
 
 
 @dataclass(frozen=True)

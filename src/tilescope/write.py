@@ -1,0 +1,571 @@
+"""``tilescope.write``: any scene, slide or array as a pyramidal OME-TIFF, tiled TIFF or Aperio SVS.
+
+How a pyramid is made, with bounded memory whatever the image's size: level 0 is read from the
+source tile by tile on worker threads; each worker encodes its tile and halves it (means of 2x2
+blocks, rounded); the halves fill a band (one row of tiles) of level 1, which, once complete, is
+cut into tiles, encoded and halved into level 2's band on the workers, and so on down. Memory: the
+tiles in flight (4 per worker) and one band per level below 0 (at 512 px tiles, an RGB slide
+40000 px wide holds 30 + 15 + 8 + ... MB of bands). TIFF files are written one level after the
+other (tifffile), so level 0 goes to the file as its tiles come and the other levels' encoded
+tiles wait in a spool file beside the output (about a third of the output's size) until then.
+
+Passthrough (``compression="passthrough"``): a level whose tiles are stored as one regular grid of
+JPEG tiles (``Scene.encoded_tiles``) is copied tile by tile, bytes and JPEG tables as they are:
+decoded pixels equal the source's exactly. The output then has the source's levels.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import os
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+import numpy as np
+
+from .codecs import block_mean
+from .errors import InvalidRequestError, UnsupportedFormatError
+
+FORMATS = ("ome-tiff", "tiff", "svs")
+COMPRESSIONS = ("jpeg", "jpeg2000", "jpegxl", "zstd", "deflate", "lzw", "none", "passthrough")
+_IN_FLIGHT = 4  # tiles a worker has queued: enough to keep it busy, few enough to bound memory
+
+
+def format_for(path: str, format: str | None = None) -> str:
+    """The output format ``write`` uses for ``path``: ``format`` if given, else from the suffix."""
+    if format is not None:
+        if format not in FORMATS:
+            raise InvalidRequestError(f"{path}: format {format!r}: one of {', '.join(FORMATS)}")
+        return format
+    low = str(path).lower()
+    for suffix, name in ((".ome.tif", "ome-tiff"), (".ome.tiff", "ome-tiff"), (".svs", "svs"),
+                         (".tif", "tiff"), (".tiff", "tiff")):
+        if low.endswith(suffix):
+            return name
+    raise InvalidRequestError(f"{path}: no output format for this suffix (.ome.tif(f), .tif(f), .svs; "
+                              f"or format=)")
+
+
+# -- what is written: pages of one image, whatever the source ------------------------------------
+@dataclass
+class _Image:
+    """The planes to write: ``pages`` of (h, w, samples) each, read by ``read(page, x, y, w, h)``
+    at full resolution, outside the image filled with ``background``."""
+
+    size: tuple[int, int]
+    dtype: np.dtype
+    samples: int  # per page: 3 for RGB, else 1 (a page per channel)
+    pages: Sequence[tuple[tuple[int, ...], int, int]]  # (channels, z, t), C fastest, then Z, then T
+    read: Callable[[int, int, int, int, int], np.ndarray]
+    channel_names: list[str]
+    channel_colors: list[str | None]
+    sizes_czt: tuple[int, int, int]
+    mpp: tuple[float, float] | None = None
+    magnification: float | None = None
+    z_resolution: float | None = None
+    t_resolution: float | None = None
+    name: str = "image"
+    background: float = 0
+    associated: dict[str, np.ndarray] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)
+    scene: Any = None  # the source Scene, for passthrough
+
+
+def _select(value: int | Sequence[int] | None, n: int, what: str) -> list[int]:
+    if value is None:
+        return list(range(n))
+    chosen = [value] if isinstance(value, int) else list(value)
+    for v in chosen:
+        if not 0 <= v < n:
+            raise InvalidRequestError(f"{what} {v} is out of range (0..{n - 1})")
+    return chosen
+
+
+def _from_scene(sc: Any, channels: Any, z: Any, t: Any) -> _Image:
+    chans = sc.channel_indices(channels)
+    zs, ts = _select(z, sc.num_z_slices, "z"), _select(t, sc.num_t_frames, "t")
+    rgb = len(chans) == 3 and sc.dtype == np.uint8 and (
+        tuple(sc.channel_names[c] for c in chans) == ("R", "G", "B") or sc.background == 255)
+    groups = [tuple(chans)] if rgb else [(c,) for c in chans]
+    pages = [(g, zz, tt) for tt in ts for zz in zs for g in groups]
+
+    def read(page: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        g, zz, tt = pages[page]
+        return sc.read_level(0, (x, y, w, h), channels=list(g), z=zz, t=tt, threads=1)
+
+    slide = sc.slide
+    props = {f"{group}.{k}": str(v) for group, values in slide.properties.items() for k, v in values.items()
+             if not isinstance(v, (list, tuple, dict))}
+    associated = {}
+    if sc.index == 0:
+        for name in slide.associated:
+            a = np.asarray(slide.associated[name])
+            associated[name] = a if a.ndim == 3 else a[..., None]
+    return _Image(sc.size, sc.dtype, 3 if rgb else 1, pages, read, [sc.channel_names[c] for c in chans],
+                  [sc.channel_colors[c] for c in chans], (len(chans), len(zs), len(ts)), sc.mpp,
+                  sc.magnification, sc.z_resolution, sc.t_resolution, sc.name, float(sc.background),
+                  associated, props, sc)
+
+
+def _from_array(a: Any, mpp: Any, channel_names: Sequence[str] | None) -> _Image:
+    """A (h, w) or (h, w, c) numpy or dask array."""
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3:
+        raise InvalidRequestError(f"an array to write is (h, w) or (h, w, c), not {a.shape}")
+    h, w, c = a.shape
+    dtype = np.dtype(a.dtype)
+    rgb = c == 3 and dtype == np.uint8 and channel_names is None
+    names = list(channel_names) if channel_names is not None else (
+        ["R", "G", "B"] if rgb else [f"C{i}" for i in range(c)])
+    if len(names) != c:
+        raise InvalidRequestError(f"{len(names)} channel names for {c} channels")
+    groups = [(0, 1, 2)] if rgb else [(i,) for i in range(c)]
+    pages = [(g, 0, 0) for g in groups]
+
+    def read(page: int, x: int, y: int, tw: int, th: int) -> np.ndarray:
+        part = np.asarray(a[y:y + th, x:x + tw, list(pages[page][0])])
+        if part.shape[:2] != (th, tw):
+            out = np.zeros((th, tw, part.shape[2]), dtype)
+            out[:part.shape[0], :part.shape[1]] = part
+            part = out
+        return part
+
+    return _Image((w, h), dtype, 3 if rgb else 1, pages, read, names, [None] * c, (c, 1, 1), _pair(mpp))
+
+
+def _pair(mpp: float | Sequence[float] | None) -> tuple[float, float] | None:
+    if mpp is None:
+        return None
+    if isinstance(mpp, (int, float)):
+        return float(mpp), float(mpp)
+    return float(mpp[0]), float(mpp[1])
+
+
+# -- encoders ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Codec:
+    tiff: int  # the TIFF Compression tag
+    encode: Callable[[np.ndarray], bytes]
+    photometric: str = "minisblack"
+    subsampling: tuple[int, int] | None = None
+    jpegtables: bytes | None = None
+
+
+def _codec(compression: str, quality: int, samples: int, dtype: np.dtype, fmt: str) -> _Codec:
+    import imagecodecs
+
+    photometric = "rgb" if samples == 3 else "minisblack"
+    if compression == "jpeg":
+        if dtype != np.uint8 or samples not in (1, 3):
+            raise InvalidRequestError(f"JPEG holds 8-bit grey or RGB, not {samples} x {dtype}: use "
+                                      f"compression='zstd', 'deflate', 'lzw' or 'jpeg2000'")
+        # 4:2:0 YCbCr, as libjpeg-turbo writes by default (and Aperio's scanners)
+        return _Codec(7, lambda a: bytes(imagecodecs.jpeg8_encode(a, level=quality)),
+                      "ycbcr" if samples == 3 else photometric, (2, 2) if samples == 3 else None)
+    if compression == "jpeg2000":
+        lossless = quality >= 100
+        # SVS keeps Aperio's code (openslide reads 33003/33005 only); elsewhere the registered one
+        code = 33005 if fmt == "svs" and samples == 3 else 34712
+        return _Codec(code, lambda a: bytes(imagecodecs.jpeg2k_encode(
+            a, level=None if lossless else quality, reversible=lossless, codecformat="J2K")), photometric)
+    if compression == "jpegxl":
+        return _Codec(50002, lambda a: bytes(imagecodecs.jpegxl_encode(
+            a, level=quality, lossless=quality >= 100)), photometric)
+    byte_codecs: dict[str, tuple[int, Callable[[bytes], Any]]] = {
+        "zstd": (50000, imagecodecs.zstd_encode), "deflate": (8, imagecodecs.zlib_encode),
+        "lzw": (5, imagecodecs.lzw_encode), "none": (1, bytes)}
+    if compression not in byte_codecs:
+        raise InvalidRequestError(f"compression {compression!r}: one of {', '.join(COMPRESSIONS)}")
+    code, fn = byte_codecs[compression]
+    return _Codec(code, lambda a: bytes(fn(np.ascontiguousarray(a).tobytes())), photometric)
+
+
+# -- the pyramid ---------------------------------------------------------------------------------
+class _Spool:
+    """Encoded tiles of the levels below 0, in a temporary file beside the output, until their
+    level is written: appended per level in the order they are made."""
+
+    def __init__(self, where: str):
+        self._f = tempfile.TemporaryFile(dir=where, prefix=".tilescope-spool-")  # noqa: SIM115 (closed by close())
+        self._end = 0
+        self._lock = threading.Lock()
+        self.index: dict[int, list[tuple[int, int]]] = {}
+
+    def put(self, level: int, data: bytes) -> None:
+        with self._lock:
+            self._f.seek(self._end)
+            self._f.write(data)
+            self.index.setdefault(level, []).append((self._end, len(data)))
+            self._end += len(data)
+
+    def tiles(self, level: int) -> Iterator[bytes]:
+        fd = self._f.fileno()
+        for offset, count in self.index.get(level, []):
+            yield os.pread(fd, count, offset)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def level_sizes(size: tuple[int, int], tile: int, levels: int | str) -> list[tuple[int, int]]:
+    """Level sizes, halving (rounded up) from ``size``: ``levels`` of them, or with "auto" down to
+    the first that fits in one tile."""
+    sizes = [size]
+    while (len(sizes) < levels if isinstance(levels, int) else max(sizes[-1]) > tile) and max(sizes[-1]) > 1:
+        sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
+    return sizes
+
+
+class _Pyramid:
+    """Makes every level's encoded tiles of one image: level 0's yielded in order by ``level0()``,
+    the others spooled (see the module docstring)."""
+
+    def __init__(self, image: _Image, codec: _Codec, tile: int, sizes: list[tuple[int, int]],
+                 pool: cf.ThreadPoolExecutor, workers: int, spool: _Spool, done: Callable[[int], None]):
+        self.image, self.codec, self.tile, self.sizes = image, codec, tile, sizes
+        self.pool, self.workers, self.spool, self.done = pool, workers, spool, done
+
+    def grid(self, level: int) -> tuple[int, int]:
+        w, h = self.sizes[level]
+        return -(-w // self.tile), -(-h // self.tile)
+
+    def level0(self) -> Iterator[bytes]:
+        for page in range(len(self.image.pages)):
+            yield from self._page(page)
+
+    def _page(self, page: int) -> Iterator[bytes]:
+        ts, s, nl = self.tile, self.image.samples, len(self.sizes)
+        # the band being filled at each level below 0: one row of tiles, full width
+        bands = [np.zeros((ts, self.grid(k)[0] * ts, s), self.image.dtype) for k in range(1, nl)]
+        nx, ny = self.grid(0)
+        jobs = ((tx, ty) for ty in range(ny) for tx in range(nx))
+        window: list[tuple[int, int, cf.Future]] = []
+        limit = _IN_FLIGHT * self.workers
+
+        def make(tx: int, ty: int) -> tuple[bytes, np.ndarray | None]:
+            a = self.image.read(page, tx * ts, ty * ts, ts, ts)
+            return self.codec.encode(a), block_mean(a, 2) if nl > 1 else None
+
+        for job in jobs:
+            window.append((*job, self.pool.submit(make, *job)))
+            if len(window) >= limit:
+                yield from self._take(window.pop(0), bands, ny)
+        while window:
+            yield from self._take(window.pop(0), bands, ny)
+
+    def _take(self, item: tuple[int, int, cf.Future], bands: list[np.ndarray], ny: int) -> Iterator[bytes]:
+        tx, ty, fut = item
+        data, half = fut.result()
+        if half is not None:  # before the yield: a writer stops pulling after the last tile
+            self._place(1, half, tx, ty, bands, last_row=ty == ny - 1,
+                        last_col=tx == self.grid(0)[0] - 1)
+        self.done(1)
+        yield data
+
+    def _place(self, level: int, half: np.ndarray, tx: int, ty: int, bands: list[np.ndarray],
+               last_row: bool, last_col: bool) -> None:
+        """Put the halved tile (tx, ty) of ``level - 1`` into ``level``'s band; process the band
+        when its row of tiles is complete."""
+        hh = self.tile // 2
+        band = bands[level - 1]
+        y0 = (ty % 2) * hh
+        band[y0:y0 + half.shape[0], tx * hh:tx * hh + half.shape[1]] = half
+        if last_col and (ty % 2 == 1 or last_row):
+            self._band(level, ty // 2, bands, last_row)
+
+    def _band(self, level: int, row: int, bands: list[np.ndarray], last_row: bool) -> None:
+        """Encode ``level``'s complete band ``row`` (on the workers) and pass its halves down."""
+        ts = self.tile
+        band = bands[level - 1]
+        nx = self.grid(level)[0]
+        deeper = level + 1 < len(self.sizes)
+
+        def make(tx: int) -> tuple[bytes, np.ndarray | None]:
+            a = np.ascontiguousarray(band[:, tx * ts:(tx + 1) * ts])
+            return self.codec.encode(a), block_mean(a, 2) if deeper else None
+
+        results = list(self.pool.map(make, range(nx)))
+        for tx, (data, half) in enumerate(results):
+            self.spool.put(level, data)
+            self.done(1)
+            if half is not None:
+                self._place(level + 1, half, tx, row, bands, last_row, tx == nx - 1)
+        band[:] = self.image.background
+
+
+# -- TIFF files ----------------------------------------------------------------------------------
+def _ome_xml(image: _Image, levels: int, extra: list[tuple[str, np.ndarray]]) -> str:
+    """OME-XML (2016-06) for the image's pages (IFD 0..) and the associated images after them."""
+    c, z, t = image.sizes_czt
+    dtype = {"uint8": "uint8", "uint16": "uint16", "int8": "int8", "int16": "int16", "uint32": "uint32",
+             "int32": "int32", "float32": "float", "float64": "double"}.get(image.dtype.name)
+    if dtype is None:
+        raise UnsupportedFormatError(f"OME-TIFF has no pixel type for {image.dtype}")
+    attrs = [f'SizeX="{image.size[0]}"', f'SizeY="{image.size[1]}"', f'SizeC="{c}"', f'SizeZ="{z}"',
+             f'SizeT="{t}"', f'Type="{dtype}"', 'DimensionOrder="XYCZT"',
+             f'Interleaved="{"true" if image.samples > 1 else "false"}"',
+             f'SignificantBits="{image.dtype.itemsize * 8}"']
+    if image.mpp:
+        # µm is the schema's default unit (and the description must stay ASCII)
+        attrs += [f'PhysicalSizeX="{image.mpp[0]!r}"', f'PhysicalSizeY="{image.mpp[1]!r}"']
+    if image.z_resolution:
+        attrs += [f'PhysicalSizeZ="{image.z_resolution!r}"']
+    if image.t_resolution:
+        attrs += [f'TimeIncrement="{image.t_resolution!r}"', 'TimeIncrementUnit="s"']
+    if image.samples > 1:
+        channels = [f'<Channel ID="Channel:0:0" SamplesPerPixel="{image.samples}"/>']
+    else:
+        channels = []
+        for i, (name, color) in enumerate(zip(image.channel_names, image.channel_colors, strict=True)):
+            col = ""
+            if color:
+                rgba = int(color.lstrip("#"), 16) << 8 | 0xFF
+                col = f' Color="{rgba - (1 << 32) if rgba >= 1 << 31 else rgba}"'
+            channels.append(f'<Channel ID="Channel:0:{i}" Name={quoteattr(name)} SamplesPerPixel="1"{col}/>')
+    instrument, objective = "", ""
+    if image.magnification:
+        instrument = ('<Instrument ID="Instrument:0"><Objective ID="Objective:0:0" '
+                      f'NominalMagnification="{float(image.magnification)!r}"/></Instrument>')
+        objective = '<InstrumentRef ID="Instrument:0"/><ObjectiveSettings ID="Objective:0:0"/>'
+    images = [f'<Image ID="Image:0" Name={quoteattr(image.name)}>{objective}'
+              f'<Pixels ID="Pixels:0" {" ".join(attrs)}>{"".join(channels)}'
+              f'<TiffData IFD="0" PlaneCount="{len(image.pages)}"/></Pixels>'
+              + ('<AnnotationRef ID="Annotation:0"/>' if image.properties else "") + '</Image>']
+    ifd = len(image.pages)
+    for k, (name, a) in enumerate(extra, start=1):
+        images.append(f'<Image ID="Image:{k}" Name={quoteattr(name)}><Pixels ID="Pixels:{k}" '
+                      f'DimensionOrder="XYCZT" Type="uint8" SizeX="{a.shape[1]}" SizeY="{a.shape[0]}" '
+                      f'SizeC="{a.shape[2]}" SizeZ="1" SizeT="1" Interleaved="true">'
+                      f'<Channel ID="Channel:{k}:0" SamplesPerPixel="{a.shape[2]}"/>'
+                      f'<TiffData IFD="{ifd}" PlaneCount="1"/></Pixels></Image>')
+        ifd += 1
+    annotations = ""
+    if image.properties:  # the source's own metadata, key by key (README: "Writing and converting")
+        values = "".join(f"<M K={quoteattr(k)}>{escape(v)}</M>" for k, v in image.properties.items())
+        annotations = (f'<StructuredAnnotations><MapAnnotation ID="Annotation:0" '
+                       f'Namespace="tilescope/source-properties"><Value>{values}</Value></MapAnnotation>'
+                       f'</StructuredAnnotations>')
+    from . import __version__
+
+    return ('<?xml version="1.0" encoding="UTF-8"?>'
+            '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+            'xsi:schemaLocation="http://www.openmicroscopy.org/Schemas/OME/2016-06 '
+            'http://www.openmicroscopy.org/Schemas/OME/2016-06/ome.xsd" '
+            f'UUID="urn:uuid:{uuid.uuid4()}" Creator="tilescope {__version__}">'
+            f'{instrument}{"".join(images)}{annotations}</OME>')
+
+
+def _aperio(image: _Image, tile: int, level_size: tuple[int, int], compression: str, quality: int) -> str:
+    """The ImageDescription openslide's aperio driver recognises (and reads MPP, AppMag from)."""
+    w, h = image.size
+    head = f"Aperio Image Library tilescope\r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile})"
+    if level_size != image.size:
+        head += f" -> {level_size[0]}x{level_size[1]}"
+    fields = [head + (f" JPEG/RGB Q={quality}" if compression == "jpeg" else f" {compression}")]
+    if image.mpp:
+        fields.append(f"MPP = {image.mpp[0]:.6g}")
+    if image.magnification:
+        fields.append(f"AppMag = {image.magnification:g}")
+    return "|".join(fields)
+
+
+@dataclass
+class _Level:
+    """One level to write: its size, tile, codec and its tiles' bytes (all pages, in order)."""
+
+    size: tuple[int, int]
+    tile: tuple[int, int]
+    codec: _Codec
+    tiles: Iterator[bytes]
+
+
+def _passthrough(image: _Image) -> list[_Level]:
+    """The source's levels as stored, where each is one grid of JPEG tiles; else an error."""
+    sc = image.scene
+    if sc is None or len(image.pages) != 1 or image.samples != sc.image_channels:
+        raise InvalidRequestError("passthrough copies one plane of a scene's stored tiles (all its image "
+                                  "channels): choose a z, t and all channels, or re-encode")
+    out = []
+    _, zz, tt = image.pages[0]
+    for i, lv in enumerate(sc.levels):
+        enc = sc.encoded_tiles(i, z=zz, t=tt)
+        ok = enc is not None and enc.codec == "jpeg" and enc.dtype == np.uint8 and \
+            enc.tile[0] % 16 == 0 and enc.tile[1] % 16 == 0 and enc.params.get("photometric") is not None
+        if not ok:
+            if i == 0:
+                what = enc.codec if enc else "not one grid"
+                raise InvalidRequestError(f"{sc.location}: level 0 is not stored as a grid of JPEG tiles a "
+                                          f"TIFF can hold ({what}): re-encode")
+            break
+        assert enc is not None
+        photometric = {6: "ycbcr", 2: "rgb", 1: "minisblack"}.get(int(enc.params["photometric"]))
+        if photometric is None or enc.params.get("planarconfig", 1) != 1:
+            break
+        # the source's tiles keep their own sampling: YCbCrSubsampling only matters to libtiff's
+        # own JPEG decode, which needs it to match the stream; read it from the first tile's header
+        sub = None
+        first = enc.get(0, 0)
+        if first is None:
+            break
+        if photometric == "ycbcr":
+            sub = _sampling(enc.params.get("tables"), first)
+
+        def tiles(enc: Any = enc) -> Iterator[bytes]:
+            for ty in range(enc.grid[1]):
+                for tx in range(enc.grid[0]):
+                    data = enc.get(tx, ty)
+                    if data is None:
+                        raise InvalidRequestError(f"{sc.location}: a sparse level cannot be passed through")
+                    yield data
+        out.append(_Level(lv.size, enc.tile, _Codec(7, bytes, photometric, sub, enc.params.get("tables")),
+                          tiles()))
+    return out
+
+
+def _sampling(tables: bytes | None, tile: bytes) -> tuple[int, int]:
+    """A JPEG stream's chroma subsampling (luma's sampling factors), from its SOF segment."""
+    data = (tables[:-2] if tables else b"") + tile[2:] if tables else tile
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            break
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xC2:
+            hv = data[i + 11]
+            return hv >> 4, hv & 15
+        i += 2 + length
+    return 2, 2
+
+
+def _write_tiff(path: str, image: _Image, fmt: str, levels: list[_Level], compression: str,
+                quality: int, tile: int) -> None:
+    import tifffile
+
+    rgb = image.samples == 3
+    extra = [(n, a) for n, a in image.associated.items() if a.dtype == np.uint8 and a.shape[2] in (1, 3)]
+    npages = len(image.pages)
+    common: dict[str, Any] = {"dtype": image.dtype, "metadata": None}
+    if image.mpp:
+        common["resolution"] = (1e4 / image.mpp[0], 1e4 / image.mpp[1])
+        common["resolutionunit"] = "CENTIMETER"
+
+    def page_args(lv: _Level, k: int) -> dict[str, Any]:
+        shape = (npages, lv.size[1], lv.size[0]) + ((image.samples,) if rgb else ())
+        args = dict(common, shape=shape, tile=(lv.tile[1], lv.tile[0]), compression=lv.codec.tiff,
+                    photometric=lv.codec.photometric, subsampling=lv.codec.subsampling,
+                    jpegtables=lv.codec.jpegtables)
+        if image.mpp and k:
+            ds = (image.size[0] / lv.size[0], image.size[1] / lv.size[1])
+            args["resolution"] = (1e4 / (image.mpp[0] * ds[0]), 1e4 / (image.mpp[1] * ds[1]))
+        if rgb:
+            args["planarconfig"] = "contig"
+        return args
+
+    with tifffile.TiffWriter(path, bigtiff=True, ome=False) as tif:
+        if fmt == "ome-tiff":
+            tif.write(levels[0].tiles, **page_args(levels[0], 0), subifds=len(levels) - 1,
+                      description=_ome_xml(image, len(levels), extra))
+            for k, lv in enumerate(levels[1:], start=1):
+                tif.write(lv.tiles, **page_args(lv, k), subfiletype=1)
+            for _, a in extra:
+                tif.write(a, photometric="rgb" if a.shape[2] == 3 else "minisblack", compression="zlib",
+                          metadata=None)
+            return
+        if fmt == "tiff":
+            for k, lv in enumerate(levels):
+                tif.write(lv.tiles, **page_args(lv, k), subfiletype=1 if k else 0)
+            return
+        # svs: level 0, the thumbnail, the other levels, the label, the macro (as Aperio writes)
+        tif.write(levels[0].tiles, **page_args(levels[0], 0),
+                  description=_aperio(image, tile, levels[0].size, compression, quality))
+        thumb = image.associated.get("thumbnail")
+        if thumb is not None and thumb.shape[2] == 3:
+            size = (thumb.shape[1], thumb.shape[0])
+            tif.write(thumb, photometric="rgb", compression="jpeg", compressionargs={"level": 90},
+                      metadata=None, description=_aperio(image, tile, size, compression, quality))
+        for k, lv in enumerate(levels[1:], start=1):
+            tif.write(lv.tiles, **page_args(lv, k),
+                      description=_aperio(image, tile, lv.size, compression, quality))
+        for name, subfile in (("label", 1), ("macro", 9)):
+            im = image.associated.get(name)
+            if im is not None and im.shape[2] == 3:
+                tif.write(im, photometric="rgb", compression="lzw" if name == "label" else "jpeg",
+                          subfiletype=subfile, metadata=None,
+                          description=f"Aperio Image Library tilescope\r\n{name} {im.shape[1]}x{im.shape[0]}")
+
+
+# -- the entry point -----------------------------------------------------------------------------
+def write(source: Any, path: str | os.PathLike, *, format: str | None = None, tile_size: int = 512,
+          compression: str = "jpeg", quality: int = 90, levels: int | str = "auto",
+          channels: Any = None, z: int | Sequence[int] | None = None, t: int | Sequence[int] | None = None,
+          workers: int | None = None, progress: bool = False, mpp: float | tuple[float, float] | None = None,
+          channel_names: Sequence[str] | None = None) -> str:
+    """Write ``source`` to ``path`` as a tiled pyramid; returns the path.
+
+    ``source``: a Scene, a Slide (its first scene), a numpy or dask array (h, w) or (h, w, c) with
+    ``mpp`` and ``channel_names``. ``format``: "ome-tiff", "tiff" (tiled BigTIFF, levels in the
+    main IFD chain, as openslide's generic-tiff reads them) or "svs" (Aperio, as openslide's aperio
+    driver reads it), by default from the suffix (.ome.tif(f), .tif(f), .svs). ``compression``:
+    "jpeg" (8-bit grey or RGB), "jpeg2000" (lossless at quality 100), "jpegxl", "zstd", "deflate",
+    "lzw", "none", or "passthrough" (the source's JPEG tiles copied as stored, with its levels).
+    ``levels``: how many, or "auto" (halving until a level fits in one tile). ``channels``, ``z``,
+    ``t``: what to write of a scene (default all). ``workers``: encoding threads (default one per
+    core). ``progress``: a progress bar of tiles written on standard error."""
+    from .model import Scene, Slide
+    from .progress import bar
+
+    path = os.fspath(path)
+    fmt = format_for(path, format)
+    if isinstance(source, Slide):
+        source = source.scenes[0]
+    if isinstance(source, Scene):
+        image = _from_scene(source, channels, z, t)
+    elif hasattr(source, "shape") and hasattr(source, "dtype"):
+        image = _from_array(source, mpp, channel_names)
+    else:
+        raise InvalidRequestError(f"cannot write a {type(source).__name__}: a Scene, Slide or array")
+    if mpp is not None and image.mpp is None:
+        image.mpp = _pair(mpp)
+    if not 16 <= tile_size <= 4096 or tile_size % 16:
+        raise InvalidRequestError(f"tile_size {tile_size}: a multiple of 16 from 16 to 4096")
+    if fmt == "svs" and (image.samples != 3 or len(image.pages) != 1):
+        raise InvalidRequestError("SVS holds one RGB plane: write OME-TIFF for channels, z or t")
+    workers = workers or os.cpu_count() or 1
+    where = os.path.dirname(os.path.abspath(path))
+    if compression == "passthrough":
+        lvls = _passthrough(image)
+        total = sum(math.prod((-(-lv.size[0] // lv.tile[0]), -(-lv.size[1] // lv.tile[1]))) for lv in lvls)
+        with bar(total, "tiles", enabled=progress) as b:
+            for lv in lvls:
+                lv.tiles = _counted(lv.tiles, b.update)
+            _write_tiff(path, image, fmt, lvls, "jpeg", quality, lvls[0].tile[0])
+        return path
+    codec = _codec(compression, quality, image.samples, image.dtype, fmt)
+    sizes = level_sizes(image.size, tile_size, levels)
+    total = len(image.pages) * sum(-(-w // tile_size) * -(-h // tile_size) for w, h in sizes)
+    spool = _Spool(where)
+    try:
+        with cf.ThreadPoolExecutor(workers, thread_name_prefix="tilescope-write") as pool, \
+                bar(total, "tiles", enabled=progress) as b:
+            pyramid = _Pyramid(image, codec, tile_size, sizes, pool, workers, spool, b.update)
+            lvls = [_Level(sizes[0], (tile_size, tile_size), codec, pyramid.level0())]
+            lvls += [_Level(s, (tile_size, tile_size), codec, spool.tiles(k))
+                     for k, s in enumerate(sizes[1:], 1)]
+            _write_tiff(path, image, fmt, lvls, compression, quality, tile_size)
+    finally:
+        spool.close()
+    return path
+
+
+def _counted(tiles: Iterator[bytes], done: Callable[[int], None]) -> Iterator[bytes]:
+    for data in tiles:
+        done(1)
+        yield data
