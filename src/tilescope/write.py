@@ -348,7 +348,9 @@ def _ome_xml(image: _Image, levels: int, extra: list[tuple[str, np.ndarray]]) ->
         ifd += 1
     annotations = ""
     if image.properties:  # the source's own metadata, key by key (README: "Writing and converting")
-        values = "".join(f"<M K={quoteattr(k)}>{escape(v)}</M>" for k, v in image.properties.items())
+        # &#13;: XML parsers turn a literal CR LF (Aperio's descriptions) into LF
+        values = "".join(f"<M K={quoteattr(k)}>{escape(v, {chr(13): '&#13;'})}</M>"
+                         for k, v in image.properties.items())
         annotations = (f'<StructuredAnnotations><MapAnnotation ID="Annotation:0" '
                        f'Namespace="tilescope/source-properties"><Value>{values}</Value></MapAnnotation>'
                        f'</StructuredAnnotations>')

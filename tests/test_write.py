@@ -1,0 +1,192 @@
+"""tilescope.write: every output read back by independent readers (tifffile, openslide, tiffslide,
+ome-types' schema validation), pixels compared with the source's own reads."""
+
+import numpy as np
+import openslide
+import pytest
+import tifffile
+import tiffslide
+
+import tilescope
+from tilescope.write import write
+
+
+def _mean_diff(a, b):
+    return float(np.abs(a.astype(np.int32) - b.astype(np.int32)).mean())
+
+
+def _halved(a):
+    from tilescope.codecs import block_mean
+
+    return block_mean(a, 2)
+
+
+@pytest.fixture(scope="module")
+def source(svs):
+    with tilescope.open(svs) as s:
+        yield s
+
+
+def test_ome_tiff_from_svs_read_by_tifffile_openslide_tiffslide(source, tmp_path):
+    ome_types = pytest.importorskip("ome_types")
+    out = write(source, tmp_path / "out.ome.tif", tile_size=256, quality=90)
+    sc = source.scenes[0]
+    ref = sc.read_level(0)
+    with tifffile.TiffFile(out) as tf:
+        series = tf.series[0]
+        assert series.shape == (*ref.shape[:2], 3) and tf.is_ome
+        sizes = [lv.shape[:2] for lv in series.levels]
+        assert sizes[0] == ref.shape[:2] and all(
+            b == (-(-a[0] // 2), -(-a[1] // 2)) for a, b in zip(sizes, sizes[1:], strict=False))
+        assert max(sizes[-1]) <= 256
+        level0 = series.levels[0].asarray()
+        assert _mean_diff(level0, ref) < 1.0  # JPEG at quality 90
+        # each level is the one above halved (2x2 means; exact in the lossless tests), up to JPEG's
+        # error (larger at level 1: the synthetic slide's detail is finer there)
+        level1 = series.levels[1].asarray()
+        assert _mean_diff(level1, _halved(ref)) < 3
+        meta = ome_types.from_xml(tf.ome_metadata, validate=True)  # the OME schema
+        assert [im.name for im in meta.images] == ["main", "thumbnail", "label", "macro"]
+        px = meta.images[0].pixels
+        assert (px.physical_size_x, px.physical_size_y) == pytest.approx(sc.mpp)
+        assert meta.instruments[0].objectives[0].nominal_magnification == sc.magnification
+        kept = {m.k: m.value for m in meta.structured_annotations.map_annotations[0].value.ms}
+        assert kept and all(kept[f"{g}.{k}"] == str(v) for g, vs in source.properties.items()
+                            for k, v in vs.items() if not isinstance(v, (list, tuple, dict)))
+        label = tf.series[2].asarray()
+        np.testing.assert_array_equal(label, source.associated["label"])  # stored losslessly
+    with tiffslide.TiffSlide(out) as ts:
+        assert ts.level_dimensions == tuple((w, h) for h, w in sizes)
+        np.testing.assert_array_equal(np.asarray(ts.read_region((0, 0), 1, ts.level_dimensions[1]))[..., :3],
+                                      level1)
+    with openslide.OpenSlide(out) as o:  # generic-tiff: level 0 (openslide does not read SubIFDs)
+        w, h = o.dimensions
+        np.testing.assert_array_equal(np.asarray(o.read_region((0, 0), 0, (w, h)))[..., :3], level0)
+    with tilescope.open(out) as back:
+        assert back.driver == "OME" and back.scenes[0].mpp == pytest.approx(sc.mpp)
+        assert set(back.associated) >= {"label", "macro"}
+
+
+def test_tiled_tiff_levels_in_the_main_chain(source, tmp_path):
+    out = write(source, tmp_path / "out.tif", tile_size=256, compression="zstd")
+    ref = source.scenes[0].read_level(0)
+    with openslide.OpenSlide(out) as o:
+        assert o.properties["openslide.vendor"] == "generic-tiff" and o.level_count > 2
+        got = np.asarray(o.read_region((0, 0), 0, o.dimensions))[..., :3]
+        np.testing.assert_array_equal(got, ref)  # lossless
+        assert float(o.properties["openslide.mpp-x"]) == pytest.approx(source.scenes[0].mpp[0])
+        lv1 = np.asarray(o.read_region((0, 0), 1, o.level_dimensions[1]))[..., :3]
+        count = o.level_count
+    np.testing.assert_array_equal(lv1, _halved(ref))
+    with tiffslide.TiffSlide(out) as ts:
+        assert ts.level_count == count
+    with tifffile.TiffFile(out) as tf:
+        assert all(p.is_tiled for p in tf.pages) and tf.pages[0].compression == 50000
+
+
+@pytest.mark.parametrize("compression", ["jpeg", "jpeg2000"])
+def test_svs_opened_by_openslide_as_aperio(source, tmp_path, compression):
+    out = write(source, tmp_path / "out.svs", compression=compression, tile_size=256)
+    sc = source.scenes[0]
+    ref = sc.read_level(0)
+    with openslide.OpenSlide(out) as o:
+        assert o.properties["openslide.vendor"] == "aperio"
+        assert float(o.properties["openslide.mpp-x"]) == pytest.approx(sc.mpp[0])
+        assert float(o.properties["openslide.objective-power"]) == sc.magnification
+        assert set(o.associated_images) == {"thumbnail", "label", "macro"}
+        got = np.asarray(o.read_region((0, 0), 0, o.dimensions))[..., :3]
+        assert _mean_diff(got, ref) < 1.0
+        assert o.level_dimensions[1] == (-(-sc.size[0] // 2), -(-sc.size[1] // 2))
+    with tiffslide.TiffSlide(out) as ts:
+        np.testing.assert_array_equal(np.asarray(ts.read_region((0, 0), 0, ts.dimensions))[..., :3], got)
+
+
+@pytest.mark.parametrize("suffix", [".svs", ".ome.tif", ".tif"])
+def test_passthrough_is_bit_identical(source, tmp_path, suffix):
+    sc = source.scenes[0]
+    out = write(source, tmp_path / f"copy{suffix}", compression="passthrough")
+    with tifffile.TiffFile(out) as tf:
+        page = tf.pages[0]
+        enc = sc.encoded_tiles(0)
+        assert page.jpegtables == enc.params["tables"]
+        fh = tf.filehandle
+        fh.seek(page.dataoffsets[5])
+        assert fh.read(page.databytecounts[5]) == enc.get(5 % enc.grid[0], 5 // enc.grid[0])
+    with openslide.OpenSlide(out) as o:  # an independent decoder of the copied tiles
+        assert o.level_count == (len(sc.levels) if suffix != ".ome.tif" else 1)
+        for i in range(o.level_count):
+            np.testing.assert_array_equal(np.asarray(o.read_region((0, 0), i, o.level_dimensions[i]))[..., :3],
+                                          sc.read_level(i), err_msg=f"level {i}")
+    with tilescope.open(out) as back:
+        for i, lv in enumerate(back.scenes[0].levels):
+            np.testing.assert_array_equal(back.scenes[0].read_level(i), sc.read_level(i))
+            assert lv.size == sc.levels[i].size
+
+
+def test_passthrough_refuses_what_it_cannot_copy(tmp_path, labelled):
+    with tilescope.open(labelled["ome"]) as s, pytest.raises(tilescope.InvalidRequestError):
+        write(s, tmp_path / "x.ome.tif", compression="passthrough")
+
+
+@pytest.mark.parametrize("kind", ["ome", "czi", "dicom"])
+def test_round_trips_keep_every_plane_and_channel(labelled, tmp_path, kind):
+    """Planes labelled with their own indices (100*z + 10*t + c in the high byte) to OME-TIFF,
+    lossless: every plane back where it belongs, through tifffile and through tilescope."""
+    ome_types = pytest.importorskip("ome_types")
+    with tilescope.open(labelled[kind]) as s:
+        sc = s.scenes[0]
+        out = write(s, tmp_path / f"{kind}.ome.tif", compression="zstd", tile_size=128)
+        c, z, t = sc.num_channels, sc.num_z_slices, sc.num_t_frames
+        with tifffile.TiffFile(out) as tf:
+            data = tf.series[0].asarray()
+            rgb = tf.pages[0].samplesperpixel == 3  # an RGB slide (the DICOM one): samples interleaved
+            # XYCZT: C fastest; as (t, z, h, w, c)
+            data = data.reshape(t, z, sc.size[1], sc.size[0], c) if rgb else \
+                np.moveaxis(data.reshape(t, z, c, sc.size[1], sc.size[0]), 2, -1)
+            meta = ome_types.from_xml(tf.ome_metadata, validate=True)
+            px = meta.images[0].pixels
+            assert (px.size_c, px.size_z, px.size_t) == (c, z, t)
+            if not rgb:  # an RGB image is one OME channel of 3 samples
+                assert [ch.name for ch in px.channels] == list(sc.channel_names)
+            if sc.mpp:
+                assert px.physical_size_x == pytest.approx(sc.mpp[0])
+            if sc.z_resolution:
+                assert px.physical_size_z == pytest.approx(sc.z_resolution)
+        with tilescope.open(out) as back:
+            bs = back.scenes[0]
+            assert bs.channel_names == sc.channel_names and (bs.num_z_slices, bs.num_t_frames) == (z, t)
+            for tt in range(t):
+                for zz in range(z):
+                    want = sc.read_level(0, z=zz, t=tt)
+                    np.testing.assert_array_equal(data[tt, zz], want)
+                    np.testing.assert_array_equal(bs.read_level(0, z=zz, t=tt), want)
+            if kind == "ome":  # the planes are the labelled ones, not just equal to our own read
+                assert np.all(data[1, 2, ..., 1] // 256 == 100 * 2 + 10 * 1 + 1)  # t 1, z 2, c 1
+
+
+def test_arrays_numpy_and_dask(tmp_path):
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 4000, (700, 900, 2), dtype=np.uint16)
+    out = write(a, tmp_path / "a.ome.tif", compression="deflate", mpp=0.25, channel_names=["DAPI", "CD3"],
+                tile_size=256)
+    with tifffile.TiffFile(out) as tf:
+        np.testing.assert_array_equal(np.moveaxis(tf.series[0].asarray(), 0, -1), a)
+        assert len(tf.series[0].levels) == 3
+    with tilescope.open(out) as back:
+        assert back.scenes[0].channel_names == ("DAPI", "CD3") and back.scenes[0].mpp == (0.25, 0.25)
+    da = pytest.importorskip("dask.array")
+    rgb = rng.integers(0, 255, (500, 600, 3), dtype=np.uint8)
+    out = write(da.from_array(rgb, chunks=(128, 128, 3)), tmp_path / "d.tif", compression="lzw", tile_size=256)
+    np.testing.assert_array_equal(tifffile.imread(out, key=0), rgb)
+
+
+def test_bad_requests_are_typed(tmp_path, source):
+    with pytest.raises(tilescope.InvalidRequestError):
+        write(np.zeros((64, 64), np.uint16), tmp_path / "x.tif", compression="jpeg")
+    with pytest.raises(tilescope.InvalidRequestError):
+        write(source, tmp_path / "x.png")
+    with pytest.raises(tilescope.InvalidRequestError):
+        write(source, tmp_path / "x.tif", tile_size=100)
+    with pytest.raises(tilescope.InvalidRequestError):
+        write(source, tmp_path / "x.tif", compression="gif")
+    assert not list(tmp_path.iterdir())
