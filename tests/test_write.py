@@ -192,3 +192,20 @@ def test_bad_requests_are_typed(tmp_path, source):
     with pytest.raises(tilescope.InvalidRequestError):
         write(source, tmp_path / "x.tif", compression="gif")
     assert not list(tmp_path.iterdir())
+
+
+def test_convert_command(source, tmp_path, capsys):
+    from tilescope.cli import main
+
+    out = tmp_path / "c.svs"
+    assert main(["convert", source.path, str(out), "--compression", "passthrough", "--quiet"]) == 0
+    with openslide.OpenSlide(str(out)) as o:
+        assert o.properties["openslide.vendor"] == "aperio"
+        np.testing.assert_array_equal(np.asarray(o.read_region((0, 0), 0, o.dimensions))[..., :3],
+                                      source.scenes[0].read_level(0))
+    assert main(["convert", source.path, str(tmp_path / "c.ome.tif"), "--tile-size", "256", "--levels", "2",
+                 "--compression", "zstd"]) == 0
+    with tifffile.TiffFile(tmp_path / "c.ome.tif") as tf:
+        assert len(tf.series[0].levels) == 2 and tf.pages[0].tilewidth == 256
+    assert main(["convert", source.path, str(tmp_path / "c.png")]) == 1
+    assert "tilescope: error:" in capsys.readouterr().err

@@ -132,6 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cors", action="store_true", help="let pages of other origins fetch (default: off)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of tiles (default 90)")
     p.add_argument("--cache", type=int, default=None, help="decoded-tile cache in MiB (default 64; 0: off)")
+    p = sub.add_parser("convert", help="write a slide as pyramidal OME-TIFF, tiled TIFF or SVS")
+    p.add_argument("path")
+    p.add_argument("out", help="its suffix picks the format: .ome.tif(f), .tif(f), .svs")
+    p.add_argument("--format", choices=("ome-tiff", "tiff", "svs"), default=None)
+    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--compression", default="jpeg",
+                   choices=("jpeg", "jpeg2000", "jpegxl", "zstd", "deflate", "lzw", "none", "passthrough"))
+    p.add_argument("--quality", type=int, default=90, help="JPEG / JPEG 2000 / JPEG XL quality (100: lossless "
+                   "JPEG 2000 and JPEG XL)")
+    p.add_argument("--levels", type=int, default=None, help="pyramid levels (default: down to one tile)")
+    p.add_argument("--scene", default="0", help="index or name; all: every scene, OUT-<index> each")
+    p.add_argument("--channels", type=_channels, default=None, help="indices or names: 0,2 or DAPI,FITC")
+    p.add_argument("--workers", type=int, default=None, help="encoding threads (default: cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser("tiles", help="export the tiles of many slides (patches), with a manifest")
     p.add_argument("slides", nargs="+")
     p.add_argument("--out", required=True, help="folder: OUT/<slide>/ per slide, OUT/manifest.csv")
@@ -160,6 +174,8 @@ def _run(a: argparse.Namespace) -> int:
         return _tiles(a)
     if a.cmd == "serve":
         return _serve(a)
+    if a.cmd == "convert":
+        return _convert(a)
     try:
         kw = {k: v for k in ("study", "series") if (v := getattr(a, k, None)) is not None}
         with open_slide(a.path, **kw) as slide:
@@ -275,6 +291,31 @@ def _tiles(a: argparse.Namespace) -> int:
         return 1
     if not a.quiet:
         print(f"{a.out}: {n['done']} slide(s) exported ({n['tiles']} tiles), {n['skipped']} already complete")
+    return 0
+
+
+def _convert(a: argparse.Namespace) -> int:
+    from .write import write
+
+    try:
+        with open_slide(a.path) as slide:
+            if a.scene == "all":
+                scenes = list(slide.scenes)
+            else:
+                scenes = [slide.scene(int(a.scene) if a.scene.lstrip("-").isdigit() else a.scene)]
+            for scene in scenes:
+                out = a.out
+                if len(scenes) > 1:  # x.ome.tif -> x-0.ome.tif, x-1.ome.tif, ...
+                    stem, dot, rest = os.path.basename(out).partition(".")
+                    out = os.path.join(os.path.dirname(out), f"{stem}-{scene.index}{dot}{rest}")
+                write(scene, out, format=a.format, tile_size=a.tile_size, compression=a.compression,
+                      quality=a.quality, levels=a.levels or "auto", channels=a.channels, workers=a.workers,
+                      progress=False if a.quiet else None)
+                if not a.quiet:
+                    print(out, file=sys.stderr)
+    except TilescopeError as e:
+        print(f"tilescope: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

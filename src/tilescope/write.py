@@ -508,7 +508,8 @@ def _write_tiff(path: str, image: _Image, fmt: str, levels: list[_Level], compre
 def write(source: Any, path: str | os.PathLike, *, format: str | None = None, tile_size: int = 512,
           compression: str = "jpeg", quality: int = 90, levels: int | str = "auto",
           channels: Any = None, z: int | Sequence[int] | None = None, t: int | Sequence[int] | None = None,
-          workers: int | None = None, progress: bool = False, mpp: float | tuple[float, float] | None = None,
+          workers: int | None = None, progress: bool | None = False,
+          mpp: float | tuple[float, float] | None = None,
           channel_names: Sequence[str] | None = None) -> str:
     """Write ``source`` to ``path`` as a tiled pyramid; returns the path.
 
@@ -520,7 +521,8 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
     "lzw", "none", or "passthrough" (the source's JPEG tiles copied as stored, with its levels).
     ``levels``: how many, or "auto" (halving until a level fits in one tile). ``channels``, ``z``,
     ``t``: what to write of a scene (default all). ``workers``: encoding threads (default one per
-    core). ``progress``: a progress bar of tiles written on standard error."""
+    core). ``progress``: a bar of tiles written (done / total, rate, ETA) on standard error; None:
+    only when standard error is a terminal."""
     from .model import Scene, Slide
     from .progress import bar
 
