@@ -132,15 +132,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cors", action="store_true", help="let pages of other origins fetch (default: off)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of tiles (default 90)")
     p.add_argument("--cache", type=int, default=None, help="decoded-tile cache in MiB (default 64; 0: off)")
+    from .write import COMPRESSIONS as write_compressions
+    from .write import FORMATS as write_formats
+
     p = sub.add_parser("convert", help="write a slide as pyramidal OME-TIFF, tiled TIFF or SVS")
     p.add_argument("path")
     p.add_argument("out", help="its suffix picks the format: .ome.tif(f), .tif(f), .svs")
-    p.add_argument("--format", choices=("ome-tiff", "tiff", "svs"), default=None)
+    p.add_argument("--format", choices=write_formats, default=None)
     p.add_argument("--tile-size", type=int, default=512)
-    p.add_argument("--compression", default="jpeg",
-                   choices=("jpeg", "jpeg2000", "jpegxl", "zstd", "deflate", "lzw", "none", "passthrough"))
-    p.add_argument("--quality", type=int, default=90, help="JPEG / JPEG 2000 / JPEG XL quality (100: lossless "
-                   "JPEG 2000 and JPEG XL)")
+    p.add_argument("--compression", default="jpeg", choices=write_compressions)
+    p.add_argument("--quality", type=int, default=90,
+                   help="JPEG / JPEG 2000 / JPEG XL quality (100: lossless JPEG 2000 and JPEG XL)")
     p.add_argument("--levels", type=int, default=None, help="pyramid levels (default: down to one tile)")
     p.add_argument("--scene", default="0", help="index or name; all: every scene, OUT-<index> each")
     p.add_argument("--channels", type=_channels, default=None, help="indices or names: 0,2 or DAPI,FITC")
