@@ -114,14 +114,25 @@ def block_mean(a: np.ndarray, k: int) -> np.ndarray:
     """(h, w, c) -> (ceil(h/k), ceil(w/k), c) means of k x k blocks, rounded for integer types."""
     h, w, c = a.shape
     ph, pw = -h % k, -w % k
+    if a.dtype == np.uint8 and c in (1, 3) and not (ph or pw) and k & (k - 1) == 0:
+        # Pillow's reduce: the same rounded means for powers of two (other factors round a few
+        # pixels differently), ~2x faster than the sums below (8x numpy's casting reductions)
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(a[..., 0] if c == 1 else a).reduce(k)).reshape(h // k, w // k, c)
     if ph or pw:
         a = np.pad(a, ((0, ph), (0, pw), (0, 0)), mode="edge")
     hk, wk = (h + ph) // k, (w + pw) // k
     small_int = np.issubdtype(a.dtype, np.integer) and a.dtype.itemsize <= 2
     acc = (np.uint32 if a.dtype.kind == "u" else np.int32) if small_int else np.float64
-    # rows first: whole-row additions vectorise; the k-wide horizontal sums then act on 1/k of it
-    rows = a.reshape(hk, k, wk * k * c).sum(axis=1, dtype=acc)
-    total = rows.reshape(hk, wk, k, c).sum(axis=2)
+    if k <= 4:  # k * k strided additions in place: no casting reduction (numpy's are slow)
+        total = np.zeros((hk, wk, c), acc)
+        for i in range(k):
+            for j in range(k):
+                total += a[i::k, j::k]
+    else:  # rows first: whole-row additions vectorise; the k-wide horizontal sums act on 1/k of it
+        rows = a.reshape(hk, k, wk * k * c).sum(axis=1, dtype=acc)
+        total = rows.reshape(hk, wk, k, c).sum(axis=2)
     if small_int:
         return ((total + k * k // 2) // (k * k)).astype(a.dtype)
     return (total / (k * k)).astype(a.dtype)
