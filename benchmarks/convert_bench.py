@@ -21,6 +21,7 @@ tiles, levels halving down to one tile:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -115,10 +116,7 @@ def main() -> int:
                          f"import convert_bench as cb; r = cb.cell(cb.WRITERS[{n!r}], {a.slide!r}, "
                          f"{os.path.join(tmp, 'out')!r}); print(json.dumps(r))")
                 r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-                got = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "null"
-                import json
-
-                v = json.loads(got)
+                v = json.loads(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "null")
                 if v:
                     res[n].append((v[0], v[1]))
                 print(n, v, f"load {os.getloadavg()[0]:.2f}", flush=True)
@@ -127,14 +125,16 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     base = min(v[0] for v in res["tilescope"]) if res.get("tilescope") else None
-    print("\n| writer | wall s (median) | min | peak RSS MB | min wall / tilescope's |\n|---|---|---|---|---|")
+    print("\n| writer | wall s (median) | min | peak RSS MB | min wall / tilescope's |")
+    print("|---|---|---|---|---|")
     for n in names:
         if not res[n]:
             print(f"| {n} | failed | | | |")
             continue
         walls = [w for w, _ in res[n]]
         ratio = f"{min(walls) / base:.2f}" if base else ""
-        print(f"| {n} | {statistics.median(walls):.1f} | {min(walls):.1f} | {max(r for _, r in res[n]):.0f} | {ratio} |")
+        rss = max(r for _, r in res[n])
+        print(f"| {n} | {statistics.median(walls):.1f} | {min(walls):.1f} | {rss:.0f} | {ratio} |")
     return 0
 
 
