@@ -166,6 +166,20 @@ def test_round_trips_keep_every_plane_and_channel(labelled, tmp_path, kind):
                 assert np.all(data[1, 2, ..., 1] // 256 == 100 * 2 + 10 * 1 + 1)  # t 1, z 2, c 1
 
 
+@pytest.mark.parametrize("compression", ["jpeg2000", "jpegxl"])
+def test_lossless_at_quality_100_and_lossy_below(source, tmp_path, compression):
+    ref = source.scenes[0].read_level(0)
+    for quality, limit in ((100, 0), (90, 2.5)):
+        out = write(source, tmp_path / f"{quality}.ome.tif", compression=compression, quality=quality)
+        got = tifffile.imread(out, level=0)
+        assert _mean_diff(got, ref) <= limit, quality
+        if not limit:
+            np.testing.assert_array_equal(got, ref)
+    a16 = np.random.default_rng(5).integers(0, 4000, (300, 400), np.uint16)
+    out = write(a16, tmp_path / "u16.ome.tif", compression=compression, quality=100, tile_size=128)
+    np.testing.assert_array_equal(tifffile.imread(out, level=0), a16)
+
+
 def test_arrays_numpy_and_dask(tmp_path):
     rng = np.random.default_rng(3)
     a = rng.integers(0, 4000, (700, 900, 2), dtype=np.uint16)

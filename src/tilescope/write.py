@@ -173,8 +173,9 @@ def _codec(compression: str, quality: int, samples: int, dtype: np.dtype, fmt: s
         lossless = quality >= 100
         # SVS keeps Aperio's code (openslide reads 33003/33005 only); elsewhere the registered one
         code = 33005 if fmt == "svs" and samples == 3 else 34712
+        # imagecodecs' level is a target PSNR in dB: quality / 2 (90: 45 dB, about JPEG's Q90 error)
         return _Codec(code, lambda a: bytes(imagecodecs.jpeg2k_encode(
-            a, level=None if lossless else quality, reversible=lossless, codecformat="J2K")), photometric)
+            a, level=None if lossless else quality / 2, reversible=lossless, codecformat="J2K")), photometric)
     if compression == "jpegxl":
         return _Codec(50002, lambda a: bytes(imagecodecs.jpegxl_encode(
             a, level=quality, lossless=quality >= 100)), photometric)
