@@ -183,13 +183,13 @@ def test_lossless_at_quality_100_and_lossy_below(source, tmp_path, compression):
 def test_arrays_numpy_and_dask(tmp_path):
     rng = np.random.default_rng(3)
     a = rng.integers(0, 4000, (700, 900, 2), dtype=np.uint16)
-    out = write(a, tmp_path / "a.ome.tif", compression="deflate", mpp=0.25, channel_names=["DAPI", "CD3"],
+    out = write(a, tmp_path / "a.ome.tif", compression="deflate", mpp=0.25, channel_names=["DAPI", "CD3 µ"],
                 tile_size=256)
     with tifffile.TiffFile(out) as tf:
         np.testing.assert_array_equal(np.moveaxis(tf.series[0].asarray(), 0, -1), a)
         assert len(tf.series[0].levels) == 3
     with tilescope.open(out) as back:
-        assert back.scenes[0].channel_names == ("DAPI", "CD3") and back.scenes[0].mpp == (0.25, 0.25)
+        assert back.scenes[0].channel_names == ("DAPI", "CD3 µ") and back.scenes[0].mpp == (0.25, 0.25)
     da = pytest.importorskip("dask.array")
     rgb = rng.integers(0, 255, (500, 600, 3), dtype=np.uint8)
     out = write(da.from_array(rgb, chunks=(128, 128, 3)), tmp_path / "d.tif", compression="lzw", tile_size=256)

@@ -314,7 +314,7 @@ def _ome_xml(image: _Image, levels: int, extra: list[tuple[str, np.ndarray]]) ->
              f'Interleaved="{"true" if image.samples > 1 else "false"}"',
              f'SignificantBits="{image.dtype.itemsize * 8}"']
     if image.mpp:
-        # µm is the schema's default unit (and the description must stay ASCII)
+        # in µm, the schema's default unit
         attrs += [f'PhysicalSizeX="{image.mpp[0]!r}"', f'PhysicalSizeY="{image.mpp[1]!r}"']
     if image.z_resolution:
         attrs += [f'PhysicalSizeZ="{image.z_resolution!r}"']
@@ -475,7 +475,7 @@ def _write_tiff(path: str, image: _Image, fmt: str, levels: list[_Level], compre
     with tifffile.TiffWriter(path, bigtiff=True, ome=False) as tif:
         if fmt == "ome-tiff":
             tif.write(levels[0].tiles, **page_args(levels[0], 0), subifds=len(levels) - 1,
-                      description=_ome_xml(image, len(levels), extra))
+                      description=_ome_xml(image, len(levels), extra).encode())  # OME-XML is UTF-8
             for k, lv in enumerate(levels[1:], start=1):
                 tif.write(lv.tiles, **page_args(lv, k), subfiletype=1)
             for _, a in extra:
