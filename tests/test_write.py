@@ -97,7 +97,7 @@ def test_svs_opened_by_openslide_as_aperio(source, tmp_path, compression):
         assert float(o.properties["openslide.objective-power"]) == sc.magnification
         assert set(o.associated_images) == {"thumbnail", "label", "macro"}
         got = np.asarray(o.read_region((0, 0), 0, o.dimensions))[..., :3]
-        assert _mean_diff(got, ref) < 1.0
+        assert _mean_diff(got, ref) < (1.0 if compression == "jpeg" else 1.5)  # JPEG 2000 at 45 dB
         assert o.level_dimensions[1] == (-(-sc.size[0] // 2), -(-sc.size[1] // 2))
     with tiffslide.TiffSlide(out) as ts:
         np.testing.assert_array_equal(np.asarray(ts.read_region((0, 0), 0, ts.dimensions))[..., :3], got)

@@ -175,7 +175,8 @@ def _codec(compression: str, quality: int, samples: int, dtype: np.dtype, fmt: s
         code = 33005 if fmt == "svs" and samples == 3 else 34712
         # imagecodecs' level is a target PSNR in dB: quality / 2 (90: 45 dB, about JPEG's Q90 error)
         return _Codec(code, lambda a: bytes(imagecodecs.jpeg2k_encode(
-            a, level=None if lossless else quality / 2, reversible=lossless, codecformat="J2K")), photometric)
+            a, level=None if lossless else round(quality / 2), reversible=lossless, codecformat="J2K")),
+            photometric)
     if compression == "jpegxl":
         return _Codec(50002, lambda a: bytes(imagecodecs.jpegxl_encode(
             a, level=quality, lossless=quality >= 100)), photometric)
@@ -224,24 +225,30 @@ def level_sizes(size: tuple[int, int], tile: int, levels: int | str) -> list[tup
     return sizes
 
 
-class _Pyramid:
-    """Makes every level's encoded tiles of one image: level 0's yielded in order by ``level0()``,
-    the others spooled (see the module docstring)."""
+# what a tile becomes, on a worker: emit(level, page, tx, ty, pixels), and what is done with that
+# in tile order on the caller's thread for the levels below 0: keep(level, result)
+Emit = Callable[[int, int, int, int, np.ndarray], Any]
 
-    def __init__(self, image: _Image, codec: _Codec, tile: int, sizes: list[tuple[int, int]],
-                 pool: cf.ThreadPoolExecutor, workers: int, spool: _Spool, done: Callable[[int], None]):
-        self.image, self.codec, self.tile, self.sizes = image, codec, tile, sizes
-        self.pool, self.workers, self.spool, self.done = pool, workers, spool, done
+
+class _Pyramid:
+    """Makes every tile of every level of one image and hands each to ``emit`` on the workers:
+    level 0's results are yielded in order by ``level0()``, the others go to ``keep`` in order
+    (see the module docstring)."""
+
+    def __init__(self, image: _Image, tile: int, sizes: list[tuple[int, int]], pool: cf.ThreadPoolExecutor,
+                 workers: int, emit: Emit, keep: Callable[[int, Any], None], done: Callable[[int], None]):
+        self.image, self.tile, self.sizes = image, tile, sizes
+        self.pool, self.workers, self.emit, self.keep, self.done = pool, workers, emit, keep, done
 
     def grid(self, level: int) -> tuple[int, int]:
         w, h = self.sizes[level]
         return -(-w // self.tile), -(-h // self.tile)
 
-    def level0(self) -> Iterator[bytes]:
+    def level0(self) -> Iterator[Any]:
         for page in range(len(self.image.pages)):
             yield from self._page(page)
 
-    def _page(self, page: int) -> Iterator[bytes]:
+    def _page(self, page: int) -> Iterator[Any]:
         ts, s, nl = self.tile, self.image.samples, len(self.sizes)
         # the band being filled at each level below 0: one row of tiles, full width
         bands = [np.zeros((ts, self.grid(k)[0] * ts, s), self.image.dtype) for k in range(1, nl)]
@@ -250,27 +257,28 @@ class _Pyramid:
         window: list[tuple[int, int, cf.Future]] = []
         limit = _IN_FLIGHT * self.workers
 
-        def make(tx: int, ty: int) -> tuple[bytes, np.ndarray | None]:
+        def make(tx: int, ty: int) -> tuple[Any, np.ndarray | None]:
             a = self.image.read(page, tx * ts, ty * ts, ts, ts)
-            return self.codec.encode(a), block_mean(a, 2) if nl > 1 else None
+            return self.emit(0, page, tx, ty, a), block_mean(a, 2) if nl > 1 else None
 
         for job in jobs:
             window.append((*job, self.pool.submit(make, *job)))
             if len(window) >= limit:
-                yield from self._take(window.pop(0), bands, ny)
+                yield from self._take(window.pop(0), page, bands, ny)
         while window:
-            yield from self._take(window.pop(0), bands, ny)
+            yield from self._take(window.pop(0), page, bands, ny)
 
-    def _take(self, item: tuple[int, int, cf.Future], bands: list[np.ndarray], ny: int) -> Iterator[bytes]:
+    def _take(self, item: tuple[int, int, cf.Future], page: int, bands: list[np.ndarray],
+              ny: int) -> Iterator[Any]:
         tx, ty, fut = item
         data, half = fut.result()
         if half is not None:  # before the yield: a writer stops pulling after the last tile
-            self._place(1, half, tx, ty, bands, last_row=ty == ny - 1,
+            self._place(1, page, half, tx, ty, bands, last_row=ty == ny - 1,
                         last_col=tx == self.grid(0)[0] - 1)
         self.done(1)
         yield data
 
-    def _place(self, level: int, half: np.ndarray, tx: int, ty: int, bands: list[np.ndarray],
+    def _place(self, level: int, page: int, half: np.ndarray, tx: int, ty: int, bands: list[np.ndarray],
                last_row: bool, last_col: bool) -> None:
         """Put the halved tile (tx, ty) of ``level - 1`` into ``level``'s band; process the band
         when its row of tiles is complete."""
@@ -279,25 +287,25 @@ class _Pyramid:
         y0 = (ty % 2) * hh
         band[y0:y0 + half.shape[0], tx * hh:tx * hh + half.shape[1]] = half
         if last_col and (ty % 2 == 1 or last_row):
-            self._band(level, ty // 2, bands, last_row)
+            self._band(level, page, ty // 2, bands, last_row)
 
-    def _band(self, level: int, row: int, bands: list[np.ndarray], last_row: bool) -> None:
+    def _band(self, level: int, page: int, row: int, bands: list[np.ndarray], last_row: bool) -> None:
         """Encode ``level``'s complete band ``row`` (on the workers) and pass its halves down."""
         ts = self.tile
         band = bands[level - 1]
         nx = self.grid(level)[0]
         deeper = level + 1 < len(self.sizes)
 
-        def make(tx: int) -> tuple[bytes, np.ndarray | None]:
+        def make(tx: int) -> tuple[Any, np.ndarray | None]:
             a = np.ascontiguousarray(band[:, tx * ts:(tx + 1) * ts])
-            return self.codec.encode(a), block_mean(a, 2) if deeper else None
+            return self.emit(level, page, tx, row, a), block_mean(a, 2) if deeper else None
 
         results = list(self.pool.map(make, range(nx)))
         for tx, (data, half) in enumerate(results):
-            self.spool.put(level, data)
+            self.keep(level, data)
             self.done(1)
             if half is not None:
-                self._place(level + 1, half, tx, row, bands, last_row, tx == nx - 1)
+                self._place(level + 1, page, half, tx, row, bands, last_row, tx == nx - 1)
         band[:] = self.image.background
 
 
@@ -560,7 +568,8 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
     try:
         with cf.ThreadPoolExecutor(workers, thread_name_prefix="tilescope-write") as pool, \
                 bar(total, "tiles", enabled=progress) as b:
-            pyramid = _Pyramid(image, codec, tile_size, sizes, pool, workers, spool, b.update)
+            pyramid = _Pyramid(image, tile_size, sizes, pool, workers, lambda *args: codec.encode(args[-1]),
+                               spool.put, b.update)
             lvls = [_Level(sizes[0], (tile_size, tile_size), codec, pyramid.level0())]
             lvls += [_Level(s, (tile_size, tile_size), codec, spool.tiles(k))
                      for k, s in enumerate(sizes[1:], 1)]
