@@ -152,36 +152,45 @@ def _grid(scene: Scene, level: int) -> tuple[list[str], tuple[int, ...], tuple[i
             [size[a] for a in axes])
 
 
+def ngff_attributes(name: str, axes: list[str], scales: list[dict[str, float]], units: dict[str, str],
+                    channels: list[tuple[str, str | None]], dtype: np.dtype, version: str = "0.5") -> dict:
+    """An OME-NGFF image's group attributes: multiscales (one dataset per level, ``scales`` per
+    axis) and omero channels (names, colours, the dtype's full range as window). 0.5 (zarr v3)
+    puts them under ``ome``; 0.4 (zarr v2) at the top with the version in the multiscales."""
+    ngff_axes = [{"name": a, "type": "channel" if a == "c" else "time" if a == "t" else "space",
+                  **({"unit": units[a]} if a in units else {})} for a in axes]
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    window = {"min": info.min, "max": info.max, "start": info.min, "end": info.max} if info else \
+        {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}
+    omero = {"channels": [{"label": label, "color": (color or "#FFFFFF").lstrip("#").upper(), "active": True,
+                           "window": window} for label, color in channels]}
+    datasets = [{"path": str(i), "coordinateTransformations": [
+        {"type": "scale", "scale": [float(sc[a]) for a in axes]}]} for i, sc in enumerate(scales)]
+    multiscales = {"name": name, "axes": ngff_axes, "datasets": datasets}
+    if version == "0.4":
+        return {"multiscales": [{"version": "0.4", **multiscales}], "omero": omero}
+    return {"ome": {"version": "0.5", "multiscales": [multiscales], "omero": omero}}
+
+
 def _metadata(scene: Scene, levels: list[tuple]) -> dict[str, bytes]:
     """zarr.json of the group (NGFF 0.5 multiscales, omero channels) and of each level's array."""
     axes = _axes(scene)
     unit = {"t": "second", "z": "micrometer", "y": "micrometer", "x": "micrometer"}
     mpp = scene.mpp
 
-    def scale(level: int) -> list[float]:
+    def scale(level: int) -> dict[str, float]:
         sx, sy = scene.levels[level].scale
-        per = {"t": scene.t_resolution or 1.0, "c": 1.0, "z": scene.z_resolution or 1.0,
-               "y": mpp[1] * sy if mpp else sy, "x": mpp[0] * sx if mpp else sx}
-        return [float(per[a]) for a in axes]
+        return {"t": scene.t_resolution or 1.0, "c": 1.0, "z": scene.z_resolution or 1.0,
+                "y": mpp[1] * sy if mpp else sy, "x": mpp[0] * sx if mpp else sx}
 
     known = {"t": scene.t_resolution is not None, "z": scene.z_resolution is not None, "y": mpp is not None,
              "x": mpp is not None}
-    ngff_axes = [{"name": a, "type": "channel" if a == "c" else "time" if a == "t" else "space",
-                  **({"unit": unit[a]} if known.get(a) else {})} for a in axes]
     dtype = scene.dtype
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
-    window = {"min": info.min, "max": info.max, "start": info.min, "end": info.max} if info else \
-        {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}
-    omero = {"channels": [{"label": name, "color": (color or "#FFFFFF").lstrip("#").upper(), "active": True,
-                           "window": window}
-                          for name, color in zip(scene.channel_names[:scene.image_channels],
-                                                 scene.channel_colors, strict=False)]}
-    group = {"zarr_format": 3, "node_type": "group", "attributes": {"ome": {
-        "version": "0.5",
-        "multiscales": [{"name": scene.name, "axes": ngff_axes, "datasets": [
-            {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale(i)}]}
-            for i in range(len(scene.levels))]}],
-        "omero": omero}}}
+    channels = list(zip(scene.channel_names[:scene.image_channels], scene.channel_colors, strict=False))
+    group = {"zarr_format": 3, "node_type": "group", "attributes": ngff_attributes(
+        scene.name, axes, [scale(i) for i in range(len(scene.levels))],
+        {a: u for a, u in unit.items() if known[a]}, channels, dtype)}
     fill = scene.background
     out = {"zarr.json": json.dumps(group).encode()}
     for i, (_, _, chunk, shape) in enumerate(levels):
