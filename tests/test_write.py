@@ -208,6 +208,60 @@ def test_bad_requests_are_typed(tmp_path, source):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_ome_zarr_validated_and_read_by_ome_zarr_and_zarr(source, tmp_path, zarr_format):
+    zarr = pytest.importorskip("zarr")
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    sc = source.scenes[0]
+    ref = sc.read_level(0)
+    out = write(source, tmp_path / "out.ome.zarr", zarr_format=zarr_format, tile_size=256)  # zstd
+    group = zarr.open_group(out, mode="r")
+    if zarr_format == 3:
+        from ome_zarr_models.v05.image import Image
+    else:
+        from ome_zarr_models.v04.image import Image
+    Image.from_zarr(group)  # the NGFF schema (0.5 / 0.4)
+    attrs = dict(group.attrs)
+    ms = (attrs["ome"] if zarr_format == 3 else attrs)["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"][1:] == pytest.approx(sc.mpp[::-1])
+    assert attrs["tilescope"]["source_properties"]["aperio.AppMag"] == "20"
+    level0 = np.moveaxis(group["0"][:], 0, -1)
+    np.testing.assert_array_equal(level0, ref)  # lossless
+    np.testing.assert_array_equal(np.moveaxis(group["1"][:], 0, -1), _halved(ref))
+    assert group["0"].chunks == (3, 256, 256)
+    node = next(iter(Reader(parse_url(str(out)))()))  # ome-zarr's own reader
+    assert [d.shape[1:] for d in node.data] == [group[str(i)].shape[1:] for i in range(len(node.data))]
+    np.testing.assert_array_equal(np.moveaxis(np.asarray(node.data[1]), 0, -1), _halved(ref))
+    assert node.metadata["channel_names"] == ["R", "G", "B"]
+
+
+def test_ome_zarr_of_a_labelled_stack(labelled, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    from ome_zarr_models.v05.image import Image
+
+    with tilescope.open(labelled["ome"]) as s:
+        sc = s.scenes[0]
+        out = write(s, tmp_path / "stack.ome.zarr", tile_size=128)
+        group = zarr.open_group(out, mode="r")
+        Image.from_zarr(group)
+        meta = dict(group.attrs)["ome"]
+        assert [a["name"] for a in meta["multiscales"][0]["axes"]] == ["t", "c", "z", "y", "x"]
+        assert [c["label"] for c in meta["omero"]["channels"]] == list(sc.channel_names)
+        data = group["0"][:]
+        assert data.shape == (2, 3, 3, sc.size[1], sc.size[0])
+        for t in range(2):
+            for z in range(3):
+                for c in range(3):
+                    assert np.all(data[t, c, z] // 256 == 100 * z + 10 * t + c), (t, z, c)
+                    np.testing.assert_array_equal(data[t, c, z], sc.read_level(0, channels=[c], z=z, t=t)[..., 0])
+        assert meta["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][2] == \
+            pytest.approx(sc.z_resolution)
+
+
 def test_convert_command(source, tmp_path, capsys):
     from tilescope.cli import main
 

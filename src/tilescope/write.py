@@ -32,7 +32,7 @@ import numpy as np
 from .codecs import block_mean
 from .errors import InvalidRequestError, UnsupportedFormatError
 
-FORMATS = ("ome-tiff", "tiff", "svs")
+FORMATS = ("ome-tiff", "tiff", "svs", "ome-zarr")
 COMPRESSIONS = ("jpeg", "jpeg2000", "jpegxl", "zstd", "deflate", "lzw", "none", "passthrough")
 _IN_FLIGHT = 4  # tiles a worker has queued: enough to keep it busy, few enough to bound memory
 
@@ -45,11 +45,11 @@ def format_for(path: str, format: str | None = None) -> str:
         return format
     low = str(path).lower()
     for suffix, name in ((".ome.tif", "ome-tiff"), (".ome.tiff", "ome-tiff"), (".svs", "svs"),
-                         (".tif", "tiff"), (".tiff", "tiff")):
-        if low.endswith(suffix):
+                         (".tif", "tiff"), (".tiff", "tiff"), (".zarr", "ome-zarr")):
+        if low.rstrip("/").endswith(suffix):
             return name
-    raise InvalidRequestError(f"{path}: no output format for this suffix (.ome.tif(f), .tif(f), .svs; "
-                              f"or format=)")
+    raise InvalidRequestError(f"{path}: no output format for this suffix (.ome.tif(f), .tif(f), .svs, "
+                              f".zarr; or format=)")
 
 
 # -- what is written: pages of one image, whatever the source ------------------------------------
@@ -513,21 +513,96 @@ def _write_tiff(path: str, image: _Image, fmt: str, levels: list[_Level], compre
                           description=f"Aperio Image Library tilescope\r\n{name} {im.shape[1]}x{im.shape[0]}")
 
 
+# -- OME-Zarr -------------------------------------------------------------------------------------
+def _zarr_compressor(compression: str, zarr_format: int) -> Any:
+    if compression == "none":
+        return None
+    if compression not in ("zstd", "deflate"):
+        raise InvalidRequestError(f"OME-Zarr chunks are compressed with zstd, deflate (gzip) or none, "
+                                  f"not {compression!r}")
+    if zarr_format == 2:
+        import numcodecs
+
+        return numcodecs.Zstd(level=3) if compression == "zstd" else numcodecs.GZip(level=6)
+    from zarr.codecs import GzipCodec, ZstdCodec
+
+    return ZstdCodec(level=3) if compression == "zstd" else GzipCodec(level=6)
+
+
+def _write_zarr(path: str, image: _Image, sizes: list[tuple[int, int]], tile: int, compression: str,
+                zarr_format: int, workers: int, progress: bool | None) -> None:
+    """OME-NGFF 0.5 on zarr v3 (0.4 on v2): axes [t,] c, [z,] y, x; one array per level, a chunk
+    per tile (RGB: the 3 samples in one chunk); each tile written by the worker that made it."""
+    import zarr
+
+    from .progress import bar
+    from .zarrstore import ngff_attributes
+
+    c, nz, nt = image.sizes_czt
+    axes = ["t"] * (nt > 1) + ["c"] + ["z"] * (nz > 1) + ["y", "x"]
+    units = {"t": "second", "z": "micrometer", "y": "micrometer", "x": "micrometer"}
+    known = {"t": image.t_resolution, "z": image.z_resolution, "y": image.mpp, "x": image.mpp}
+    scales = []
+    for w, h in sizes:
+        sx, sy = image.size[0] / w, image.size[1] / h
+        mx, my = image.mpp or (1.0, 1.0)
+        scales.append({"t": image.t_resolution or 1.0, "c": 1.0, "z": image.z_resolution or 1.0,
+                       "y": my * sy, "x": mx * sx})
+    colors = image.channel_colors if image.samples == 1 else ["#FF0000", "#00FF00", "#0000FF"]
+    channels: list[tuple[str, str | None]] = list(zip(image.channel_names, colors, strict=True))
+    attrs = ngff_attributes(image.name, axes, scales, {a: u for a, u in units.items() if known[a]},
+                            channels, image.dtype, "0.5" if zarr_format == 3 else "0.4")
+    if image.properties:  # the source's own metadata (README: "Writing and converting")
+        attrs["tilescope"] = {"source_properties": image.properties}
+    root = zarr.open_group(path, mode="w-", zarr_format=zarr_format)  # type: ignore[arg-type]
+    root.attrs.update(attrs)
+    compressor = _zarr_compressor(compression, zarr_format)
+    fill = image.background if image.dtype.kind == "f" else int(image.background)
+    arrays = []
+    for k, (w, h) in enumerate(sizes):
+        full = {"t": nt, "c": c, "z": nz, "y": h, "x": w}
+        chunk = {"t": 1, "c": image.samples, "z": 1, "y": min(tile, h), "x": min(tile, w)}
+        kw: dict[str, Any] = {"dimension_names": axes} if zarr_format == 3 else \
+            {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+        arrays.append(root.create_array(str(k), shape=tuple(full[a] for a in axes),
+                                        chunks=tuple(chunk[a] for a in axes), dtype=image.dtype,
+                                        compressors=compressor, fill_value=fill, **kw))
+    groups = 1 if image.samples > 1 else c
+
+    def emit(level: int, page: int, tx: int, ty: int, a: np.ndarray) -> None:
+        w, h = sizes[level]
+        x0, y0 = tx * tile, ty * tile
+        a = np.moveaxis(a[:min(tile, h - y0), :min(tile, w - x0)], -1, 0)  # (samples, y, x)
+        start = {"t": page // (groups * nz), "z": (page // groups) % nz, "y": y0, "x": x0,
+                 "c": 0 if image.samples > 1 else page % groups}
+        extent = {"t": 1, "z": 1, "c": a.shape[0], "y": a.shape[1], "x": a.shape[2]}
+        key = tuple(slice(start[ax], start[ax] + extent[ax]) for ax in axes)
+        arrays[level][key] = a.reshape([extent[ax] for ax in axes])
+
+    total = len(image.pages) * sum(-(-w // tile) * -(-h // tile) for w, h in sizes)
+    with cf.ThreadPoolExecutor(workers, thread_name_prefix="tilescope-write") as pool, \
+            bar(total, "tiles", enabled=progress) as b:
+        for _ in _Pyramid(image, tile, sizes, pool, workers, emit, lambda level, r: None, b.update).level0():
+            pass
+
+
 # -- the entry point -----------------------------------------------------------------------------
 def write(source: Any, path: str | os.PathLike, *, format: str | None = None, tile_size: int = 512,
-          compression: str = "jpeg", quality: int = 90, levels: int | str = "auto",
+          compression: str | None = None, quality: int = 90, levels: int | str = "auto",
           channels: Any = None, z: int | Sequence[int] | None = None, t: int | Sequence[int] | None = None,
           workers: int | None = None, progress: bool | None = False,
           mpp: float | tuple[float, float] | None = None,
-          channel_names: Sequence[str] | None = None) -> str:
+          channel_names: Sequence[str] | None = None, zarr_format: int = 3) -> str:
     """Write ``source`` to ``path`` as a tiled pyramid; returns the path.
 
     ``source``: a Scene, a Slide (its first scene), a numpy or dask array (h, w) or (h, w, c) with
     ``mpp`` and ``channel_names``. ``format``: "ome-tiff", "tiff" (tiled BigTIFF, levels in the
-    main IFD chain, as openslide's generic-tiff reads them) or "svs" (Aperio, as openslide's aperio
-    driver reads it), by default from the suffix (.ome.tif(f), .tif(f), .svs). ``compression``:
-    "jpeg" (8-bit grey or RGB), "jpeg2000" (lossless at quality 100), "jpegxl", "zstd", "deflate",
-    "lzw", "none", or "passthrough" (the source's JPEG tiles copied as stored, with its levels).
+    main IFD chain, as openslide's generic-tiff reads them), "svs" (Aperio, as openslide's aperio
+    driver reads it) or "ome-zarr" (OME-NGFF 0.5 on zarr v3; ``zarr_format=2``: 0.4 on zarr v2),
+    by default from the suffix (.ome.tif(f), .tif(f), .svs, .zarr). ``compression`` (default
+    "jpeg" for TIFF, "zstd" for OME-Zarr): "jpeg" (8-bit grey or RGB), "jpeg2000" (lossless at
+    quality 100), "jpegxl", "zstd", "deflate", "lzw", "none", or "passthrough" (the source's JPEG
+    tiles copied as stored, with its levels); OME-Zarr takes zstd, deflate (gzip) or none.
     ``levels``: how many, or "auto" (halving until a level fits in one tile). ``channels``, ``z``,
     ``t``: what to write of a scene (default all). ``workers``: encoding threads (default one per
     core). ``progress``: a bar of tiles written (done / total, rate, ETA) on standard error; None:
@@ -553,6 +628,13 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
         raise InvalidRequestError("SVS holds one RGB plane: write OME-TIFF for channels, z or t")
     workers = workers or os.cpu_count() or 1
     where = os.path.dirname(os.path.abspath(path))
+    if fmt == "ome-zarr":
+        if zarr_format not in (2, 3):
+            raise InvalidRequestError(f"zarr_format {zarr_format}: 3 (OME-NGFF 0.5) or 2 (0.4)")
+        _write_zarr(path, image, level_sizes(image.size, tile_size, levels), tile_size, compression or "zstd",
+                    zarr_format, workers, progress)
+        return path
+    compression = compression or "jpeg"
     if compression == "passthrough":
         lvls = _passthrough(image)
         total = sum(math.prod((-(-lv.size[0] // lv.tile[0]), -(-lv.size[1] // lv.tile[1]))) for lv in lvls)
