@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 # detection order: vendor dialects of TIFF and other formats first, the generic TIFF reader last
 DRIVERS = ("svs", "ome", "ndpi", "philips", "qptiff", "scn", "ventana", "scanimage", "czi", "afi", "dicom",
-           "tiff", "pillow", "gdal")
+           "tiff", "pillow", "omezarr", "gdal")
 
 URL_DRIVERS = ("dicomweb",)
 
