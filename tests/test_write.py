@@ -262,6 +262,41 @@ def test_ome_zarr_of_a_labelled_stack(labelled, tmp_path):
             pytest.approx(sc.z_resolution)
 
 
+@pytest.mark.parametrize("compression", ["passthrough", "jpeg"])
+def test_dicom_through_wsidicomizer_read_by_wsidicom_and_openslide(source, tmp_path, compression):
+    wsidicom = pytest.importorskip("wsidicom")
+    pytest.importorskip("wsidicomizer")
+    sc = source.scenes[0]
+    tile = sc.levels[0].tile_size[0] if compression == "passthrough" else 512
+    out = write(source, tmp_path / "slide.dcm", compression=compression, tile_size=tile)
+    with wsidicom.WsiDicom.open(out) as w:
+        assert len(w.levels) == len(sc.levels) and w.labels and w.overviews
+        assert w.levels[0].mpp.width == pytest.approx(sc.mpp[0])
+        for i, lv in enumerate(sc.levels):
+            got = np.asarray(w.read_region((0, 0), w.levels[i].level, lv.size))[..., :3]
+            if compression == "passthrough":  # the stored JPEG tiles as frames: the same pixels
+                np.testing.assert_array_equal(got, sc.read_level(i), err_msg=f"level {i}")
+            else:
+                assert _mean_diff(got, sc.read_level(i)) < 2.0  # JPEG Q90 (small levels: finer detail)
+            if i == 0:
+                level0 = got
+    first = str(sorted(p for p in (tmp_path / "slide.dcm").iterdir())[0])
+    with openslide.OpenSlide(first) as o:  # openslide's DICOM reader, any file of the series
+        assert o.properties["openslide.vendor"] == "dicom" and o.level_count == len(sc.levels)
+        assert float(o.properties["openslide.mpp-x"]) == pytest.approx(sc.mpp[0])
+        np.testing.assert_array_equal(np.asarray(o.read_region((0, 0), 0, o.dimensions))[..., :3], level0)
+    with tilescope.open(out) as back:
+        assert back.driver == "DICOM" and {"label", "macro"} <= set(back.associated)
+        np.testing.assert_array_equal(back.scenes[0].read_level(0), level0)
+
+
+def test_dicom_output_refuses_what_wsidicomizer_cannot_hold(tmp_path, labelled):
+    with tilescope.open(labelled["ome"]) as s, pytest.raises(tilescope.InvalidRequestError):
+        write(s, tmp_path / "x.dcm")
+    with pytest.raises(tilescope.InvalidRequestError):
+        write(np.zeros((64, 64, 3), np.uint8), tmp_path / "y.dcm")
+
+
 def test_convert_command(source, tmp_path, capsys):
     from tilescope.cli import main
 

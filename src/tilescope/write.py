@@ -32,7 +32,7 @@ import numpy as np
 from .codecs import block_mean
 from .errors import InvalidRequestError, UnsupportedFormatError
 
-FORMATS = ("ome-tiff", "tiff", "svs", "ome-zarr")
+FORMATS = ("ome-tiff", "tiff", "svs", "ome-zarr", "dicom")
 COMPRESSIONS = ("jpeg", "jpeg2000", "jpegxl", "zstd", "deflate", "lzw", "none", "passthrough")
 _IN_FLIGHT = 4  # tiles a worker has queued: enough to keep it busy, few enough to bound memory
 
@@ -45,11 +45,12 @@ def format_for(path: str, format: str | None = None) -> str:
         return format
     low = str(path).lower()
     for suffix, name in ((".ome.tif", "ome-tiff"), (".ome.tiff", "ome-tiff"), (".svs", "svs"),
-                         (".tif", "tiff"), (".tiff", "tiff"), (".zarr", "ome-zarr")):
+                         (".tif", "tiff"), (".tiff", "tiff"), (".zarr", "ome-zarr"), (".dcm", "dicom"),
+                         (".dicom", "dicom")):
         if low.rstrip("/").endswith(suffix):
             return name
     raise InvalidRequestError(f"{path}: no output format for this suffix (.ome.tif(f), .tif(f), .svs, "
-                              f".zarr; or format=)")
+                              f".zarr, .dcm / .dicom: a folder; or format=)")
 
 
 # -- what is written: pages of one image, whatever the source ------------------------------------
@@ -628,6 +629,8 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
         raise InvalidRequestError("SVS holds one RGB plane: write OME-TIFF for channels, z or t")
     workers = workers or os.cpu_count() or 1
     where = os.path.dirname(os.path.abspath(path))
+    if fmt == "dicom":
+        return _dicom(image, path, tile_size, compression or "jpeg", quality, workers)
     if fmt == "ome-zarr":
         if zarr_format not in (2, 3):
             raise InvalidRequestError(f"zarr_format {zarr_format}: 3 (OME-NGFF 0.5) or 2 (0.4)")
@@ -658,6 +661,24 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
             _write_tiff(path, image, fmt, lvls, compression, quality, tile_size)
     finally:
         spool.close()
+    return path
+
+
+def _dicom(image: _Image, path: str, tile: int, compression: str, quality: int, workers: int) -> str:
+    """A DICOM WSI folder through wsidicomizer (tilescope.dicomize)."""
+    if image.scene is None or image.samples != 3 or len(image.pages) != 1:
+        raise InvalidRequestError("DICOM output is of an RGB slide's scene (wsidicomizer's brightfield "
+                                  "pyramid); write OME-TIFF or OME-Zarr for channels, z, t or arrays")
+    if compression not in ("jpeg", "jpeg2000", "passthrough"):
+        raise InvalidRequestError(f"DICOM output: jpeg, jpeg2000 or passthrough, not {compression!r}")
+    try:
+        from .dicomize import write_dicom
+    except ImportError as e:
+        raise UnsupportedFormatError(f"DICOM output needs the [dicom] extra (wsidicomizer): {e}") from None
+    if os.path.exists(path) and os.listdir(path):
+        raise InvalidRequestError(f"{path}: the DICOM output folder exists and is not empty")
+    os.makedirs(path, exist_ok=True)
+    write_dicom(image.scene, path, tile_size=tile, compression=compression, quality=quality, workers=workers)
     return path
 
 
