@@ -93,7 +93,7 @@ def test_corrupt_and_unknown(tmp_path):
 def test_detection_order(svs, ome, tiffs, tmp_path):
     # the most specific driver wins: Aperio and OME before the generic TIFF reader, which keeps
     # every TIFF (stripped ones too) away from Pillow
-    assert tilescope.drivers() == ["SVS", "OME", "NDPI", "Philips", "QPTIFF", "SCN", "Ventana", "ScanImage", "CZI", "AFI", "DICOM", "TIFF", "Pillow", "GDAL", "DICOMweb"]
+    assert tilescope.drivers() == ["SVS", "OME", "NDPI", "Philips", "QPTIFF", "SCN", "Ventana", "ScanImage", "CZI", "AFI", "DICOM", "TIFF", "Pillow", "OMEZarr", "GDAL", "DICOMweb"]
     assert [tilescope.detect(p) for p in (svs, ome, tiffs["stripped"])] == ["SVS", "OME", "TIFF"]
     plain = str(tmp_path / "plain.tif")
     Image.fromarray(_picture()).save(plain)  # Pillow's own TIFF writer, one strip per few rows

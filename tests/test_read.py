@@ -219,7 +219,7 @@ def test_scene_lookup(svs):
 
 
 def test_drivers_and_detect(svs, ome, tiffs):
-    assert tilescope.drivers() == ["SVS", "OME", "NDPI", "Philips", "QPTIFF", "SCN", "Ventana", "ScanImage", "CZI", "AFI", "DICOM", "TIFF", "Pillow", "GDAL", "DICOMweb"]
+    assert tilescope.drivers() == ["SVS", "OME", "NDPI", "Philips", "QPTIFF", "SCN", "Ventana", "ScanImage", "CZI", "AFI", "DICOM", "TIFF", "Pillow", "OMEZarr", "GDAL", "DICOMweb"]
     assert tilescope.detect(svs) == "SVS"
     assert tilescope.detect(ome) == "OME"
     assert tilescope.detect(tiffs["stripped"]) == "TIFF"
