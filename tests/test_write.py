@@ -180,6 +180,29 @@ def test_lossless_at_quality_100_and_lossy_below(source, tmp_path, compression):
     np.testing.assert_array_equal(tifffile.imread(out, level=0), a16)
 
 
+def test_round_trips_from_ndpi_and_a_scanimage_stack(tmp_path):
+    """An NDPI with two focal planes to OME-TIFF and a ScanImage stack (2 channels x 3 slices x
+    2 volumes, int16) to OME-Zarr, losslessly: every plane equal to the source's own read."""
+    from tools import synth
+
+    ndpi = synth.write_ndpi(tmp_path / "s.ndpi", 1024, 768, downsamples=(1, 4), focal_planes=(0, 1))
+    stack = synth.write_scanimage(tmp_path / "stack.tif", 96, 64, channels=2, slices=3, volumes=2)
+    for src, out in ((ndpi, "ndpi.ome.tif"), (stack, "stack.ome.zarr")):
+        with tilescope.open(src) as s:
+            sc = s.scenes[0]
+            with pytest.raises(tilescope.InvalidRequestError):  # not a grid of JPEG tiles to copy
+                write(s, tmp_path / "copy.tif", compression="passthrough")
+            written = write(s, tmp_path / out, compression="zstd", tile_size=128)
+            with tilescope.open(written) as back:
+                bs = back.scenes[0]
+                assert (bs.num_z_slices, bs.num_t_frames, bs.channel_names, bs.dtype) == \
+                    (sc.num_z_slices, sc.num_t_frames, sc.channel_names, sc.dtype)
+                assert bs.mpp == pytest.approx(sc.mpp) if sc.mpp else bs.mpp is None
+                for t in range(sc.num_t_frames):
+                    for z in range(sc.num_z_slices):
+                        np.testing.assert_array_equal(bs.read_level(0, z=z, t=t), sc.read_level(0, z=z, t=t))
+
+
 def test_arrays_numpy_and_dask(tmp_path):
     rng = np.random.default_rng(3)
     a = rng.integers(0, 4000, (700, 900, 2), dtype=np.uint16)
@@ -312,3 +335,25 @@ def test_convert_command(source, tmp_path, capsys):
         assert len(tf.series[0].levels) == 2 and tf.pages[0].tilewidth == 256
     assert main(["convert", source.path, str(tmp_path / "c.png")]) == 1
     assert "tilescope: error:" in capsys.readouterr().err
+    write(source, tmp_path / "p.tif", tile_size=256, progress=True)  # the bar: tiles done / total
+    err = capsys.readouterr().err
+    from tilescope.write import level_sizes
+
+    total = sum(-(-w // 256) * -(-h // 256) for w, h in level_sizes(source.scenes[0].size, 256, "auto"))
+    assert f"{total}/{total}" in err and "tiles" in err
+
+
+def test_convert_every_scene(tmp_path):
+    """--scene all: a file per scene (a Leica SCN with two images), named OUT-<index>."""
+    from tools import synth
+
+    from tilescope.cli import main
+
+    scn = synth.write_scn(tmp_path / "two.scn")
+    assert main(["convert", scn, str(tmp_path / "out.ome.tif"), "--scene", "all", "--compression", "zstd",
+                 "--quiet"]) == 0
+    with tilescope.open(scn) as s:
+        assert len(s.scenes) == 2
+        for sc in s.scenes:
+            with tilescope.open(str(tmp_path / f"out-{sc.index}.ome.tif")) as back:
+                np.testing.assert_array_equal(back.scenes[0].read_level(0), sc.read_level(0))
