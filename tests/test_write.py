@@ -345,9 +345,8 @@ def test_convert_command(source, tmp_path, capsys):
 
 def test_convert_every_scene(tmp_path):
     """--scene all: a file per scene (a Leica SCN with two images), named OUT-<index>."""
-    from tools import synth
-
     from tilescope.cli import main
+    from tools import synth
 
     scn = synth.write_scn(tmp_path / "two.scn")
     assert main(["convert", scn, str(tmp_path / "out.ome.tif"), "--scene", "all", "--compression", "zstd",
