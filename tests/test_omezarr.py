@@ -146,3 +146,66 @@ def test_damaged_stores_are_typed_errors(stack, tmp_path):
         f.truncate(10)
     with tilescope.open(chunky) as s, pytest.raises(tilescope.CorruptDataError, match=r"chunky\.zarr"):
         s.scenes[0].read_level(0)
+
+
+@pytest.fixture(scope="module")
+def stores(stack, tmp_path_factory):
+    """Under one folder: an ome-zarr-written stack (v2 or v3, from ``stack``) and a sharded v3
+    store with chunks of fill left out (zarr's writer)."""
+    path, _ = stack
+    root = tmp_path_factory.mktemp("www-zarr")
+    shutil.copytree(path, root / "stack.zarr")
+    a = np.random.default_rng(1).integers(0, 255, (3, 300, 400), np.uint8)
+    a[:, :128, :128] = 0
+    g = zarr.open_group(str(root / "sharded.zarr"), mode="w", zarr_format=3)
+    arr = g.create_array("0", shape=a.shape, chunks=(3, 64, 64), shards=(3, 128, 128), dtype=np.uint8, fill_value=0)
+    arr[:] = a
+    g.attrs.update({"ome": {"version": "0.5", "multiscales": [{"name": "sh", "axes": [
+        {"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1]}]}]}]}})
+    return root
+
+
+def _same_store(remote, local):
+    rs, ls = remote.scenes[0], local.scenes[0]
+    assert (rs.size, rs.levels, rs.channel_names, rs.num_z_slices, rs.num_t_frames) == \
+        (ls.size, ls.levels, ls.channel_names, ls.num_z_slices, ls.num_t_frames)
+    for k in range(len(ls.levels)):
+        for t in range(ls.num_t_frames):
+            for z in range(ls.num_z_slices):
+                np.testing.assert_array_equal(rs.read_level(k, z=z, t=t), ls.read_level(k, z=z, t=t))
+
+
+@pytest.mark.parametrize("name", ["stack.zarr", "sharded.zarr"])
+def test_over_http_equal_to_local(stores, name):
+    from tools import servers
+
+    if servers.nginx_binary() is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("nginx is not installed")
+    with servers.nginx(str(stores)) as url:
+        assert tilescope.detect(f"{url}/{name}") == "OMEZarr"
+        for given in (f"{url}/{name}", f"{url}/{name}/"):
+            with tilescope.open(given) as r, tilescope.open(str(stores / name)) as loc:
+                _same_store(r, loc)
+        with pytest.raises(tilescope.SourceNotFoundError):
+            tilescope.open(f"{url}/nothing.zarr")
+
+
+def test_in_an_s3_bucket(stores):
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from tools import servers
+
+    with servers.s3_server() as endpoint:
+        client = servers.s3_client(endpoint)
+        client.create_bucket(Bucket="stores")
+        for d, _, files in os.walk(stores / "sharded.zarr"):
+            for f in files:
+                full = os.path.join(d, f)
+                client.upload_file(full, "stores", "sharded.zarr/" + os.path.relpath(full, stores / "sharded.zarr"))
+        opts = servers.s3_options(endpoint)
+        with tilescope.open("s3://stores/sharded.zarr", storage_options=opts) as r, \
+                tilescope.open(str(stores / "sharded.zarr")) as loc:
+            _same_store(r, loc)
+            back = pickle.loads(pickle.dumps(r))
+            np.testing.assert_array_equal(back.scenes[0].read_level(0), loc.scenes[0].read_level(0))

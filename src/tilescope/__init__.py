@@ -162,7 +162,10 @@ def detect(source: str | bytes | os.PathLike) -> str | None:
     if (web := formats.for_url(source)) is not None:  # named by its scheme: nothing is fetched
         return web.NAME
     if remote.is_remote(source):
-        mod = _detect_source(remote.RemoteSource(cast(str, source)))
+        url = cast(str, source)
+        src = _zarr_group(url.rstrip("/"), remote.RemoteOptions()) if url.rstrip("/").endswith(".zarr") else \
+            remote.RemoteSource(url)
+        mod = _detect_source(src)
         return mod.NAME if mod else None
     if os.path.isdir(source):
         try:
@@ -233,7 +236,10 @@ def _open_remote(source: Any, driver: str | None, overrides: dict[str, Any]) -> 
     opts = _options(overrides)
     files = [os.fspath(u) for u in source] if isinstance(source, (list, tuple)) else None
     folder = source if files is None and source.endswith("/") else None
-    if folder is None:
+    if files is None and source.rstrip("/").endswith(".zarr"):  # a zarr store: its group's metadata
+        folder, src = None, _zarr_group(source.rstrip("/"), ropts)
+        url = src.path
+    elif folder is None:
         url = files[0] if files else source
         src = remote.RemoteSource(url, ropts)
     else:
@@ -244,6 +250,14 @@ def _open_remote(source: Any, driver: str | None, overrides: dict[str, Any]) -> 
     one = files is None and folder is None
     slide._ticket = Ticket(source, driver, given, src.identity[2:] if one else None)
     return slide
+
+
+def _zarr_group(store: str, options: remote.RemoteOptions) -> remote.RemoteSource:
+    """A zarr store's group metadata at a URL: ``zarr.json`` (v3), else ``.zattrs`` (v2)."""
+    try:
+        return remote.RemoteSource(store + "/zarr.json", options)
+    except SourceNotFoundError:
+        return remote.RemoteSource(store + "/.zattrs", options)
 
 
 def _first_dicom(folder: str, options: remote.RemoteOptions) -> remote.RemoteSource:

@@ -1,4 +1,5 @@
-"""OME-Zarr (OME-NGFF 0.4 on zarr v2, 0.5 on zarr v3, sharded arrays too): a folder.
+"""OME-Zarr (OME-NGFF 0.4 on zarr v2, 0.5 on zarr v3, sharded arrays too): a folder, local or at a
+URL (a web server or an object store, through the same sources as remote files).
 
 The slide is the image group: a folder (or its ``zarr.json`` / ``.zattrs``) whose attributes hold
 NGFF ``multiscales``. Each dataset is a level; axes ``t``, ``c``, ``z``, ``y``, ``x`` (any subset with
@@ -21,9 +22,10 @@ import numpy as np
 
 from ..codecs import Codec
 from ..engine import GridPlane, Layout
-from ..errors import CorruptDataError, UnsupportedFormatError
+from ..errors import CorruptDataError, SourceNotFoundError, UnsupportedFormatError
 from ..model import Scene, Slide, make_levels
-from ..source import PieceList
+from ..remote import is_remote
+from ..source import PieceList, open_file
 
 if TYPE_CHECKING:
     from ..engine import Options
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 
 NAME = "OMEZarr"
 OPENSLIDE_VENDOR = None
-LOCAL_ONLY = True  # chunks are files beside the group's metadata, opened by path
 _MAX_JSON = 4 << 20
 _NAMES = ("zarr.json", ".zattrs", ".zgroup")
 _UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
@@ -47,15 +48,29 @@ def detect(probe: Probe) -> bool:
                                       os.path.basename(probe.path) == ".zgroup")
 
 
-def _json(path: str, what: str) -> dict:
+def _read(path: str, ropts: Any, limit: int | None = None) -> bytes | None:
+    """A file's bytes (local, or at a URL with the slide's remote options); None if it is not there."""
     try:
-        size = os.path.getsize(path)
-        if size > _MAX_JSON:
-            raise CorruptDataError(f"{path}: {what} is {size} bytes, too large for zarr metadata")
-        with builtins.open(path, "rb") as f:
-            doc = json.loads(f.read())
-    except FileNotFoundError:
-        raise CorruptDataError(f"{path}: {what} is missing") from None
+        src = open_file(path, ropts)
+    except SourceNotFoundError:
+        return None
+    try:
+        if limit is not None and src.size > limit:
+            raise CorruptDataError(f"{path}: {src.size} bytes, too large for zarr metadata")
+        return src.pread(0, src.size)
+    except SourceNotFoundError:
+        return None
+    finally:
+        src.close()
+
+
+def _json(path: str, what: str, ropts: Any = None, data: bytes | None = None) -> dict:
+    """A metadata file's JSON object (``data``: its bytes, when already read)."""
+    data = data if data is not None else _read(path, ropts, _MAX_JSON)
+    if data is None:
+        raise CorruptDataError(f"{path}: {what} is missing")
+    try:
+        doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise CorruptDataError(f"{path}: {what} is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
@@ -67,13 +82,13 @@ class _Array:
     """One zarr array's metadata (v2 or v3): shape, chunks, dtype, fill, how a chunk's bytes
     decode and where chunk files are."""
 
-    def __init__(self, root: str, path: str):
-        self.dir = os.path.join(root, path)
-        if os.path.isfile(os.path.join(self.dir, "zarr.json")):
-            m = _json(os.path.join(self.dir, "zarr.json"), "array metadata")
-            self._v3(m)
+    def __init__(self, root: str, path: str, ropts: Any):
+        self.dir = root + "/" + path.strip("/")
+        v3 = _read(self.dir + "/zarr.json", ropts, _MAX_JSON)
+        if v3 is not None:
+            self._v3(_json(self.dir + "/zarr.json", "array metadata", data=v3))
         else:
-            self._v2(_json(os.path.join(self.dir, ".zarray"), "array metadata"))
+            self._v2(_json(self.dir + "/.zarray", "array metadata", ropts))
         where = f"{self.dir}"
         if len(self.shape) != len(self.chunks) or \
                 any(not isinstance(n, int) or n < 0 for n in self.shape) or \
@@ -134,7 +149,7 @@ class _Array:
         self.decompress = _decompressor(comp.get("id") if comp else None, comp or {}, self.dir)
 
     def key(self, coords: list[int]) -> str:
-        return os.path.join(self.dir, self._prefix + self._sep.join(str(c) for c in coords))
+        return self.dir + "/" + self._prefix + self._sep.join(str(c) for c in coords)
 
 
 def _dtype3(name: Any, where: str) -> np.dtype:
@@ -207,7 +222,7 @@ class Chunks(PieceList):
         inner = int(np.ravel_multi_index([c % p for c, p in zip(coords, per, strict=True)], per))
         return self.array.key([c // p for c, p in zip(coords, per, strict=True)]), inner
 
-    def _index(self, path: str) -> np.ndarray | None:
+    def _index(self, path: str, ropts: Any) -> np.ndarray | None:
         """A shard's (offset, nbytes) per chunk, read once; None where the shard is missing."""
         with self._lock:
             if path in self._shards:
@@ -216,37 +231,58 @@ class Chunks(PieceList):
         n = int(np.prod(per))
         size = n * 16 + 4  # the index and its crc32c
         try:
-            with builtins.open(path, "rb") as f:
-                total = os.fstat(f.fileno()).st_size
+            src = open_file(path, ropts)
+        except SourceNotFoundError:
+            index = None
+        else:
+            try:
+                total = src.size
                 if total < size:
                     raise CorruptDataError(f"{path}: a shard of {total} bytes cannot hold its index of {n}")
-                f.seek(total - size if self.array._index_at_end else 0)
-                index = np.frombuffer(f.read(size)[:-4], "<u8").reshape(n, 2).copy()
-        except FileNotFoundError:
-            index = None
-        if index is not None and np.any((index[:, 0] != 2**64 - 1) & (index[:, 0] + index[:, 1] > total)):
-            raise CorruptDataError(f"{path}: shard index points past the shard's end")
+                raw = src.pread(total - size if self.array._index_at_end else 0, size)
+                index = np.frombuffer(raw[:-4], "<u8").reshape(n, 2).copy()
+            finally:
+                src.close()
+            if np.any((index[:, 0] != 2**64 - 1) & (index[:, 0] + index[:, 1] > total)):
+                raise CorruptDataError(f"{path}: shard index points past the shard's end")
         with self._lock:
             self._shards[path] = index
         return index
 
     def is_missing(self, index: int) -> bool:
         path, inner = self._where(index)
+        if is_remote(path):  # asked for when read: a missing chunk reads as empty (the fill value)
+            return False
         if self.array.shard is None:
             return not os.path.isfile(path)
-        table = self._index(path)
+        table = self._index(path, None)
         return table is None or int(table[inner, 0]) == 2**64 - 1
 
     def fetch(self, handle: Any, index: int) -> bytes:
+        # remote options from the slide's own source as bound now (a parsed slide is re-bound to
+        # new sources: its credentials and endpoint are the caller's, not the first opener's)
+        ropts = getattr(handle, "options", None)
         path, inner = self._where(index)
-        with builtins.open(path, "rb") as f:
+        try:
+            src = open_file(path, ropts) if self.array.shard is None or is_remote(path) else None
+        except SourceNotFoundError:
+            return b""  # a chunk not written: the fill value
+        try:
             if self.array.shard is None:
-                return f.read()
-            table = self._index(path)
-            assert table is not None  # is_missing said it is there
+                assert src is not None
+                return src.pread(0, src.size)
+            table = self._index(path, ropts)
+            if table is None or int(table[inner, 0]) == 2**64 - 1:
+                return b""
             offset, count = (int(v) for v in table[inner])
-            f.seek(offset)
-            return f.read(count)
+            if src is not None:
+                return src.pread(offset, count)
+            with builtins.open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(count)
+        finally:
+            if src is not None:
+                src.close()
 
 
 def _codec(array: _Array, axes: list[str], plane_at: dict[str, int], samples: int) -> Codec:
@@ -255,9 +291,14 @@ def _codec(array: _Array, axes: list[str], plane_at: dict[str, int], samples: in
     chunk = array.chunks
     dtype = array.dtype
 
+    fill = np.full(chunk, array.fill, dtype)
+
     def dec(data: Any, h: int, w: int, out: np.ndarray | None) -> np.ndarray:
-        raw = array.decompress(data) if array.decompress is not None else data
-        a = np.frombuffer(raw, dtype)
+        if not len(data):  # a chunk a server does not have (zarr leaves out chunks of fill)
+            a = fill
+        else:
+            raw = array.decompress(data) if array.decompress is not None else data
+            a = np.frombuffer(raw, dtype)
         if a.size != int(np.prod(chunk)):
             raise ValueError(f"a chunk of {a.size} values, expected {int(np.prod(chunk))} ({chunk})")
         a = a.reshape(chunk)
@@ -273,13 +314,13 @@ def _codec(array: _Array, axes: list[str], plane_at: dict[str, int], samples: in
 
 def open(probe: Probe, options: Options) -> Slide:
     src = probe.source
-    root = os.path.dirname(os.path.abspath(src.path))
-    if os.path.basename(src.path) == "zarr.json":
-        attrs = _json(src.path, "group metadata").get("attributes", {})
+    ropts = getattr(src, "options", None)  # a remote source's: credentials, retries, ...
+    root = src.path.rsplit("/", 1)[0] if is_remote(src.path) else os.path.dirname(os.path.abspath(src.path))
+    if src.path.endswith("zarr.json"):
+        attrs = _json(src.path, "group metadata", ropts).get("attributes", {})
         ome = attrs.get("ome", attrs)
     else:
-        attrs = _json(os.path.join(root, ".zattrs"), "group attributes") if \
-            os.path.isfile(os.path.join(root, ".zattrs")) else {}
+        attrs = _json(root + "/.zattrs", "group attributes", ropts)
         ome = attrs
     ms = (ome.get("multiscales") or [None])[0]
     if not isinstance(ms, dict):
@@ -292,7 +333,7 @@ def open(probe: Probe, options: Options) -> Slide:
     datasets = ms.get("datasets", [])
     if not datasets:
         raise CorruptDataError(f"{root}: multiscales lists no datasets")
-    arrays = [_Array(root, d["path"]) for d in datasets]
+    arrays = [_Array(root, d["path"], ropts) for d in datasets]
     size_of = {a: arrays[0].shape[i] for i, a in enumerate(axes)}
     nc, nz, nt = size_of.get("c", 1), size_of.get("z", 1), size_of.get("t", 1)
     specs = []
