@@ -44,6 +44,24 @@ import tilescope
 from tilescope.write import write
 write(tilescope.open(SRC), OUT + ".ome.tif", compression="passthrough")
 """,
+    "tilescope OME-Zarr": """
+import tilescope
+from tilescope.write import write
+write(tilescope.open(SRC), OUT + ".ome.zarr", tile_size=512)
+""",
+    "ome-zarr write_image (tiffslide's zarr, dask)": """
+import dask.array as da, tiffslide, zarr
+from ome_zarr.writer import write_image
+from ome_zarr.scale import Scaler
+s = tiffslide.TiffSlide(SRC)
+a = da.from_zarr(s.zarr_group["0"]).rechunk((512, 512, 3)).transpose(2, 0, 1)
+n = 1
+while max(a.shape[1:]) / 2 ** (n - 1) > 512:
+    n += 1
+root = zarr.open_group(OUT + ".ome.zarr", mode="w", zarr_format=3)
+write_image(a, root, axes="cyx", scaler=Scaler(max_layer=n - 1, method="local_mean"),
+            storage_options={"chunks": (3, 512, 512)})
+""",
     "pyvips": """
 import pyvips
 im = pyvips.Image.new_from_file(SRC, access="sequential")
@@ -86,6 +104,22 @@ with tifffile.TiffWriter(OUT + ".ome.tif", bigtiff=True, ome=True) as tw:
 }
 
 
+# "huge": a 100000x80000 RGB image made tile by tile (no file behind it), to OME-TIFF: the memory bound
+HUGE = """
+import numpy as np
+from tilescope.write import write
+
+class Huge:  # what write() reads of an array: shape, dtype, ndim, slicing
+    shape, dtype, ndim = (80000, 100000, 3), np.dtype(np.uint8), 3
+    def __getitem__(self, key):
+        ys, xs, cs = key
+        yy, xx = np.mgrid[ys, xs]
+        a = np.stack([(xx >> 4) & 255, (yy >> 4) & 255, (xx ^ yy) & 255], axis=-1).astype(np.uint8)
+        return a[..., cs]
+write(Huge(), OUT + ".ome.tif", mpp=0.25, tile_size=512, quality=90)
+"""
+
+
 def cell(code: str, src: str, out: str) -> tuple[float, float] | None:
     """One fresh process: (wall seconds, peak RSS MB), or None if it failed."""
     prog = f"SRC, OUT = {src!r}, {out!r}\n" + code
@@ -104,24 +138,28 @@ def main() -> int:
     ap.add_argument("--slide", default=os.path.join(HERE, "data", "slide.svs"))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--writers", default=",".join(WRITERS))
+    ap.add_argument("--huge", action="store_true", help="also a 100000x80000 image: time and peak RSS")
     a = ap.parse_args()
     names = a.writers.split(",")
     res: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(a.slide)), prefix="convert-bench-")
     try:
-        for _ in range(a.rounds):
-            for n in names:
-                # the peak RSS of one child: measured in a fresh runner process per cell
-                probe = (f"import resource, subprocess, sys, json; sys.path.insert(0, {HERE!r}); "
-                         f"import convert_bench as cb; r = cb.cell(cb.WRITERS[{n!r}], {a.slide!r}, "
-                         f"{os.path.join(tmp, 'out')!r}); print(json.dumps(r))")
-                r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-                v = json.loads(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "null")
-                if v:
-                    res[n].append((v[0], v[1]))
-                print(n, v, f"load {os.getloadavg()[0]:.2f}", flush=True)
-                for f in os.listdir(tmp):
-                    os.remove(os.path.join(tmp, f))
+        cells = [n for _ in range(a.rounds) for n in names] + (["huge"] if a.huge else [])
+        if a.huge:
+            names.append("huge")
+            res["huge"] = []
+        for n in cells:
+            # the peak RSS of one child: measured in a fresh runner process per cell
+            code = "cb.HUGE" if n == "huge" else f"cb.WRITERS[{n!r}]"
+            probe = (f"import sys, json; sys.path.insert(0, {HERE!r}); import convert_bench as cb; "
+                     f"print(json.dumps(cb.cell({code}, {a.slide!r}, {os.path.join(tmp, 'out')!r})))")
+            r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+            v = json.loads(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "null")
+            if v:
+                res[n].append((v[0], v[1]))
+            print(n, v, f"load {os.getloadavg()[0]:.2f}", flush=True)
+            shutil.rmtree(tmp)
+            os.mkdir(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     base = min(v[0] for v in res["tilescope"]) if res.get("tilescope") else None

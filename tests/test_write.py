@@ -217,6 +217,10 @@ def test_arrays_numpy_and_dask(tmp_path):
     rgb = rng.integers(0, 255, (500, 600, 3), dtype=np.uint8)
     out = write(da.from_array(rgb, chunks=(128, 128, 3)), tmp_path / "d.tif", compression="lzw", tile_size=256)
     np.testing.assert_array_equal(tifffile.imread(out, key=0), rgb)
+    yy, xx = np.mgrid[:500, :600]
+    smooth = np.stack([xx * 255 // 600, yy * 255 // 500, (xx + yy) * 255 // 1100], axis=-1).astype(np.uint8)
+    out = write(smooth, tmp_path / "j.ome.tif", quality=95, tile_size=256)  # JPEG of an RGB array
+    assert _mean_diff(tifffile.imread(out, level=0), smooth) < 1
 
 
 def test_bad_requests_are_typed(tmp_path, source):

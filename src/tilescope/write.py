@@ -131,7 +131,8 @@ def _from_array(a: Any, mpp: Any, channel_names: Sequence[str] | None) -> _Image
     pages = [(g, 0, 0) for g in groups]
 
     def read(page: int, x: int, y: int, tw: int, th: int) -> np.ndarray:
-        part = np.asarray(a[y:y + th, x:x + tw, list(pages[page][0])])
+        # contiguous: a fancy index on the last axis gives a transposed layout, which encoders refuse
+        part = np.ascontiguousarray(a[y:y + th, x:x + tw, list(pages[page][0])])
         if part.shape[:2] != (th, tw):
             out = np.zeros((th, tw, part.shape[2]), dtype)
             out[:part.shape[0], :part.shape[1]] = part
