@@ -49,7 +49,7 @@ import tilescope
 from tilescope.write import write
 write(tilescope.open(SRC), OUT + ".ome.zarr", tile_size=512)
 """,
-    "ome-zarr write_image (tiffslide's zarr, dask)": """
+    "ome-zarr write_image (tiffslide zarr + dask)": """
 import dask.array as da, tiffslide, zarr
 from ome_zarr.writer import write_image
 from ome_zarr.scale import Scaler

@@ -260,6 +260,14 @@ def test_ome_zarr_validated_and_read_by_ome_zarr_and_zarr(source, tmp_path, zarr
     np.testing.assert_array_equal(level0, ref)  # lossless
     np.testing.assert_array_equal(np.moveaxis(group["1"][:], 0, -1), _halved(ref))
     assert group["0"].chunks == (3, 256, 256)
+    last = len(ms["datasets"]) - 1  # smaller than a tile: one chunk of its own size
+    expect = ref
+    for _ in range(last):
+        expect = _halved(expect)
+    got = np.moveaxis(group[str(last)][:], 0, -1)
+    assert got.shape == expect.shape and group[str(last)].chunks == group[str(last)].shape
+    # the last row and column of an odd size meet the background beyond the edge
+    np.testing.assert_array_equal(got[:-1, :-1], expect[:-1, :-1])
     node = next(iter(Reader(parse_url(str(out)))()))  # ome-zarr's own reader
     assert [d.shape[1:] for d in node.data] == [group[str(i)].shape[1:] for i in range(len(node.data))]
     np.testing.assert_array_equal(np.moveaxis(np.asarray(node.data[1]), 0, -1), _halved(ref))
