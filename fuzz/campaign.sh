@@ -16,7 +16,7 @@ PY=${PY:-.venv/bin/python}
 MINUTES=${MINUTES_EACH:-60}
 OUT=${OUT:-fuzz-campaign}
 SEGMENT=${SEGMENT:-100000}
-for family in ${FAMILIES:-tiff czi dicom dicomweb afi pillow}; do
+for family in ${FAMILIES:-tiff czi dicom dicomweb afi pillow zarr}; do
   mkdir -p "$OUT/$family/corpus" "$OUT/$family/findings"
   extra=()
   [ -d "fuzz/regressions/$family" ] && extra+=("fuzz/regressions/$family")

@@ -65,6 +65,12 @@ def main() -> None:
                 shutil.copy(path, os.path.join(corpus, name.replace("/", "_")))
     if family == "dicomweb":
         _, run = dicomweb_target()
+    elif family == "zarr":  # an input is a packed store (seeds.pack_store), unpacked into a folder
+        store = os.path.join(tempfile.mkdtemp(prefix="tilescope-fuzz-zarr-", dir="/dev/shm"), "s.zarr")
+
+        def run(data: bytes) -> None:
+            seeds.unpack_store(data, store)
+            check.exercise(store)
     else:
         # AFI inputs sit next to the channel files they name; others alone in a folder of their own
         folder = os.path.join(tempfile.gettempdir(), "tilescope-seeds", "afi") if family == "afi" else \

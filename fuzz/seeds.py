@@ -16,9 +16,10 @@ from PIL import Image
 
 from tools import synth
 
-FAMILIES = ("tiff", "czi", "dicom", "dicomweb", "afi", "pillow")
+FAMILIES = ("tiff", "czi", "dicom", "dicomweb", "afi", "pillow", "zarr")
 # what a fuzzed input of a file family is named (detection reads content; the name only looks right)
-EXTENSIONS = {"tiff": ".tif", "czi": ".czi", "dicom": ".dcm", "afi": ".afi", "pillow": ".img"}
+EXTENSIONS = {"tiff": ".tif", "czi": ".czi", "dicom": ".dcm", "afi": ".afi", "pillow": ".img",
+              "zarr": ".zpack"}
 
 
 def _tiff(d: str) -> dict[str, str]:
@@ -127,6 +128,100 @@ def _pillow(d: str) -> dict[str, str]:
     return out
 
 
+# -- zarr stores as one fuzz input: records of (name, bytes), unpacked into a folder -----------
+_RECORD = b"\x00F"
+
+
+def pack_store(folder: str) -> bytes:
+    """Every file of a store, as records: magic, name length (u16), name, size (u32), bytes."""
+    out = []
+    for d, _, files in sorted(os.walk(folder)):
+        for f in sorted(files):
+            full = os.path.join(d, f)
+            name = os.path.relpath(full, folder).encode()
+            with open(full, "rb") as fh:
+                data = fh.read()
+            out.append(_RECORD + len(name).to_bytes(2, "little") + name + len(data).to_bytes(4, "little")
+                       + data)
+    return b"".join(out)
+
+
+def unpack_store(data: bytes, folder: str) -> None:
+    """The records of ``data`` as files under ``folder`` (emptied first); what does not parse (a
+    broken record, a name leaving the folder, more than 64 files or 16 MB) ends the unpacking."""
+    import re
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    i, files, total = 0, 0, 0
+    while i + 8 <= len(data) and data[i:i + 2] == _RECORD and files < 64:
+        n = int.from_bytes(data[i + 2:i + 4], "little")
+        name = data[i + 4:i + 4 + n].decode("ascii", "replace")
+        size = int.from_bytes(data[i + 4 + n:i + 8 + n], "little")
+        body = data[i + 8 + n:i + 8 + n + size]
+        i += 8 + n + size
+        total += len(body)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", name) or ".." in name.split("/") or \
+                total > 16 << 20:
+            break
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            break
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(body)
+        except (NotADirectoryError, FileExistsError, IsADirectoryError):
+            break
+        files += 1
+
+
+def _zarr(d: str) -> dict[str, str]:
+    """Small OME-Zarr stores packed (pack_store): tilescope's writer (NGFF 0.5 on v3, 0.4 on v2),
+    ome-zarr's writer (t, c, z; blosc) and zarr's own sharded v3 array."""
+    import shutil
+
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    from tilescope.write import write
+
+    rng = np.random.default_rng(30)
+    makers: dict[str, Callable[[str], object]] = {
+        "ours-v3": lambda p: write(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8), p, tile_size=128),
+        "ours-v2": lambda p: write(rng.integers(0, 4000, (150, 200, 2), dtype=np.uint16), p, tile_size=64,
+                                   zarr_format=2, mpp=0.5, channel_names=["a", "b"]),
+        "omezarr-v04": lambda p: write_image(
+            rng.integers(0, 255, (2, 2, 2, 64, 80), dtype=np.uint8),
+            zarr.open_group(p, mode="w", zarr_format=2),
+            axes="tczyx", fmt=FormatV04(), storage_options={"chunks": (1, 1, 1, 32, 32)}),
+    }
+
+    def sharded(p: str) -> None:
+        g = zarr.open_group(p, mode="w", zarr_format=3)
+        a = g.create_array("0", shape=(3, 100, 120), chunks=(3, 32, 32), shards=(3, 64, 64), dtype=np.uint8,
+                           fill_value=0)
+        a[:] = rng.integers(0, 255, (3, 100, 120), dtype=np.uint8)
+        g.attrs.update({"ome": {"version": "0.5", "multiscales": [{"axes": [
+            {"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": [1, 1, 1]}]}]}]}})
+    makers["sharded-v3"] = sharded
+    out = {}
+    for name, make in makers.items():
+        packed = os.path.join(d, name + EXTENSIONS["zarr"])
+        if not os.path.exists(packed):
+            store = os.path.join(d, name + ".zarr")
+            shutil.rmtree(store, ignore_errors=True)
+            make(store)
+            with open(packed, "wb") as f:
+                f.write(pack_store(store))
+        out[name] = packed
+    return out
+
+
 def dicomweb_messages(d: str) -> dict[str, str]:
     """DICOMweb responses as the driver receives them: a series' JSON metadata and a multipart
     frame response, made from the DICOM seeds (pydicom's JSON, a multipart/related body)."""
@@ -154,4 +249,4 @@ def make(family: str, root: str) -> dict[str, str]:
     d = os.path.join(root, family)
     os.makedirs(d, exist_ok=True)
     return {"tiff": _tiff, "czi": _czi, "dicom": _dicom, "dicomweb": dicomweb_messages,
-            "afi": _afi, "pillow": _pillow}[family](d)
+            "afi": _afi, "pillow": _pillow, "zarr": _zarr}[family](d)

@@ -8,7 +8,7 @@ PY=${PY:-.venv/bin/python}
 EACH=${SECONDS_EACH:-20}
 OUT=${OUT:-$(mktemp -d /tmp/tilescope-fuzz.XXXXXX)}
 status=0
-for family in tiff czi dicom dicomweb afi pillow; do
+for family in tiff czi dicom dicomweb afi pillow zarr; do
   mkdir -p "$OUT/$family/corpus" "$OUT/$family/findings"
   extra=()
   [ -d "fuzz/regressions/$family" ] && extra+=("fuzz/regressions/$family")

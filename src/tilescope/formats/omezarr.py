@@ -91,8 +91,8 @@ class _Array:
             self._v2(_json(self.dir + "/.zarray", "array metadata", ropts))
         where = f"{self.dir}"
         if len(self.shape) != len(self.chunks) or \
-                any(not isinstance(n, int) or n < 0 for n in self.shape) or \
-                any(not isinstance(n, int) or n <= 0 for n in self.chunks):
+                any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in self.shape) or \
+                not all(_positive(n) for n in self.chunks):
             raise CorruptDataError(f"{where}: shape {self.shape} and chunks {self.chunks} do not agree")
 
     def _v3(self, m: dict) -> None:
@@ -120,7 +120,8 @@ class _Array:
             codecs = list(conf.get("codecs", []))
             if any(c.get("name") not in ("bytes", "crc32c") for c in conf.get("index_codecs", [])):
                 raise UnsupportedFormatError(f"{self.dir}: shard index codecs other than bytes, crc32c")
-            if len(self.chunks) != len(outer) or any(o % c for o, c in zip(outer, self.chunks, strict=False)):
+            if len(self.chunks) != len(outer) or not all(_positive(v) for v in outer + self.chunks) or \
+                    any(o % c for o, c in zip(outer, self.chunks, strict=False)):
                 raise CorruptDataError(f"{self.dir}: shard {outer} is no multiple of chunk {self.chunks}")
         else:
             self.chunks = outer
@@ -150,6 +151,10 @@ class _Array:
 
     def key(self, coords: list[int]) -> str:
         return self.dir + "/" + self._prefix + self._sep.join(str(c) for c in coords)
+
+
+def _positive(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n > 0
 
 
 def _dtype3(name: Any, where: str) -> np.dtype:
