@@ -125,6 +125,27 @@ def test_passthrough_is_bit_identical(source, tmp_path, suffix):
             assert lv.size == sc.levels[i].size
 
 
+def test_passthrough_of_dicom_frames(converted, tmp_path):
+    """A DICOM slide's JPEG frames (YBR_FULL_422, wsidicomizer's copy of an SVS, whose streams
+    carry an Adobe marker saying RGB: readers disagree on them, tilescope and openslide follow the
+    attribute, wsidicom the marker): copied into DICOM again, frame for frame, so each reader
+    reads the copy as it reads the source; refused for a TIFF, whose readers would believe the
+    marker."""
+    wsidicom = pytest.importorskip("wsidicom")
+    with tilescope.open(converted[1]) as s:
+        sc = s.scenes[0]
+        assert sc.encoded_tiles(0).params["photometric"] == 6
+        with pytest.raises(tilescope.InvalidRequestError, match="Adobe"):
+            write(s, tmp_path / "from-dicom.tif", compression="passthrough")
+        back = write(s, tmp_path / "again.dcm", compression="passthrough", tile_size=sc.levels[0].tile_size[0])
+        with wsidicom.WsiDicom.open(back) as w, wsidicom.WsiDicom.open(converted[1]) as w0:
+            np.testing.assert_array_equal(np.asarray(w.read_region((0, 0), 0, sc.size)),
+                                          np.asarray(w0.read_region((0, 0), 0, sc.size)))
+        with tilescope.open(back) as again:
+            for i in range(len(sc.levels)):
+                np.testing.assert_array_equal(again.scenes[0].read_level(i), sc.read_level(i))
+
+
 def test_passthrough_refuses_what_it_cannot_copy(tmp_path, labelled):
     with tilescope.open(labelled["ome"]) as s, pytest.raises(tilescope.InvalidRequestError):
         write(s, tmp_path / "x.ome.tif", compression="passthrough")

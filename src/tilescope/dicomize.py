@@ -29,9 +29,12 @@ from tilescope import openslide as dropin
 
 
 def _passable(enc: Any, tile: int) -> bool:
-    """Stored tiles a DICOM frame can be: JPEG of the output's tile size, decoding as YCbCr."""
-    return enc is not None and enc.codec == "jpeg" and enc.tile == (tile, tile) and enc.samples == 3 and \
-        enc.params.get("colorspace") is None and int(enc.params.get("photometric") or 0) in (2, 6)
+    """Stored tiles a DICOM frame can be: JPEG of the output's tile size, decoding as YCbCr (TIFF's
+    YCbCr, or RGB-labelled JFIF streams; DICOM's YBR frames)."""
+    if enc is None or enc.codec != "jpeg" or enc.tile != (tile, tile) or enc.samples != 3:
+        return False
+    photometric, colorspace = int(enc.params.get("photometric") or 0), enc.params.get("colorspace")
+    return (photometric == 6 and colorspace in (None, "YCbCr")) or (photometric == 2 and colorspace is None)
 
 
 class _Level(OpenSlideLikeLevelImageData):

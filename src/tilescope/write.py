@@ -405,7 +405,8 @@ class _Level:
 
 
 def _passthrough(image: _Image) -> list[_Level]:
-    """The source's levels as stored, where each is one grid of JPEG tiles; else an error."""
+    """The source's levels as stored, from level 0 down while each is one grid of JPEG tiles a TIFF
+    holds as they are; an error naming why when level 0 is not."""
     sc = image.scene
     if sc is None or len(image.pages) != 1 or image.samples != sc.image_channels:
         raise InvalidRequestError("passthrough copies one plane of a scene's stored tiles (all its image "
@@ -414,26 +415,13 @@ def _passthrough(image: _Image) -> list[_Level]:
     _, zz, tt = image.pages[0]
     for i, lv in enumerate(sc.levels):
         enc = sc.encoded_tiles(i, z=zz, t=tt)
-        ok = enc is not None and enc.codec == "jpeg" and enc.dtype == np.uint8 and \
-            enc.tile[0] % 16 == 0 and enc.tile[1] % 16 == 0 and enc.params.get("photometric") is not None
-        if not ok:
+        why, photometric, sub = _copyable(enc)
+        if why:
             if i == 0:
-                what = enc.codec if enc else "not one grid"
-                raise InvalidRequestError(f"{sc.location}: level 0 is not stored as a grid of JPEG tiles a "
-                                          f"TIFF can hold ({what}): re-encode")
+                raise InvalidRequestError(f"{sc.location}: level 0 cannot be copied into a TIFF ({why}): "
+                                          f"re-encode")
             break
         assert enc is not None
-        photometric = {6: "ycbcr", 2: "rgb", 1: "minisblack"}.get(int(enc.params["photometric"]))
-        if photometric is None or enc.params.get("planarconfig", 1) != 1:
-            break
-        # the source's tiles keep their own sampling: YCbCrSubsampling only matters to libtiff's
-        # own JPEG decode, which needs it to match the stream; read it from the first tile's header
-        sub = None
-        first = enc.get(0, 0)
-        if first is None:
-            break
-        if photometric == "ycbcr":
-            sub = _sampling(enc.params.get("tables"), first)
 
         def tiles(enc: Any = enc) -> Iterator[bytes]:
             for ty in range(enc.grid[1]):
@@ -447,19 +435,42 @@ def _passthrough(image: _Image) -> list[_Level]:
     return out
 
 
-def _sampling(tables: bytes | None, tile: bytes) -> tuple[int, int]:
-    """A JPEG stream's chroma subsampling (luma's sampling factors), from its SOF segment."""
-    data = (tables[:-2] if tables else b"") + tile[2:] if tables else tile
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            break
+def _copyable(enc: Any) -> tuple[str, str, tuple[int, int] | None]:
+    """Why a level's stored tiles cannot go into a TIFF as they are ("" if they can), the TIFF
+    photometric they keep and their chroma subsampling (YCbCrSubsampling must match the stream
+    for libtiff's own decoder)."""
+    if enc is None:
+        return "not one grid of tiles", "", None
+    if enc.codec != "jpeg" or enc.dtype != np.uint8 or enc.tile[0] % 16 or enc.tile[1] % 16:
+        return f"{enc.codec} tiles of {enc.tile[0]}x{enc.tile[1]}", "", None
+    photometric = {6: "ycbcr", 2: "rgb", 1: "minisblack"}.get(int(enc.params.get("photometric") or 0))
+    if photometric is None or enc.params.get("planarconfig", 1) != 1:
+        return "no TIFF photometric for them", "", None
+    first = enc.get(0, 0)
+    if first is None:
+        return "a sparse level", "", None
+    sampling, adobe_rgb = _jpeg_header(enc.params.get("tables"), first)
+    if adobe_rgb and enc.params.get("colorspace") == "YCbCr":
+        # YCbCr by the source's own rule (a DICOM attribute) against an Adobe marker inside saying
+        # RGB: TIFF readers believe the marker
+        return "the streams' Adobe marker says RGB where the source says YCbCr", "", None
+    return "", photometric, sampling if photometric == "ycbcr" else None
+
+
+def _jpeg_header(tables: bytes | None, tile: bytes) -> tuple[tuple[int, int], bool]:
+    """A JPEG stream's chroma subsampling (luma's sampling factors, from its SOF) and whether an
+    Adobe APP14 segment marks its components as untransformed (RGB)."""
+    data = (tables[:-2] + tile[2:]) if tables else tile
+    sampling, adobe_rgb, i = (2, 2), False, 2
+    while i + 4 <= len(data) and data[i] == 0xFF and data[i + 1] != 0xDA:
         marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
-        if 0xC0 <= marker <= 0xC2:
+        if 0xC0 <= marker <= 0xC2 and i + 12 <= len(data):
             hv = data[i + 11]
-            return hv >> 4, hv & 15
+            sampling = (hv >> 4, hv & 15)
+        elif marker == 0xEE and data[i + 4:i + 9] == b"Adobe" and i + 15 <= len(data):
+            adobe_rgb = data[i + 15] == 0
         i += 2 + length
-    return 2, 2
+    return sampling, adobe_rgb
 
 
 def _write_tiff(path: str, image: _Image, fmt: str, levels: list[_Level], compression: str,

@@ -4,6 +4,7 @@ instance holds (size, tiling, frames, encoding) and its codec."""
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -157,7 +158,10 @@ def codec_of(inst: Instance) -> Codec:
     if inst.syntax in _JPEG:
         photometric = str(ds.PhotometricInterpretation)
         if spp == 3:  # the DICOM attribute rules over markers inside the JPEG (as openslide reads it)
-            return codecs.jpeg(colorspace="RGB" if photometric == "RGB" else "YCbCr", outcolorspace="RGB")
+            codec = codecs.jpeg(colorspace="RGB" if photometric == "RGB" else "YCbCr", outcolorspace="RGB")
+            if photometric.startswith("YBR"):  # how a writer copying the frames labels them (TIFF: YCbCr)
+                codec = dataclasses.replace(codec, params={**codec.params, "photometric": 6})
+            return codec
         return codecs.jpeg(samples=1)
     if inst.syntax in _J2K:
         return codecs.jpeg2000(samples=spp, dtype=np.uint8 if ds.BitsAllocated == 8 else np.uint16)
