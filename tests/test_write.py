@@ -389,3 +389,21 @@ def test_convert_every_scene(tmp_path):
         for sc in s.scenes:
             with tilescope.open(str(tmp_path / f"out-{sc.index}.ome.tif")) as back:
                 np.testing.assert_array_equal(back.scenes[0].read_level(0), sc.read_level(0))
+
+
+def test_any_object_with_the_scene_read_api(tmp_path):
+    """What a pipeline hands over: not a Scene, only its read API (a computed probability map)."""
+
+    class Heatmap:
+        size, dtype, channel_names, mpp = (300, 200), np.dtype(np.float32), ("tumour",), (2.0, 2.0)
+
+        def read_level(self, level, rect, channels=None, z=0, t=0):
+            x, y, w, h = rect
+            yy, xx = np.mgrid[y:y + h, x:x + w]
+            return ((xx + yy) / 500.0).astype(np.float32)[..., None]
+
+    out = write(Heatmap(), tmp_path / "heat.ome.tif", compression="zstd", tile_size=128)
+    with tilescope.open(out) as back:
+        sc = back.scenes[0]
+        assert sc.channel_names == ("tumour",) and sc.mpp == (2.0, 2.0) and sc.dtype == np.float32
+        np.testing.assert_array_equal(sc.read_level(0), Heatmap().read_level(0, (0, 0, 300, 200)))

@@ -92,29 +92,40 @@ def _select(value: int | Sequence[int] | None, n: int, what: str) -> list[int]:
 
 
 def _from_scene(sc: Any, channels: Any, z: Any, t: Any) -> _Image:
-    chans = sc.channel_indices(channels)
-    zs, ts = _select(z, sc.num_z_slices, "z"), _select(t, sc.num_t_frames, "t")
-    rgb = len(chans) == 3 and sc.dtype == np.uint8 and (
-        tuple(sc.channel_names[c] for c in chans) == ("R", "G", "B") or sc.background == 255)
+    """A Scene, or any object with its read API: ``size``, ``dtype``, ``channel_names`` and
+    ``read_level(level, rect, channels=, z=, t=)`` (the rest of a Scene's attributes where it has
+    them: mpp, magnification, planes, colours, its slide's properties and associated images)."""
+    from .model import Scene
+
+    names = list(sc.channel_names)
+    chans = sc.channel_indices(channels) if hasattr(sc, "channel_indices") else \
+        _select(channels, len(names), "channel")
+    zs, ts = _select(z, getattr(sc, "num_z_slices", 1), "z"), _select(t, getattr(sc, "num_t_frames", 1), "t")
+    dtype, background = np.dtype(sc.dtype), float(getattr(sc, "background", 0))
+    rgb = len(chans) == 3 and dtype == np.uint8 and (
+        tuple(names[c] for c in chans) == ("R", "G", "B") or background == 255)
     groups = [tuple(chans)] if rgb else [(c,) for c in chans]
     pages = [(g, zz, tt) for tt in ts for zz in zs for g in groups]
+    extra = {"threads": 1} if isinstance(sc, Scene) else {}  # the workers are the parallelism
 
     def read(page: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         g, zz, tt = pages[page]
-        return sc.read_level(0, (x, y, w, h), channels=list(g), z=zz, t=tt, threads=1)
+        return np.ascontiguousarray(sc.read_level(0, (x, y, w, h), channels=list(g), z=zz, t=tt, **extra))
 
-    slide = sc.slide
-    props = {f"{group}.{k}": str(v) for group, values in slide.properties.items() for k, v in values.items()
-             if not isinstance(v, (list, tuple, dict))}
+    slide = getattr(sc, "slide", None)
+    props = {f"{group}.{k}": str(v) for group, values in getattr(slide, "properties", {}).items()
+             for k, v in values.items() if not isinstance(v, (list, tuple, dict))}
     associated = {}
-    if sc.index == 0:
+    if getattr(sc, "index", None) == 0 and slide is not None:
         for name in slide.associated:
             a = np.asarray(slide.associated[name])
             associated[name] = a if a.ndim == 3 else a[..., None]
-    return _Image(sc.size, sc.dtype, 3 if rgb else 1, pages, read, [sc.channel_names[c] for c in chans],
-                  [sc.channel_colors[c] for c in chans], (len(chans), len(zs), len(ts)), sc.mpp,
-                  sc.magnification, sc.z_resolution, sc.t_resolution, sc.name, float(sc.background),
-                  associated, props, sc)
+    colors = getattr(sc, "channel_colors", None) or [None] * len(names)
+    return _Image(tuple(sc.size), dtype, 3 if rgb else 1, pages, read, [names[c] for c in chans],
+                  [colors[c] for c in chans], (len(chans), len(zs), len(ts)), getattr(sc, "mpp", None),
+                  getattr(sc, "magnification", None), getattr(sc, "z_resolution", None),
+                  getattr(sc, "t_resolution", None), str(getattr(sc, "name", "image")), background,
+                  associated, props, sc if isinstance(sc, Scene) else None)
 
 
 def _from_array(a: Any, mpp: Any, channel_names: Sequence[str] | None) -> _Image:
@@ -629,8 +640,9 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
           channel_names: Sequence[str] | None = None, zarr_format: int = 3) -> str:
     """Write ``source`` to ``path`` as a tiled pyramid; returns the path.
 
-    ``source``: a Scene, a Slide (its first scene), a numpy or dask array (h, w) or (h, w, c) with
-    ``mpp`` and ``channel_names``. ``format``: "ome-tiff", "tiff" (tiled BigTIFF, levels in the
+    ``source``: a Scene, a Slide (its first scene), any object with the Scene read API (``size``,
+    ``dtype``, ``channel_names``, ``read_level``; more where it has them), or a numpy or dask array
+    (h, w) or (h, w, c) with ``mpp`` and ``channel_names``. ``format``: "ome-tiff", "tiff" (tiled BigTIFF, levels in the
     main IFD chain, as openslide's generic-tiff reads them), "svs" (Aperio, as openslide's aperio
     driver reads it) or "ome-zarr" (OME-NGFF 0.5 on zarr v3; ``zarr_format=2``: 0.4 on zarr v2),
     by default from the suffix (.ome.tif(f), .tif(f), .svs, .zarr). ``compression`` (default
@@ -648,12 +660,13 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
     fmt = format_for(path, format)
     if isinstance(source, Slide):
         source = source.scenes[0]
-    if isinstance(source, Scene):
+    if isinstance(source, Scene) or (hasattr(source, "read_level") and hasattr(source, "channel_names")):
         image = _from_scene(source, channels, z, t)
     elif hasattr(source, "shape") and hasattr(source, "dtype"):
         image = _from_array(source, mpp, channel_names)
     else:
-        raise InvalidRequestError(f"cannot write a {type(source).__name__}: a Scene, Slide or array")
+        raise InvalidRequestError(f"cannot write a {type(source).__name__}: a Scene, a Slide, an object "
+                                  f"with the Scene read API or an array")
     if mpp is not None and image.mpp is None:
         image.mpp = _pair(mpp)
     if not 16 <= tile_size <= 4096 or tile_size % 16:
