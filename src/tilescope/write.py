@@ -642,17 +642,19 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
 
     ``source``: a Scene, a Slide (its first scene), any object with the Scene read API (``size``,
     ``dtype``, ``channel_names``, ``read_level``; more where it has them), or a numpy or dask array
-    (h, w) or (h, w, c) with ``mpp`` and ``channel_names``. ``format``: "ome-tiff", "tiff" (tiled BigTIFF, levels in the
-    main IFD chain, as openslide's generic-tiff reads them), "svs" (Aperio, as openslide's aperio
-    driver reads it) or "ome-zarr" (OME-NGFF 0.5 on zarr v3; ``zarr_format=2``: 0.4 on zarr v2),
-    by default from the suffix (.ome.tif(f), .tif(f), .svs, .zarr). ``compression`` (default
-    "jpeg" for TIFF, "zstd" for OME-Zarr): "jpeg" (8-bit grey or RGB), "jpeg2000" (lossless at
-    quality 100), "jpegxl", "zstd", "deflate", "lzw", "none", or "passthrough" (the source's JPEG
-    tiles copied as stored, with its levels); OME-Zarr takes zstd, deflate (gzip) or none.
-    ``levels``: how many, or "auto" (halving until a level fits in one tile). ``channels``, ``z``,
-    ``t``: what to write of a scene (default all). ``workers``: encoding threads (default one per
-    core). ``progress``: a bar of tiles written (done / total, rate, ETA) on standard error; None:
-    only when standard error is a terminal."""
+    (h, w) or (h, w, c) with ``mpp`` and ``channel_names``.
+
+    ``format``, by default from the suffix: "ome-tiff" (.ome.tif(f)), "tiff" (.tif(f): tiled
+    BigTIFF, levels in the main IFD chain, as openslide's generic-tiff reads them), "svs" (Aperio,
+    as openslide's aperio driver reads it), "ome-zarr" (.zarr: OME-NGFF 0.5 on zarr v3;
+    ``zarr_format=2``: 0.4 on zarr v2) or "dicom" (.dcm, .dicom: a folder, through wsidicomizer).
+    ``compression`` (default "jpeg"; "zstd" for OME-Zarr): "jpeg" (8-bit grey or RGB),
+    "jpeg2000" (lossless at quality 100), "jpegxl", "zstd", "deflate", "lzw", "none", or
+    "passthrough" (the source's JPEG tiles copied as stored, with its levels); OME-Zarr takes zstd,
+    deflate (gzip) or none; DICOM jpeg, jpeg2000 or passthrough. ``levels``: how many, or "auto"
+    (halving until a level fits in one tile). ``channels``, ``z``, ``t``: what to write of a scene
+    (default all). ``workers``: encoding threads (default one per core). ``progress``: a bar of
+    tiles written (done / total, rate, ETA) on standard error; None: only on a terminal."""
     from .model import Scene, Slide
     from .progress import bar
 
