@@ -36,17 +36,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WRITERS = {
     "tilescope": """
 import tilescope
-from tilescope.write import write
+from tilescope.writer import write
 write(tilescope.open(SRC), OUT + ".ome.tif", tile_size=512, quality=90)
 """,
     "tilescope passthrough": """
 import tilescope
-from tilescope.write import write
+from tilescope.writer import write
 write(tilescope.open(SRC), OUT + ".ome.tif", compression="passthrough")
 """,
     "tilescope OME-Zarr": """
 import tilescope
-from tilescope.write import write
+from tilescope.writer import write
 write(tilescope.open(SRC), OUT + ".ome.zarr", tile_size=512)
 """,
     "ome-zarr write_image (tiffslide zarr + dask)": """
@@ -107,7 +107,7 @@ with tifffile.TiffWriter(OUT + ".ome.tif", bigtiff=True, ome=True) as tw:
 # "huge": a 100000x80000 RGB image made tile by tile (no file behind it), to OME-TIFF: the memory bound
 HUGE = """
 import numpy as np
-from tilescope.write import write
+from tilescope.writer import write
 
 class Huge:  # what write() reads of an array: shape, dtype, ndim, slicing
     shape, dtype, ndim = (80000, 100000, 3), np.dtype(np.uint8), 3

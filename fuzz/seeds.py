@@ -186,7 +186,7 @@ def _zarr(d: str) -> dict[str, str]:
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import write_image
 
-    from tilescope.write import write
+    from tilescope.writer import write
 
     rng = np.random.default_rng(30)
     makers: dict[str, Callable[[str], object]] = {

@@ -115,7 +115,7 @@ def test_sharded_v3_and_missing_chunks(tmp_path):
 
 
 def test_our_writer_round_trip(tmp_path, labelled):
-    from tilescope.write import write
+    from tilescope.writer import write
 
     with tilescope.open(labelled["ome"]) as s:
         sc = s.scenes[0]

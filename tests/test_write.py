@@ -10,7 +10,7 @@ import tifffile
 import tiffslide
 
 import tilescope
-from tilescope.write import write
+from tilescope.writer import write
 
 
 def _mean_diff(a, b):
@@ -370,7 +370,7 @@ def test_convert_command(source, tmp_path, capsys):
     assert "tilescope: error:" in capsys.readouterr().err
     write(source, tmp_path / "p.tif", tile_size=256, progress=True)  # the bar: tiles done / total
     err = capsys.readouterr().err
-    from tilescope.write import level_sizes
+    from tilescope.writer import level_sizes
 
     total = sum(-(-w // 256) * -(-h // 256) for w, h in level_sizes(source.scenes[0].size, 256, "auto"))
     assert f"{total}/{total}" in err and "tiles" in err

@@ -61,7 +61,18 @@ __all__ = [
     "drivers",
     "open",
     "options",
+    "write",
 ]
+
+def __getattr__(name: str) -> Any:
+    # tilescope.write (tilescope.writer.write), loaded when first asked: opening slides does not
+    # pay for the writers' imports
+    if name == "write":
+        from .writer import write
+
+        return write
+    raise AttributeError(f"module 'tilescope' has no attribute {name!r}")
+
 
 #: Process-wide defaults for every ``open()``; each field can be overridden per slide.
 options = Options()

@@ -132,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cors", action="store_true", help="let pages of other origins fetch (default: off)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of tiles (default 90)")
     p.add_argument("--cache", type=int, default=None, help="decoded-tile cache in MiB (default 64; 0: off)")
-    from .write import COMPRESSIONS as write_compressions
-    from .write import FORMATS as write_formats
+    from .writer import COMPRESSIONS as write_compressions
+    from .writer import FORMATS as write_formats
 
     p = sub.add_parser("convert", help="write a slide as pyramidal OME-TIFF, tiled TIFF or SVS")
     p.add_argument("path")
@@ -297,7 +297,7 @@ def _tiles(a: argparse.Namespace) -> int:
 
 
 def _convert(a: argparse.Namespace) -> int:
-    from .write import write
+    from .writer import write
 
     try:
         with open_slide(a.path) as slide:

@@ -1,4 +1,5 @@
-"""``tilescope.write``: any scene, slide or array as a pyramidal OME-TIFF, tiled TIFF or Aperio SVS.
+"""``tilescope.write``: any scene, slide or array as a pyramidal OME-TIFF, tiled TIFF, Aperio SVS,
+OME-Zarr or DICOM WSI.
 
 How a pyramid is made, with bounded memory whatever the image's size: level 0 is read from the
 source tile by tile on worker threads; each worker encodes its tile and halves it (means of 2x2
