@@ -31,6 +31,7 @@ def served(tmp_path_factory, svs, ome):
     shutil.copy(svs, root / "cases" / "a" / "slide one.svs")
     shutil.copy(ome, root / "cells.ome.tiff")
     (root / "notes.txt").write_text("not a slide")
+    tilescope.write(np.full((300, 400, 3), (10, 200, 90), np.uint8), root / "store.ome.zarr", tile_size=64)
     outside = tmp_path_factory.mktemp("outside")
     shutil.copy(svs, outside / "secret.svs")
     os.symlink(outside / "secret.svs", root / "link.svs")
@@ -48,7 +49,11 @@ def test_listing_and_metadata(served, svs):
     r = client.get("/api/slides")
     assert r.status_code == 200
     paths = {e["path"]: e for e in r.json()}
-    assert set(paths) == {"cases/a/slide one.svs", "cells.ome.tiff"}  # no text file, no link out
+    # no text file, no link out; an OME-Zarr store once, by its folder
+    assert set(paths) == {"cases/a/slide one.svs", "cells.ome.tiff", "store.ome.zarr"}
+    assert paths["store.ome.zarr"]["driver"] == "OMEZarr" and paths["store.ome.zarr"]["size"] == [400, 300]
+    tile = _png(client.get("/dz/store.ome.zarr_files/9/0_0.png"))  # Deep Zoom of the store
+    assert tile.shape == (255, 255, 3) and np.all(tile == (10, 200, 90))
     with tilescope.open(svs) as s:
         assert paths["cases/a/slide one.svs"]["size"] == list(s.scenes[0].size)
         meta = client.get("/api/slides/" + quote("cases/a/slide one.svs")).json()

@@ -115,6 +115,9 @@ class Library:
         for folder, dirs, files in os.walk(self.root, followlinks=False):
             dirs.sort()
             dicom = False
+            if {"zarr.json", ".zattrs", ".zgroup"} & set(files):  # a zarr store: one slide or none,
+                dirs[:] = []  # and nothing to probe among its thousands of chunk files
+                files = [f for f in files if f in ("zarr.json", ".zattrs")][:1]
             for name in sorted(files):
                 full = os.path.join(folder, name)
                 if os.path.islink(full) or len(out) >= _LISTED or (dicom and name.lower().endswith(".dcm")):
@@ -125,9 +128,9 @@ class Library:
                     continue
                 if driver is None or (driver == "DICOM" and dicom):
                     continue
-                # a DICOM slide is its folder's files: listed once, by its folder
+                # a DICOM slide is its folder's files, an OME-Zarr image its store: listed by the folder
                 dicom = dicom or driver == "DICOM"
-                rel = os.path.relpath(folder if driver == "DICOM" else full, self.root)
+                rel = os.path.relpath(folder if driver in ("DICOM", "OMEZarr") else full, self.root)
                 try:
                     s = self.slide(rel)
                 except TilescopeError:

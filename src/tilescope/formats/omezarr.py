@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from . import Probe
 
 NAME = "OMEZarr"
-OPENSLIDE_VENDOR = None
+OPENSLIDE_VENDOR = "ome-zarr"  # the drop-in's vendor name (openslide has none: like ome-tiff, scanimage)
 _MAX_JSON = 4 << 20
 _NAMES = ("zarr.json", ".zattrs", ".zgroup")
 _UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
