@@ -9,6 +9,8 @@ tiles in flight (4 per worker) and one band per level below 0 (at 512 px tiles, 
 40000 px wide holds 30 + 15 + 8 + ... MB of bands). TIFF files are written one level after the
 other (tifffile), so level 0 goes to the file as its tiles come and the other levels' encoded
 tiles wait in a spool file beside the output (about a third of the output's size) until then.
+OME-Zarr chunks are files each worker writes as it makes them; DICOM is written by wsidicomizer
+with tilescope as its source (:mod:`tilescope.dicomize`).
 
 Passthrough (``compression="passthrough"``): a level whose tiles are stored as one regular grid of
 JPEG tiles (``Scene.encoded_tiles``) is copied tile by tile, bytes and JPEG tables as they are:
@@ -328,7 +330,7 @@ class _Pyramid:
 
 
 # -- TIFF files ----------------------------------------------------------------------------------
-def _ome_xml(image: _Image, levels: int, extra: list[tuple[str, np.ndarray]]) -> str:
+def _ome_xml(image: _Image, extra: list[tuple[str, np.ndarray]]) -> str:
     """OME-XML (2016-06) for the image's pages (IFD 0..) and the associated images after them."""
     c, z, t = image.sizes_czt
     dtype = {"uint8": "uint8", "uint16": "uint16", "int8": "int8", "int16": "int16", "uint32": "uint32",
@@ -512,7 +514,7 @@ def _write_tiff(path: str, image: _Image, fmt: str, levels: list[_Level], compre
     with tifffile.TiffWriter(path, bigtiff=True, ome=False) as tif:
         if fmt == "ome-tiff":
             tif.write(levels[0].tiles, **page_args(levels[0], 0), subifds=len(levels) - 1,
-                      description=_ome_xml(image, len(levels), extra).encode())  # OME-XML is UTF-8
+                      description=_ome_xml(image, extra).encode())  # OME-XML is UTF-8
             for k, lv in enumerate(levels[1:], start=1):
                 tif.write(lv.tiles, **page_args(lv, k), subfiletype=1)
             for _, a in extra:
