@@ -244,6 +244,36 @@ def test_arrays_numpy_and_dask(tmp_path):
     assert _mean_diff(tifffile.imread(out, level=0), smooth) < 1
 
 
+def test_a_failed_write_leaves_nothing_and_is_typed(tmp_path, source):
+    """A source that breaks midway (a damaged tile): the reader's typed error, no half-written
+    output; an encoder refusing data: WriteError naming the output; an existing store: refused."""
+
+    class Breaks:
+        size, dtype, channel_names = (1000, 800), np.dtype(np.uint8), ("R", "G", "B")
+
+        def read_level(self, level, rect, channels=None, z=0, t=0):
+            if rect[1] >= 512:
+                raise tilescope.CorruptDataError("somewhere: tile 7 cannot be decoded")
+            return np.zeros((rect[3], rect[2], 3), np.uint8)
+
+    for name in ("b.ome.tif", "b.svs", "b.ome.zarr"):
+        with pytest.raises(tilescope.CorruptDataError, match="tile 7"):
+            write(Breaks(), tmp_path / name, tile_size=256, compression="zstd" if "zarr" in name else "jpeg")
+        assert not (tmp_path / name).exists()
+    assert not [p for p in tmp_path.iterdir()]  # no spool file either
+    small = np.zeros((64, 64), np.uint8)
+    with pytest.raises(tilescope.WriteError, match="nowhere"):  # the OS refuses: typed, naming it
+        write(small, tmp_path / "nowhere" / "x.tif")
+    with pytest.raises(tilescope.InvalidRequestError, match="float32"):
+        write(small.astype(np.float32), tmp_path / "f.tif", compression="jpeg2000")
+    assert not [p for p in tmp_path.iterdir()]
+    (tmp_path / "full.zarr").mkdir()
+    (tmp_path / "full.zarr" / "x").write_text("something")
+    with pytest.raises(tilescope.InvalidRequestError, match=r"full\.zarr"):
+        write(small, tmp_path / "full.zarr")
+    assert (tmp_path / "full.zarr" / "x").exists()  # left as it was
+
+
 def test_bad_requests_are_typed(tmp_path, source):
     with pytest.raises(tilescope.InvalidRequestError):
         write(np.zeros((64, 64), np.uint16), tmp_path / "x.tif", compression="jpeg")

@@ -35,6 +35,7 @@ from .errors import (
     TilescopeError,
     TooLargeError,
     UnsupportedFormatError,
+    WriteError,
 )
 from .model import Level, Scene, Slide, clone
 from .procs import Ticket
@@ -57,6 +58,7 @@ __all__ = [
     "TilescopeError",
     "TooLargeError",
     "UnsupportedFormatError",
+    "WriteError",
     "detect",
     "drivers",
     "open",

@@ -45,3 +45,8 @@ class RemoteError(TilescopeError, OSError):
 
 class SourceChangedError(TilescopeError):
     """A pickled slide's file changed (size or modification time) before the other side opened it."""
+
+
+class WriteError(TilescopeError, OSError):
+    """Writing an output failed (no space left, no permission, an encoder refusing the data): names
+    the output; what was written of it is removed."""

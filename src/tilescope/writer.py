@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import math
 import os
+import shutil
 import tempfile
 import threading
 import uuid
@@ -33,7 +34,7 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from .codecs import block_mean
-from .errors import InvalidRequestError, UnsupportedFormatError
+from .errors import InvalidRequestError, TilescopeError, UnsupportedFormatError, WriteError
 
 FORMATS = ("ome-tiff", "tiff", "svs", "ome-zarr", "dicom")
 COMPRESSIONS = ("jpeg", "jpeg2000", "jpegxl", "zstd", "deflate", "lzw", "none", "passthrough")
@@ -188,6 +189,9 @@ def _codec(compression: str, quality: int, samples: int, dtype: np.dtype, fmt: s
         # 4:2:0 YCbCr, as libjpeg-turbo writes by default (and Aperio's scanners)
         return _Codec(7, lambda a: bytes(imagecodecs.jpeg8_encode(a, level=quality)),
                       "ycbcr" if samples == 3 else photometric, (2, 2) if samples == 3 else None)
+    if compression in ("jpeg2000", "jpegxl") and dtype not in (np.uint8, np.uint16):
+        raise InvalidRequestError(f"{compression} holds 8- or 16-bit integers here, not {dtype}: use "
+                                  f"compression='zstd', 'deflate' or 'lzw'")
     if compression == "jpeg2000":
         lossless = quality >= 100
         # SVS keeps Aperio's code (openslide reads 33003/33005 only); elsewhere the registered one
@@ -659,7 +663,6 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
     (default all). ``workers``: encoding threads (default one per core). ``progress``: a bar of
     tiles written (done / total, rate, ETA) on standard error; None: only on a terminal."""
     from .model import Scene, Slide
-    from .progress import bar
 
     path = os.fspath(path)
     fmt = format_for(path, format)
@@ -679,16 +682,38 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
     if fmt == "svs" and (image.samples != 3 or len(image.pages) != 1):
         raise InvalidRequestError("SVS holds one RGB plane: write OME-TIFF for channels, z or t")
     workers = workers or os.cpu_count() or 1
-    where = os.path.dirname(os.path.abspath(path))
-    if fmt == "dicom":
-        return _dicom(image, path, tile_size, compression or "jpeg", quality, workers)
-    if fmt == "ome-zarr":
-        if zarr_format not in (2, 3):
-            raise InvalidRequestError(f"zarr_format {zarr_format}: 3 (OME-NGFF 0.5) or 2 (0.4)")
-        _write_zarr(path, image, level_sizes(image.size, tile_size, levels), tile_size, compression or "zstd",
-                    zarr_format, workers, progress)
-        return path
-    compression = compression or "jpeg"
+    folder = fmt in ("ome-zarr", "dicom")
+    if folder and os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise InvalidRequestError(f"{path}: exists and is not an empty folder (a {fmt} output is a new "
+                                  f"folder: remove it first)")
+    if fmt == "ome-zarr" and zarr_format not in (2, 3):
+        raise InvalidRequestError(f"zarr_format {zarr_format}: 3 (OME-NGFF 0.5) or 2 (0.4)")
+    try:
+        if fmt == "dicom":
+            _dicom(image, path, tile_size, compression or "jpeg", quality, workers)
+        elif fmt == "ome-zarr":
+            _write_zarr(path, image, level_sizes(image.size, tile_size, levels), tile_size,
+                        compression or "zstd", zarr_format, workers, progress)
+        else:
+            _tiff_family(path, image, fmt, compression or "jpeg", quality, tile_size, levels, workers,
+                         progress)
+    except BaseException as e:
+        # nothing half-written stays behind: a reader would take a truncated pyramid for a slide
+        if folder:
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+        if isinstance(e, (TilescopeError, KeyboardInterrupt)) or not isinstance(e, Exception):
+            raise
+        raise WriteError(f"{path}: writing failed: {type(e).__name__}: {e}") from e
+    return path
+
+
+def _tiff_family(path: str, image: _Image, fmt: str, compression: str, quality: int, tile_size: int,
+                 levels: int | str, workers: int, progress: bool | None) -> None:
+    """OME-TIFF, tiled TIFF or SVS: re-encoded from the pyramid maker, or passed through."""
+    from .progress import bar
+
     if compression == "passthrough":
         lvls = _passthrough(image)
         total = sum(math.prod((-(-lv.size[0] // lv.tile[0]), -(-lv.size[1] // lv.tile[1]))) for lv in lvls)
@@ -696,11 +721,11 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
             for lv in lvls:
                 lv.tiles = _counted(lv.tiles, b.update)
             _write_tiff(path, image, fmt, lvls, "jpeg", quality, lvls[0].tile[0])
-        return path
+        return
     codec = _codec(compression, quality, image.samples, image.dtype, fmt)
     sizes = level_sizes(image.size, tile_size, levels)
     total = len(image.pages) * sum(-(-w // tile_size) * -(-h // tile_size) for w, h in sizes)
-    spool = _Spool(where)
+    spool = _Spool(os.path.dirname(os.path.abspath(path)))
     try:
         with cf.ThreadPoolExecutor(workers, thread_name_prefix="tilescope-write") as pool, \
                 bar(total, "tiles", enabled=progress) as b:
@@ -712,10 +737,9 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
             _write_tiff(path, image, fmt, lvls, compression, quality, tile_size)
     finally:
         spool.close()
-    return path
 
 
-def _dicom(image: _Image, path: str, tile: int, compression: str, quality: int, workers: int) -> str:
+def _dicom(image: _Image, path: str, tile: int, compression: str, quality: int, workers: int) -> None:
     """A DICOM WSI folder through wsidicomizer (tilescope.dicomize)."""
     if image.scene is None or image.samples != 3 or len(image.pages) != 1:
         raise InvalidRequestError("DICOM output is of an RGB slide's scene (wsidicomizer's brightfield "
@@ -726,11 +750,8 @@ def _dicom(image: _Image, path: str, tile: int, compression: str, quality: int, 
         from .dicomize import write_dicom
     except ImportError as e:
         raise UnsupportedFormatError(f"DICOM output needs the [dicom] extra (wsidicomizer): {e}") from None
-    if os.path.exists(path) and os.listdir(path):
-        raise InvalidRequestError(f"{path}: the DICOM output folder exists and is not empty")
     os.makedirs(path, exist_ok=True)
     write_dicom(image.scene, path, tile_size=tile, compression=compression, quality=quality, workers=workers)
-    return path
 
 
 def _counted(tiles: Iterator[bytes], done: Callable[[int], None]) -> Iterator[bytes]:
