@@ -8,6 +8,7 @@ import openslide
 import pytest
 import tifffile
 import tiffslide
+import zarr
 
 import tilescope
 from tilescope.writer import write
@@ -288,7 +289,6 @@ def test_bad_requests_are_typed(tmp_path, source):
 
 @pytest.mark.parametrize("zarr_format", [3, 2])
 def test_ome_zarr_validated_and_read_by_ome_zarr_and_zarr(source, tmp_path, zarr_format):
-    zarr = pytest.importorskip("zarr")
     pytest.importorskip("ome_zarr")
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
@@ -325,8 +325,31 @@ def test_ome_zarr_validated_and_read_by_ome_zarr_and_zarr(source, tmp_path, zarr
     assert node.metadata["channel_names"] == ["R", "G", "B"]
 
 
+def test_sharded_ome_zarr(source, tmp_path):
+    """shards=N: zarr v3 sharding (N x N tiles a shard, each shard written as its chunks come),
+    validated, read by zarr and ome-zarr, and by tilescope."""
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v05.image import Image
+
+    ref = source.scenes[0].read_level(0)
+    out = write(source, tmp_path / "sharded.ome.zarr", tile_size=128, shards=3)
+    group = zarr.open_group(out, mode="r")
+    Image.from_zarr(group)
+    assert group["0"].shards == (3, 384, 384) and group["0"].chunks == (3, 128, 128)
+    np.testing.assert_array_equal(np.moveaxis(group["0"][:], 0, -1), ref)
+    np.testing.assert_array_equal(np.moveaxis(group["1"][:], 0, -1), _halved(ref))
+    node = next(iter(Reader(parse_url(str(out)))()))
+    np.testing.assert_array_equal(np.moveaxis(np.asarray(node.data[0]), 0, -1), ref)
+    with tilescope.open(out) as back:
+        for i in range(len(back.scenes[0].levels)):
+            np.testing.assert_array_equal(back.scenes[0].read_level(i), np.moveaxis(group[str(i)][:], 0, -1))
+    with pytest.raises(tilescope.InvalidRequestError):
+        write(source, tmp_path / "v2.ome.zarr", zarr_format=2, shards=2)
+
+
 def test_ome_zarr_of_a_labelled_stack(labelled, tmp_path):
-    zarr = pytest.importorskip("zarr")
     from ome_zarr_models.v05.image import Image
 
     with tilescope.open(labelled["ome"]) as s:

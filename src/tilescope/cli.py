@@ -144,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quality", type=int, default=90,
                    help="JPEG / JPEG 2000 / JPEG XL quality (100: lossless JPEG 2000 and JPEG XL)")
     p.add_argument("--levels", type=int, default=None, help="pyramid levels (default: down to one tile)")
+    p.add_argument("--shards", type=int, default=None, help="OME-Zarr v3: shards of N x N tiles")
     p.add_argument("--scene", default="0", help="index or name; all: every scene, OUT-<index> each")
     p.add_argument("--channels", type=_channels, default=None, help="indices or names: 0,2 or DAPI,FITC")
     p.add_argument("--workers", type=int, default=None, help="encoding threads (default: cores)")
@@ -312,6 +313,7 @@ def _convert(a: argparse.Namespace) -> int:
                     out = os.path.join(os.path.dirname(out), f"{stem}-{scene.index}{dot}{rest}")
                 write(scene, out, format=a.format, tile_size=a.tile_size, compression=a.compression,
                       quality=a.quality, levels=a.levels or "auto", channels=a.channels, workers=a.workers,
+                      shards=a.shards,
                       progress=False if a.quiet else None)
                 if not a.quiet:
                     print(out, file=sys.stderr)

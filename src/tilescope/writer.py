@@ -564,10 +564,51 @@ def _zarr_compressor(compression: str, zarr_format: int) -> Any:
     return ZstdCodec(level=_ZSTD_LEVEL) if compression == "zstd" else GzipCodec(level=6)
 
 
+class _Shards:
+    """Shard files written as their chunks come (zarr v3 ``sharding_indexed``, the index of
+    (offset, nbytes) per inner chunk at the end with its crc32c, as zarr's metadata for the array
+    declares): any worker appends a chunk to its shard; the last one in writes the index and
+    closes it. No shard is held in memory; zarr's own write path would rewrite a whole shard for
+    every chunk put into it."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, list] = {}  # file -> [handle, index, end, count, lock]
+        self._lock = threading.Lock()
+
+    def put(self, file: str, inner: int, n: int, expected: int, data: bytes | bytearray) -> None:
+        with self._lock:
+            entry = self._open.get(file)
+            if entry is None:
+                os.makedirs(os.path.dirname(file), exist_ok=True)
+                empty = np.full((n, 2), 2**64 - 1, "<u8")
+                handle = open(file, "wb")  # noqa: SIM115 (closed with its last chunk, or by close())
+                entry = self._open[file] = [handle, empty, 0, 0, threading.Lock()]
+        with entry[4]:
+            f, index = entry[0], entry[1]
+            f.write(data)
+            index[inner] = (entry[2], len(data))
+            entry[2] += len(data)
+            entry[3] += 1
+            if entry[3] < expected:
+                return
+            import google_crc32c  # zarr's own checksum library (a zarr dependency)
+
+            raw = index.tobytes()
+            f.write(raw + np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes())
+            f.close()
+        with self._lock:
+            del self._open[file]
+
+    def close(self) -> None:
+        for entry in self._open.values():
+            entry[0].close()
+
+
 def _write_zarr(path: str, image: _Image, sizes: list[tuple[int, int]], tile: int, compression: str,
-                zarr_format: int, workers: int, progress: bool | None) -> None:
+                zarr_format: int, workers: int, progress: bool | None, shards: int | None = None) -> None:
     """OME-NGFF 0.5 on zarr v3 (0.4 on v2): axes [t,] c, [z,] y, x; one array per level, a chunk
-    per tile (RGB: the 3 samples in one chunk); each tile written by the worker that made it."""
+    per tile (RGB: the 3 samples in one chunk), or shards of ``shards`` x ``shards`` chunks (v3);
+    each tile written by the worker that made it."""
     import imagecodecs
     import zarr
 
@@ -600,6 +641,8 @@ def _write_zarr(path: str, image: _Image, sizes: list[tuple[int, int]], tile: in
         chunk = {"t": 1, "c": image.samples, "z": 1, "y": min(tile, h), "x": min(tile, w)}
         kw: dict[str, Any] = {"dimension_names": axes} if zarr_format == 3 else \
             {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+        if shards:
+            kw["shards"] = tuple(chunk[a] * shards if a in "yx" else chunk[a] for a in axes)
         arrays.append(root.create_array(str(k), shape=tuple(full[a] for a in axes),
                                         chunks=tuple(chunk[a] for a in axes), dtype=image.dtype,
                                         compressors=compressor, fill_value=fill, **kw))
@@ -612,6 +655,7 @@ def _write_zarr(path: str, image: _Image, sizes: list[tuple[int, int]], tile: in
     compress = {"zstd": lambda b: imagecodecs.zstd_encode(b, level=_ZSTD_LEVEL), "none": bytes,
                 "deflate": lambda b: imagecodecs.gzip_encode(b, level=6)}[compression]
     made: set[str] = set()
+    sharded = _Shards()
 
     def emit(level: int, page: int, tx: int, ty: int, a: np.ndarray) -> None:
         w, h = sizes[level]
@@ -622,6 +666,16 @@ def _write_zarr(path: str, image: _Image, sizes: list[tuple[int, int]], tile: in
         # a whole chunk (edge chunks too, as zarr stores them; a level smaller than a tile is one
         # chunk of its own size), samples first
         data = np.ascontiguousarray(np.moveaxis(a[:min(tile, h), :min(tile, w)], -1, 0)).tobytes()
+        if shards:  # its shard, its place there (C order), and how many of the shard's chunks exist
+            nx, ny = -(-w // tile), -(-h // tile)
+            where = {ax: (chunk[ax] // shards, chunk[ax] % shards) if ax in "yx" else (chunk[ax], 0)
+                     for ax in axes}
+            name = arrays[level].metadata.encode_chunk_key(tuple(where[ax][0] for ax in axes))
+            inner = where["y"][1] * shards + where["x"][1]
+            expected = min(shards, ny - where["y"][0] * shards) * min(shards, nx - where["x"][0] * shards)
+            sharded.put(os.path.join(path, str(level), name), inner, shards * shards, expected,
+                        compress(data))
+            return
         name = arrays[level].metadata.encode_chunk_key(tuple(chunk[ax] for ax in axes))
         key = os.path.join(path, str(level), name)
         folder = os.path.dirname(key)
@@ -632,10 +686,14 @@ def _write_zarr(path: str, image: _Image, sizes: list[tuple[int, int]], tile: in
             f.write(compress(data))
 
     total = len(image.pages) * sum(-(-w // tile) * -(-h // tile) for w, h in sizes)
-    with cf.ThreadPoolExecutor(workers, thread_name_prefix="tilescope-write") as pool, \
-            bar(total, "tiles", enabled=progress) as b:
-        for _ in _Pyramid(image, tile, sizes, pool, workers, emit, lambda level, r: None, b.update).level0():
-            pass
+    try:
+        with cf.ThreadPoolExecutor(workers, thread_name_prefix="tilescope-write") as pool, \
+                bar(total, "tiles", enabled=progress) as b:
+            pyramid = _Pyramid(image, tile, sizes, pool, workers, emit, lambda level, r: None, b.update)
+            for _ in pyramid.level0():
+                pass
+    finally:
+        sharded.close()
 
 
 # -- the entry point -----------------------------------------------------------------------------
@@ -644,7 +702,8 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
           channels: Any = None, z: int | Sequence[int] | None = None, t: int | Sequence[int] | None = None,
           workers: int | None = None, progress: bool | None = False,
           mpp: float | tuple[float, float] | None = None,
-          channel_names: Sequence[str] | None = None, zarr_format: int = 3) -> str:
+          channel_names: Sequence[str] | None = None, zarr_format: int = 3,
+          shards: int | None = None) -> str:
     """Write ``source`` to ``path`` as a tiled pyramid; returns the path.
 
     ``source``: a Scene, a Slide (its first scene), any object with the Scene read API (``size``,
@@ -654,7 +713,8 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
     ``format``, by default from the suffix: "ome-tiff" (.ome.tif(f)), "tiff" (.tif(f): tiled
     BigTIFF, levels in the main IFD chain, as openslide's generic-tiff reads them), "svs" (Aperio,
     as openslide's aperio driver reads it), "ome-zarr" (.zarr: OME-NGFF 0.5 on zarr v3;
-    ``zarr_format=2``: 0.4 on zarr v2) or "dicom" (.dcm, .dicom: a folder, through wsidicomizer).
+    ``zarr_format=2``: 0.4 on zarr v2; ``shards=N``: v3 shards of N x N tiles) or "dicom" (.dcm,
+    .dicom: a folder, through wsidicomizer).
     ``compression`` (default "jpeg"; "zstd" for OME-Zarr): "jpeg" (8-bit grey or RGB),
     "jpeg2000" (lossless at quality 100), "jpegxl", "zstd", "deflate", "lzw", "none", or
     "passthrough" (the source's JPEG tiles copied as stored, with its levels); OME-Zarr takes zstd,
@@ -688,12 +748,14 @@ def write(source: Any, path: str | os.PathLike, *, format: str | None = None, ti
                                   f"folder: remove it first)")
     if fmt == "ome-zarr" and zarr_format not in (2, 3):
         raise InvalidRequestError(f"zarr_format {zarr_format}: 3 (OME-NGFF 0.5) or 2 (0.4)")
+    if shards is not None and (fmt != "ome-zarr" or zarr_format != 3 or not 1 <= shards <= 64):
+        raise InvalidRequestError(f"shards={shards}: 1 to 64 tiles a side, for OME-Zarr on zarr v3 only")
     try:
         if fmt == "dicom":
             _dicom(image, path, tile_size, compression or "jpeg", quality, workers)
         elif fmt == "ome-zarr":
             _write_zarr(path, image, level_sizes(image.size, tile_size, levels), tile_size,
-                        compression or "zstd", zarr_format, workers, progress)
+                        compression or "zstd", zarr_format, workers, progress, shards)
         else:
             _tiff_family(path, image, fmt, compression or "jpeg", quality, tile_size, levels, workers,
                          progress)
