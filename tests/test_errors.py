@@ -54,6 +54,9 @@ def test_missing_file(tmp_path):
     with pytest.raises(SourceNotFoundError, match="no such file") as e:
         tilescope.open(tmp_path / "nope.svs")
     assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, TilescopeError)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SourceNotFoundError, match="no such file"):  # a path through a file
+        tilescope.open(tmp_path / "a-file" / "slide.svs")
 
 
 def test_directory(tmp_path):

@@ -31,7 +31,7 @@ class FileSource:
         self.path = os.fspath(path)
         try:
             self._fd: int | None = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not there, or a component is a file
             raise SourceNotFoundError(f"{self.path}: no such file") from None
         except IsADirectoryError:
             raise UnsupportedFormatError(f"{self.path}: is a directory, not an image file") from None
