@@ -248,7 +248,9 @@ class Chunks(PieceList):
                 index = np.frombuffer(raw[:-4], "<u8").reshape(n, 2).copy()
             finally:
                 src.close()
-            if np.any((index[:, 0] != 2**64 - 1) & (index[:, 0] + index[:, 1] > total)):
+            present = index[index[:, 0] != 2**64 - 1]  # uint64: compared without sums that wrap
+            end = np.uint64(total)
+            if np.any(present[:, 0] > end) or np.any(present[:, 1] > end - np.minimum(present[:, 0], end)):
                 raise CorruptDataError(f"{path}: shard index points past the shard's end")
         with self._lock:
             self._shards[path] = index
