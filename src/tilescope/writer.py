@@ -613,22 +613,15 @@ def _write_zarr(path: str, image: _Image, sizes: list[tuple[int, int]], tile: in
     import zarr
 
     from .progress import bar
-    from .zarrstore import ngff_attributes
+    from .zarrstore import ngff_attributes, ngff_axes
 
     c, nz, nt = image.sizes_czt
-    axes = ["t"] * (nt > 1) + ["c"] + ["z"] * (nz > 1) + ["y", "x"]
-    units = {"t": "second", "z": "micrometer", "y": "micrometer", "x": "micrometer"}
-    known = {"t": image.t_resolution, "z": image.z_resolution, "y": image.mpp, "x": image.mpp}
-    scales = []
-    for w, h in sizes:
-        sx, sy = image.size[0] / w, image.size[1] / h
-        mx, my = image.mpp or (1.0, 1.0)
-        scales.append({"t": image.t_resolution or 1.0, "c": 1.0, "z": image.z_resolution or 1.0,
-                       "y": my * sy, "x": mx * sx})
+    axes = ngff_axes(nz, nt)
     colors = image.channel_colors if image.samples == 1 else ["#FF0000", "#00FF00", "#0000FF"]
     channels: list[tuple[str, str | None]] = list(zip(image.channel_names, colors, strict=True))
-    attrs = ngff_attributes(image.name, axes, scales, {a: u for a, u in units.items() if known[a]},
-                            channels, image.dtype, "0.5" if zarr_format == 3 else "0.4")
+    attrs = ngff_attributes(image.name, axes, [(image.size[0] / w, image.size[1] / h) for w, h in sizes],
+                            image.mpp, image.z_resolution, image.t_resolution, channels, image.dtype,
+                            "0.5" if zarr_format == 3 else "0.4")
     if image.properties:  # the source's own metadata (README: "Writing and converting")
         attrs["tilescope"] = {"source_properties": image.properties}
     root = zarr.open_group(path, mode="w-", zarr_format=zarr_format)  # type: ignore[arg-type]

@@ -138,8 +138,13 @@ def _cut(data: bytes, byte_range: ByteRequest | None) -> bytes:
     raise TypeError(f"unexpected byte range {byte_range!r}")
 
 
+def ngff_axes(num_z: int, num_t: int) -> list[str]:
+    """NGFF axes of an image: [t,] c, [z,] y, x (t and z where there is more than one)."""
+    return ["t"] * (num_t > 1) + ["c"] + ["z"] * (num_z > 1) + ["y", "x"]
+
+
 def _axes(scene: Scene) -> list[str]:
-    return ["t"] * (scene.num_t_frames > 1) + ["c"] + ["z"] * (scene.num_z_slices > 1) + ["y", "x"]
+    return ngff_axes(scene.num_z_slices, scene.num_t_frames)
 
 
 def _grid(scene: Scene, level: int) -> tuple[list[str], tuple[int, ...], tuple[int, ...], list[int]]:
@@ -152,20 +157,26 @@ def _grid(scene: Scene, level: int) -> tuple[list[str], tuple[int, ...], tuple[i
             [size[a] for a in axes])
 
 
-def ngff_attributes(name: str, axes: list[str], scales: list[dict[str, float]], units: dict[str, str],
+def ngff_attributes(name: str, axes: list[str], level_scales: list[tuple[float, float]],
+                    mpp: tuple[float, float] | None, z_resolution: float | None, t_resolution: float | None,
                     channels: list[tuple[str, str | None]], dtype: np.dtype, version: str = "0.5") -> dict:
-    """An OME-NGFF image's group attributes: multiscales (one dataset per level, ``scales`` per
-    axis) and omero channels (names, colours, the dtype's full range as window). 0.5 (zarr v3)
-    puts them under ``ome``; 0.4 (zarr v2) at the top with the version in the multiscales."""
+    """An OME-NGFF image's group attributes: multiscales (a dataset per level, its scale from the
+    level's (x, y) factor to level 0 and the physical steps in µm and s where known) and omero
+    channels (names, colours, the dtype's full range as window). 0.5 (zarr v3) puts them under
+    ``ome``; 0.4 (zarr v2) at the top with the version in the multiscales."""
+    known = {"t": t_resolution, "z": z_resolution, "y": mpp, "x": mpp}
+    units = {"t": "second", "z": "micrometer", "y": "micrometer", "x": "micrometer"}
     ngff_axes = [{"name": a, "type": "channel" if a == "c" else "time" if a == "t" else "space",
-                  **({"unit": units[a]} if a in units else {})} for a in axes]
+                  **({"unit": units[a]} if known.get(a) is not None else {})} for a in axes]
+    mx, my = mpp or (1.0, 1.0)
+    datasets = [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
+        float({"t": t_resolution or 1.0, "c": 1.0, "z": z_resolution or 1.0, "y": my * sy, "x": mx * sx}[a])
+        for a in axes]}]} for i, (sx, sy) in enumerate(level_scales)]
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
     window = {"min": info.min, "max": info.max, "start": info.min, "end": info.max} if info else \
         {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0}
     omero = {"channels": [{"label": label, "color": (color or "#FFFFFF").lstrip("#").upper(), "active": True,
                            "window": window} for label, color in channels]}
-    datasets = [{"path": str(i), "coordinateTransformations": [
-        {"type": "scale", "scale": [float(sc[a]) for a in axes]}]} for i, sc in enumerate(scales)]
     multiscales = {"name": name, "axes": ngff_axes, "datasets": datasets}
     if version == "0.4":
         return {"multiscales": [{"version": "0.4", **multiscales}], "omero": omero}
@@ -175,22 +186,12 @@ def ngff_attributes(name: str, axes: list[str], scales: list[dict[str, float]], 
 def _metadata(scene: Scene, levels: list[tuple]) -> dict[str, bytes]:
     """zarr.json of the group (NGFF 0.5 multiscales, omero channels) and of each level's array."""
     axes = _axes(scene)
-    unit = {"t": "second", "z": "micrometer", "y": "micrometer", "x": "micrometer"}
-    mpp = scene.mpp
-
-    def scale(level: int) -> dict[str, float]:
-        sx, sy = scene.levels[level].scale
-        return {"t": scene.t_resolution or 1.0, "c": 1.0, "z": scene.z_resolution or 1.0,
-                "y": mpp[1] * sy if mpp else sy, "x": mpp[0] * sx if mpp else sx}
-
-    known = {"t": scene.t_resolution is not None, "z": scene.z_resolution is not None, "y": mpp is not None,
-             "x": mpp is not None}
     dtype = scene.dtype
     info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
     channels = list(zip(scene.channel_names[:scene.image_channels], scene.channel_colors, strict=False))
     group = {"zarr_format": 3, "node_type": "group", "attributes": ngff_attributes(
-        scene.name, axes, [scale(i) for i in range(len(scene.levels))],
-        {a: u for a, u in unit.items() if known[a]}, channels, dtype)}
+        scene.name, axes, [lv.scale for lv in scene.levels], scene.mpp, scene.z_resolution,
+        scene.t_resolution, channels, dtype)}
     fill = scene.background
     out = {"zarr.json": json.dumps(group).encode()}
     for i, (_, _, chunk, shape) in enumerate(levels):
