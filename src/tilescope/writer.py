@@ -275,7 +275,8 @@ class _Pyramid:
     def _page(self, page: int) -> Iterator[Any]:
         ts, s, nl = self.tile, self.image.samples, len(self.sizes)
         # the band being filled at each level below 0: one row of tiles, full width
-        bands = [np.zeros((ts, self.grid(k)[0] * ts, s), self.image.dtype) for k in range(1, nl)]
+        bands = [np.full((ts, self.grid(k)[0] * ts, s), self.image.background, self.image.dtype)
+                 for k in range(1, nl)]
         nx, ny = self.grid(0)
         jobs = ((tx, ty) for ty in range(ny) for tx in range(nx))
         window: list[tuple[int, int, cf.Future]] = []
@@ -283,7 +284,7 @@ class _Pyramid:
 
         def make(tx: int, ty: int) -> tuple[Any, np.ndarray | None]:
             a = self.image.read(page, tx * ts, ty * ts, ts, ts)
-            return self.emit(0, page, tx, ty, a), block_mean(a, 2) if nl > 1 else None
+            return self.emit(0, page, tx, ty, a), self._half(0, a, tx, ty) if nl > 1 else None
 
         for job in jobs:
             window.append((*job, self.pool.submit(make, *job)))
@@ -291,6 +292,12 @@ class _Pyramid:
                 yield from self._take(window.pop(0), page, bands, ny)
         while window:
             yield from self._take(window.pop(0), page, bands, ny)
+
+    def _half(self, level: int, a: np.ndarray, tx: int, ty: int) -> np.ndarray:
+        """Tile (tx, ty) of ``level`` halved: only its pixels inside the level, so an odd edge is
+        the mean of the edge pixels repeated (block_mean's rule), not of the padding beyond."""
+        w, h = self.sizes[level]
+        return block_mean(a[:min(self.tile, h - ty * self.tile), :min(self.tile, w - tx * self.tile)], 2)
 
     def _take(self, item: tuple[int, int, cf.Future], page: int, bands: list[np.ndarray],
               ny: int) -> Iterator[Any]:
@@ -322,7 +329,7 @@ class _Pyramid:
 
         def make(tx: int) -> tuple[Any, np.ndarray | None]:
             a = np.ascontiguousarray(band[:, tx * ts:(tx + 1) * ts])
-            return self.emit(level, page, tx, row, a), block_mean(a, 2) if deeper else None
+            return self.emit(level, page, tx, row, a), self._half(level, a, tx, row) if deeper else None
 
         results = list(self.pool.map(make, range(nx)))
         for tx, (data, half) in enumerate(results):
