@@ -175,10 +175,7 @@ def detect(source: str | bytes | os.PathLike) -> str | None:
     if (web := formats.for_url(source)) is not None:  # named by its scheme: nothing is fetched
         return web.NAME
     if remote.is_remote(source):
-        url = cast(str, source)
-        src = _zarr_group(url.rstrip("/"), remote.RemoteOptions()) if url.rstrip("/").endswith(".zarr") else \
-            remote.RemoteSource(url)
-        mod = _detect_source(src)
+        mod = _detect_source(_remote_file(cast(str, source), remote.RemoteOptions()))
         return mod.NAME if mod else None
     if os.path.isdir(source):
         try:
@@ -248,29 +245,28 @@ def _open_remote(source: Any, driver: str | None, overrides: dict[str, Any]) -> 
     ropts = remote.RemoteOptions(**{k: overrides.pop(k) for k in list(overrides) if k in names})
     opts = _options(overrides)
     files = [os.fspath(u) for u in source] if isinstance(source, (list, tuple)) else None
-    folder = source if files is None and source.endswith("/") else None
-    if files is None and source.rstrip("/").endswith(".zarr"):  # a zarr store: its group's metadata
-        folder, src = None, _zarr_group(source.rstrip("/"), ropts)
-        url = src.path
-    elif folder is None:
-        url = files[0] if files else source
-        src = remote.RemoteSource(url, ropts)
-    else:
-        src = _first_dicom(folder, ropts)
-        url = src.path
+    folder = source if files is None and source.endswith("/") and not _is_zarr(source) else None
+    src = _first_dicom(folder, ropts) if folder else _remote_file(files[0] if files else source, ropts)
     key = (src.identity, driver.upper() if driver else None, folder is not None)
-    slide = _bind_or_parse(src, opts, driver, folder, files, key, url)
+    slide = _bind_or_parse(src, opts, driver, folder, files, key, src.path)
     one = files is None and folder is None
     slide._ticket = Ticket(source, driver, given, src.identity[2:] if one else None)
     return slide
 
 
-def _zarr_group(store: str, options: remote.RemoteOptions) -> remote.RemoteSource:
-    """A zarr store's group metadata at a URL: ``zarr.json`` (v3), else ``.zattrs`` (v2)."""
+def _is_zarr(url: str) -> bool:
+    return url.rstrip("/").endswith(".zarr")
+
+
+def _remote_file(url: str, options: remote.RemoteOptions) -> remote.RemoteSource:
+    """The object a URL stands for, opened: itself, or for a zarr store (a URL ending in ``.zarr``)
+    its group's metadata, ``zarr.json`` (v3) else ``.zattrs`` (v2)."""
+    if not _is_zarr(url):
+        return remote.RemoteSource(url, options)
     try:
-        return remote.RemoteSource(store + "/zarr.json", options)
+        return remote.RemoteSource(url.rstrip("/") + "/zarr.json", options)
     except SourceNotFoundError:
-        return remote.RemoteSource(store + "/.zattrs", options)
+        return remote.RemoteSource(url.rstrip("/") + "/.zattrs", options)
 
 
 def _first_dicom(folder: str, options: remote.RemoteOptions) -> remote.RemoteSource:

@@ -135,12 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .writer import COMPRESSIONS as write_compressions
     from .writer import FORMATS as write_formats
 
-    p = sub.add_parser("convert", help="write a slide as pyramidal OME-TIFF, tiled TIFF or SVS")
+    p = sub.add_parser("convert", help="write a slide as OME-TIFF, tiled TIFF, SVS, OME-Zarr or DICOM")
     p.add_argument("path")
-    p.add_argument("out", help="its suffix picks the format: .ome.tif(f), .tif(f), .svs")
+    p.add_argument("out", help="its suffix picks the format: .ome.tif(f), .tif(f), .svs, .zarr, .dcm")
     p.add_argument("--format", choices=write_formats, default=None)
     p.add_argument("--tile-size", type=int, default=512)
-    p.add_argument("--compression", default="jpeg", choices=write_compressions)
+    p.add_argument("--compression", default=None, choices=write_compressions,
+                   help="default jpeg (zstd for OME-Zarr)")
     p.add_argument("--quality", type=int, default=90,
                    help="JPEG / JPEG 2000 / JPEG XL quality (100: lossless JPEG 2000 and JPEG XL)")
     p.add_argument("--levels", type=int, default=None, help="pyramid levels (default: down to one tile)")
@@ -313,8 +314,7 @@ def _convert(a: argparse.Namespace) -> int:
                     out = os.path.join(os.path.dirname(out), f"{stem}-{scene.index}{dot}{rest}")
                 write(scene, out, format=a.format, tile_size=a.tile_size, compression=a.compression,
                       quality=a.quality, levels=a.levels or "auto", channels=a.channels, workers=a.workers,
-                      shards=a.shards,
-                      progress=False if a.quiet else None)
+                      shards=a.shards, progress=False if a.quiet else None)
                 if not a.quiet:
                     print(out, file=sys.stderr)
     except TilescopeError as e:

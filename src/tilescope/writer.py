@@ -216,20 +216,18 @@ def _codec(compression: str, quality: int, samples: int, dtype: np.dtype, fmt: s
 # -- the pyramid ---------------------------------------------------------------------------------
 class _Spool:
     """Encoded tiles of the levels below 0, in a temporary file beside the output, until their
-    level is written: appended per level in the order they are made."""
+    level is written: appended per level in the order they are made (by the pyramid maker's
+    ``keep``, on the caller's thread only)."""
 
     def __init__(self, where: str):
         self._f = tempfile.TemporaryFile(dir=where, prefix=".tilescope-spool-")  # noqa: SIM115 (closed by close())
         self._end = 0
-        self._lock = threading.Lock()
         self.index: dict[int, list[tuple[int, int]]] = {}
 
     def put(self, level: int, data: bytes) -> None:
-        with self._lock:
-            self._f.seek(self._end)
-            self._f.write(data)
-            self.index.setdefault(level, []).append((self._end, len(data)))
-            self._end += len(data)
+        self._f.write(data)
+        self.index.setdefault(level, []).append((self._end, len(data)))
+        self._end += len(data)
 
     def tiles(self, level: int) -> Iterator[bytes]:
         fd = self._f.fileno()
@@ -505,47 +503,44 @@ def _write_tiff(path: str, image: _Image, fmt: str, levels: list[_Level], compre
     rgb = image.samples == 3
     extra = [(n, a) for n, a in image.associated.items() if a.dtype == np.uint8 and a.shape[2] in (1, 3)]
     npages = len(image.pages)
-    common: dict[str, Any] = {"dtype": image.dtype, "metadata": None}
-    if image.mpp:
-        common["resolution"] = (1e4 / image.mpp[0], 1e4 / image.mpp[1])
-        common["resolutionunit"] = "CENTIMETER"
-
-    def page_args(lv: _Level, k: int) -> dict[str, Any]:
+    def page_args(lv: _Level) -> dict[str, Any]:
         shape = (npages, lv.size[1], lv.size[0]) + ((image.samples,) if rgb else ())
-        args = dict(common, shape=shape, tile=(lv.tile[1], lv.tile[0]), compression=lv.codec.tiff,
-                    photometric=lv.codec.photometric, subsampling=lv.codec.subsampling,
-                    jpegtables=lv.codec.jpegtables)
-        if image.mpp and k:
-            ds = (image.size[0] / lv.size[0], image.size[1] / lv.size[1])
-            args["resolution"] = (1e4 / (image.mpp[0] * ds[0]), 1e4 / (image.mpp[1] * ds[1]))
+        args: dict[str, Any] = dict(
+            dtype=image.dtype, metadata=None, shape=shape, tile=(lv.tile[1], lv.tile[0]),
+            compression=lv.codec.tiff, photometric=lv.codec.photometric, subsampling=lv.codec.subsampling,
+            jpegtables=lv.codec.jpegtables)
+        if image.mpp:  # pixels per cm at this level
+            args["resolution"] = (1e4 * lv.size[0] / (image.mpp[0] * image.size[0]),
+                                  1e4 * lv.size[1] / (image.mpp[1] * image.size[1]))
+            args["resolutionunit"] = "CENTIMETER"
         if rgb:
             args["planarconfig"] = "contig"
         return args
 
     with tifffile.TiffWriter(path, bigtiff=True, ome=False) as tif:
         if fmt == "ome-tiff":
-            tif.write(levels[0].tiles, **page_args(levels[0], 0), subifds=len(levels) - 1,
+            tif.write(levels[0].tiles, **page_args(levels[0]), subifds=len(levels) - 1,
                       description=_ome_xml(image, extra).encode())  # OME-XML is UTF-8
-            for k, lv in enumerate(levels[1:], start=1):
-                tif.write(lv.tiles, **page_args(lv, k), subfiletype=1)
+            for lv in levels[1:]:
+                tif.write(lv.tiles, **page_args(lv), subfiletype=1)
             for _, a in extra:
                 tif.write(a, photometric="rgb" if a.shape[2] == 3 else "minisblack", compression="zlib",
                           metadata=None)
             return
         if fmt == "tiff":
             for k, lv in enumerate(levels):
-                tif.write(lv.tiles, **page_args(lv, k), subfiletype=1 if k else 0)
+                tif.write(lv.tiles, **page_args(lv), subfiletype=1 if k else 0)
             return
         # svs: level 0, the thumbnail, the other levels, the label, the macro (as Aperio writes)
-        tif.write(levels[0].tiles, **page_args(levels[0], 0),
+        tif.write(levels[0].tiles, **page_args(levels[0]),
                   description=_aperio(image, tile, levels[0].size, compression, quality))
         thumb = image.associated.get("thumbnail")
         if thumb is not None and thumb.shape[2] == 3:
             size = (thumb.shape[1], thumb.shape[0])
             tif.write(thumb, photometric="rgb", compression="jpeg", compressionargs={"level": 90},
                       metadata=None, description=_aperio(image, tile, size, compression, quality))
-        for k, lv in enumerate(levels[1:], start=1):
-            tif.write(lv.tiles, **page_args(lv, k),
+        for lv in levels[1:]:
+            tif.write(lv.tiles, **page_args(lv),
                       description=_aperio(image, tile, lv.size, compression, quality))
         for name, subfile in (("label", 1), ("macro", 9)):
             im = image.associated.get(name)

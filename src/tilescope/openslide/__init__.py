@@ -373,11 +373,7 @@ class OpenSlide(AbstractSlide):
             a = self._scene.read_level(level, (lx, ly, size[0], size[1]), channels=channels, z=z, t=t)
         except TilescopeError as e:
             raise self._failed(e) from e
-        im = Image.fromarray(np.ascontiguousarray(self._display(self._scene)(a)), "RGB")
-        profile = self._icc()
-        if profile:
-            im.info["icc_profile"] = profile
-        return im
+        return self._image(np.ascontiguousarray(self._display(self._scene)(a)))
 
     def _draw(self, out: np.ndarray, scene: tilescope.Scene, level: int, lx: float, ly: float) -> None:
         """Paint ``scene``'s level pixels from (lx, ly) of that level into ``out`` (RGBA), opaque
@@ -412,7 +408,8 @@ class OpenSlide(AbstractSlide):
         return d
 
     def _image(self, a: np.ndarray) -> Image.Image:
-        im = Image.fromarray(a, "RGBA")
+        """An (h, w, 4) or (h, w, 3) array as an RGBA or RGB image with the slide's profile."""
+        im = Image.fromarray(a, "RGBA" if a.shape[2] == 4 else "RGB")
         profile = self._icc()
         if profile:
             im.info["icc_profile"] = profile
